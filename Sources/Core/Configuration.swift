@@ -1,0 +1,54 @@
+/// Settings of the per-filter streaming POT estimator (method.md §3).
+///
+/// Validate once at the edge with `validate()`; the statistics only `assert`.
+public struct POTConfiguration: Sendable, Hashable, Codable {
+    /// Quantile level of the initial threshold `t` (paper: 0.90).
+    public var level: Double = 0.90
+    /// Risk `q`: per-observation probability of an extreme exceedance under the null.
+    public var q: Double = 1e-4
+    /// Calibration size `n_cal`: predictions used to set thresholds and the first fit.
+    public var calibration: Int = 1000
+    /// Capacity of each filter's ring of peaks (oldest forgotten). Float32 storage.
+    public var maxPeaks: Int = 256
+    /// Minimum peaks for a GPD fit; below it the filter uses its empirical tail and says so.
+    public var minPeaks: Int = 10
+    /// A filter is due for a refit after this many new peaks (`m` of method.md §3).
+    public var refitAfterPeaks: Int = 32
+    /// Refits the update path may spend per prediction (fractional: 0.05 = one every 20 rows).
+    /// Due filters wait in FIFO order; the daemon also refits due filters when idle.
+    public var refitsPerRow: Double = 0.25
+    /// DSPOT drift window `d` (0 = off, the default).
+    public var driftWindow: Int = 0
+
+    public init() {}
+
+    public init(level: Double = 0.90, q: Double = 1e-4, calibration: Int = 1000, maxPeaks: Int = 256,
+                minPeaks: Int = 10, refitAfterPeaks: Int = 32, refitsPerRow: Double = 0.25, driftWindow: Int = 0) {
+        self.level = level
+        self.q = q
+        self.calibration = calibration
+        self.maxPeaks = maxPeaks
+        self.minPeaks = minPeaks
+        self.refitAfterPeaks = refitAfterPeaks
+        self.refitsPerRow = refitsPerRow
+        self.driftWindow = driftWindow
+    }
+
+    /// Checks every field and explains what is wrong.
+    public func validate() throws(SaliencyError) {
+        func bad(_ m: String) -> SaliencyError { SaliencyError(.invalidConfiguration, m) }
+        guard level > 0, level < 1 else { throw bad("level must be in (0, 1), got \(level)") }
+        guard q > 0, q < 1 - level else {
+            throw bad("q must be in (0, 1 - level) = (0, \(1 - level)), got \(q): the extreme threshold must lie above the initial threshold")
+        }
+        guard calibration >= 10 else { throw bad("calibration must be at least 10 predictions, got \(calibration)") }
+        guard Double(calibration) * (1 - level) >= Double(minPeaks) else {
+            throw bad("calibration × (1 − level) = \(Int(Double(calibration) * (1 - level))) expected peaks is below min_peaks = \(minPeaks); raise calibration or lower level")
+        }
+        guard maxPeaks >= 8, maxPeaks <= 65_536 else { throw bad("max_peaks must be in 8...65536, got \(maxPeaks)") }
+        guard minPeaks >= 3, minPeaks <= maxPeaks else { throw bad("min_peaks must be in 3...max_peaks, got \(minPeaks)") }
+        guard refitAfterPeaks >= 1 else { throw bad("refit_after_peaks must be ≥ 1, got \(refitAfterPeaks)") }
+        guard refitsPerRow >= 0, refitsPerRow <= 1e6 else { throw bad("refits_per_row must be in 0...1e6, got \(refitsPerRow)") }
+        guard driftWindow >= 0, driftWindow <= 100_000 else { throw bad("drift_window must be in 0...100000, got \(driftWindow)") }
+    }
+}

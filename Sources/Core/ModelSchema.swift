@@ -1,0 +1,125 @@
+/// The layout of one model's convolution filters.
+///
+/// A model's filters are numbered globally in parameter order, layer by layer
+/// (method.md §1). `ModelSchema` maps a global filter index to `(layer, channel)`
+/// and back, and carries a fingerprint that producers put in every prediction
+/// header so the daemon never scores a row against the wrong layout.
+public struct ModelSchema: Sendable, Hashable, Codable {
+    /// One convolution layer: `filters` output channels, at `depth` (0 = closest to the input).
+    public struct Layer: Sendable, Hashable, Codable {
+        public var name: String
+        public var filters: Int
+        /// Depth index used for depth-bias reports; defaults to the layer's position.
+        public var depth: Int?
+
+        public init(name: String, filters: Int, depth: Int? = nil) {
+            self.name = name
+            self.filters = filters
+            self.depth = depth
+        }
+    }
+
+    public var model: String
+    public var layers: [Layer]
+
+    /// Prefix sums: `offsets[i]` is the global index of layer `i`'s first filter; `offsets.last == filterCount`.
+    public private(set) var offsets: [Int]
+
+    enum CodingKeys: String, CodingKey { case model, layers }
+
+    public init(model: String, layers: [Layer]) throws(SaliencyError) {
+        self.model = model
+        self.layers = layers
+        self.offsets = []
+        try validateAndIndex()
+    }
+
+    public init(from decoder: any Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        self.model = try c.decode(String.self, forKey: .model)
+        self.layers = try c.decode([Layer].self, forKey: .layers)
+        self.offsets = []
+        try validateAndIndex()
+    }
+
+    public func encode(to encoder: any Encoder) throws {
+        var c = encoder.container(keyedBy: CodingKeys.self)
+        try c.encode(model, forKey: .model)
+        try c.encode(layers, forKey: .layers)
+    }
+
+    private mutating func validateAndIndex() throws(SaliencyError) {
+        guard !model.isEmpty, model.utf8.count <= 128 else {
+            throw SaliencyError(.invalidSchema, "model name must be 1...128 bytes, got \(model.utf8.count)")
+        }
+        guard model.utf8.allSatisfy({ $0 > 0x20 && $0 < 0x7f && $0 != UInt8(ascii: ".") }) else {
+            throw SaliencyError(.invalidSchema, "model name '\(model)' must be printable ASCII without spaces or dots (it is part of ZeroMQ topics)")
+        }
+        guard !layers.isEmpty else {
+            throw SaliencyError(.invalidSchema, "schema for '\(model)' has no layers")
+        }
+        var offsets = [0]
+        offsets.reserveCapacity(layers.count + 1)
+        var seen = Set<String>()
+        for (i, layer) in layers.enumerated() {
+            guard layer.filters > 0 else {
+                throw SaliencyError(.invalidSchema, "layer \(i) '\(layer.name)' has \(layer.filters) filters; every layer needs at least one")
+            }
+            guard !layer.name.isEmpty else {
+                throw SaliencyError(.invalidSchema, "layer \(i) has an empty name")
+            }
+            guard seen.insert(layer.name).inserted else {
+                throw SaliencyError(.invalidSchema, "layer name '\(layer.name)' appears twice")
+            }
+            offsets.append(offsets[i] + layer.filters)
+        }
+        guard offsets.last! <= 1 << 24 else {
+            throw SaliencyError(.invalidSchema, "schema has \(offsets.last!) filters; the limit is \(1 << 24)")
+        }
+        self.offsets = offsets
+    }
+
+    /// Total number of filters `K`.
+    public var filterCount: Int { offsets.last ?? 0 }
+
+    /// The depth of layer `i` (explicit, or its position).
+    public func depth(ofLayer i: Int) -> Int { layers[i].depth ?? i }
+
+    /// `(layer index, channel)` of global filter `j`. O(log L).
+    public func locate(_ j: Int) -> (layer: Int, channel: Int) {
+        precondition(j >= 0 && j < filterCount, "filter \(j) out of range 0..<\(filterCount)")
+        var lo = 0, hi = layers.count - 1
+        while lo < hi {
+            let mid = (lo + hi + 1) / 2
+            if offsets[mid] <= j { lo = mid } else { hi = mid - 1 }
+        }
+        return (lo, j - offsets[lo])
+    }
+
+    /// Global index of `channel` in layer `layer`.
+    public func globalIndex(layer: Int, channel: Int) -> Int {
+        precondition(channel >= 0 && channel < layers[layer].filters)
+        return offsets[layer] + channel
+    }
+
+    /// Layer index by name.
+    public func layerIndex(named name: String) -> Int? { layers.firstIndex { $0.name == name } }
+
+    /// A 64-bit FNV-1a fingerprint of the canonical layout (model name, layer names and sizes).
+    /// Producers and the daemon compute it the same way (docs/protocol.md); Python: `saliency_tap.schema_fingerprint`.
+    public var fingerprint: UInt64 {
+        var h: UInt64 = 0xcbf2_9ce4_8422_2325
+        func mix(_ bytes: some Sequence<UInt8>) {
+            for b in bytes { h ^= UInt64(b); h = h &* 0x0000_0100_0000_01b3 }
+        }
+        mix(model.utf8)
+        mix([0])
+        for layer in layers {
+            mix(layer.name.utf8)
+            mix([0])
+            mix("\(layer.filters)".utf8)
+            mix([0])
+        }
+        return h
+    }
+}

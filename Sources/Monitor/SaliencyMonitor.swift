@@ -1,0 +1,4 @@
+// SaliencyMonitor: the daemon.
+import SaliencyCore
+import EVTOnline
+import SaliencyStream

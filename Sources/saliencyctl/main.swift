@@ -1,0 +1,2 @@
+import SaliencyCore
+print("saliencyctl: not yet")

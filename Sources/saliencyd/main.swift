@@ -1,0 +1,2 @@
+import SaliencyMonitor
+print("saliencyd: not yet")
