@@ -42,8 +42,8 @@ public struct POTConfiguration: Sendable, Hashable, Codable {
             throw bad("q must be in (0, 1 - level) = (0, \(1 - level)), got \(q): the extreme threshold must lie above the initial threshold")
         }
         guard calibration >= 10 else { throw bad("calibration must be at least 10 predictions, got \(calibration)") }
-        guard Double(calibration) * (1 - level) >= Double(minPeaks) else {
-            throw bad("calibration × (1 − level) = \(Int(Double(calibration) * (1 - level))) expected peaks is below min_peaks = \(minPeaks); raise calibration or lower level")
+        guard Double(calibration) * (1 - level) + 1e-9 >= Double(minPeaks) else {
+            throw bad("calibration × (1 − level) = \(Int((Double(calibration) * (1 - level)).rounded())) expected peaks is below min_peaks = \(minPeaks); raise calibration or lower level")
         }
         guard maxPeaks >= 8, maxPeaks <= 65_536 else { throw bad("max_peaks must be in 8...65536, got \(maxPeaks)") }
         guard minPeaks >= 3, minPeaks <= maxPeaks else { throw bad("min_peaks must be in 3...max_peaks, got \(minPeaks)") }

@@ -1,0 +1,670 @@
+import RealModule
+import SaliencyCore
+
+/// All `K` convolution filters of one model, each with a streaming POT (SPOT) estimator and a
+/// z-score baseline, stored as struct-of-arrays so that one prediction row is one pass over memory.
+///
+/// ## Life cycle (method.md §3)
+/// 1. **Calibrating**: the first `configuration.calibration` valid rows are buffered
+///    (`calibration × K` Float32, freed afterwards). On the last one every filter gets, from its
+///    column exactly as a one-shot batch fit would: the threshold `t_j` (numpy's default "linear"
+///    quantile at `level`), its peaks (the most recent `maxPeaks` kept in a ring), `N_t,j`, the
+///    Grimshaw GPD fit, the extreme threshold `z_j`, the Welford moments `μ_j`, `σ_j`, and a
+///    17-point quantile sketch of its body for ranking below-threshold values.
+/// 2. **Monitoring**: for every value `s` of a row:
+///    - `s > z_j`: an *extreme exceedance*; reported, counted, and NOT absorbed (neither `n_j`,
+///      the peaks nor the moments change: an anomaly must not teach the model it is normal);
+///    - `t_j < s ≤ z_j`: a peak `s − t_j` enters the ring, `N_t,j` and `n_j` grow;
+///    - otherwise `n_j` grows. Moments absorb every non-extreme value.
+///
+/// ## Refits: budgeted, FIFO, with a stated lag
+/// A filter is *due* after `refitAfterPeaks` new peaks. Due filters wait in a FIFO queue (each at
+/// most once); `update` spends `refitsPerRow` refits per row (credit accumulates fractionally,
+/// capped at one row's worth), `refitDue(limit:)` lets the owner refit when idle, and
+/// `refit(filter:)` refits on demand. A refit is a full Grimshaw fit on the filter's ring: its
+/// result equals a from-scratch batch fit on the same peaks. **Lag bound**: with `r = refitsPerRow > 0`
+/// a due filter is refit within `maxRefitLagRows = ⌈K / r⌉ + 1` rows of becoming due (it can have
+/// at most `K − 1` filters ahead of it), so a fit misses at most
+/// `refitAfterPeaks − 1 + maxRefitLagRows` of the filter's newest peaks. `r = 0` disables
+/// in-line refits (the owner must call `refitDue`).
+///
+/// ## Cost
+/// `update`: O(K) vector work (8 lanes) plus O(1) per peak and per extreme; no allocation.
+/// Moments are accumulated in 32-row Float32 blocks relative to the last merged mean and merged
+/// into Double Welford state with Chan's formula (O(K) every 32 rows), which keeps the hot state
+/// at 20 bytes per filter. Scoring and ranking are on demand: O(K log k).
+///
+/// ## Invalid input
+/// `update` validates first (width, NaN/±∞, negative values) and a rejected row changes nothing
+/// but `rejected[reason]`. `updateValidated` skips the check for callers that already did it.
+///
+/// References: Siffer et al., "Anomaly Detection in Streams with Extreme Value Theory", KDD 2017
+/// (SPOT); Wang & Sato 2023 (POT parameter saliency); Levin et al. 2022 (z-score saliency);
+/// Chan, Golub & LeVeque 1979 (merging moments).
+///
+/// Not `Sendable`: one owner (the model's engine thread) mutates it.
+public final class FilterBank {
+    public enum Phase: Sendable, Hashable {
+        case calibrating(seen: Int, of: Int)
+        case monitoring
+    }
+
+    /// What one `update` did.
+    public struct RowResult: Sendable, Hashable {
+        public var rejected: RowRejection?
+        public var calibrated: Bool   // this row completed calibration
+        public var peaks: Int
+        public var extremes: Int      // indices in `lastExtremes`
+        public var refits: Int
+        public static func rejected(_ r: RowRejection) -> RowResult { RowResult(rejected: r, calibrated: false, peaks: 0, extremes: 0, refits: 0) }
+    }
+
+    /// How a filter's tail is currently modelled.
+    public enum TailModel: String, Sendable, Hashable, Codable {
+        case calibrating, gpd, exponential, moments, empirical
+    }
+
+    /// Everything known about one filter (for queries, reports and tests).
+    public struct FilterReport: Sendable, Hashable, Codable {
+        public var filter: Int
+        public var threshold: Double
+        public var extremeThreshold: Double
+        public var shape: Double
+        public var scale: Double
+        public var tail: TailModel
+        public var n: UInt64
+        public var peaks: UInt64
+        public var peaksInRing: Int
+        public var peaksSinceFit: Int
+        public var extremes: UInt64
+        public var due: Bool
+        public var mean: Double
+        public var standardDeviation: Double
+    }
+
+    public let filterCount: Int
+    public let configuration: POTConfiguration
+    public var phase: Phase { calib == nil ? .monitoring : .calibrating(seen: calibSeen, of: configuration.calibration) }
+    public var isCalibrated: Bool { calib == nil }
+    /// Valid rows absorbed (calibration included).
+    public private(set) var rows: UInt64 = 0
+    /// Rejected rows by reason; they never touched any statistic.
+    public private(set) var rejected: [RowRejection: UInt64] = [:]
+    /// Filters whose values were extreme exceedances in the last `update` (valid until the next one).
+    public var lastExtremes: UnsafeBufferPointer<Int32> { UnsafeBufferPointer(start: extremeOut, count: extremeCount) }
+    /// Refits done so far (all paths).
+    public private(set) var refitCount: UInt64 = 0
+    /// Filters currently due for a refit.
+    public var dueCount: Int { (0..<filterCount).reduce(0) { $0 + (isDue[$1] ? 1 : 0) } }
+    /// Upper bound on the rows between a filter becoming due and its refit (see type docs).
+    public var maxRefitLagRows: Int? {
+        configuration.refitsPerRow > 0 ? Int((Double(filterCount) / configuration.refitsPerRow).rounded(.up)) + 1 : nil
+    }
+
+    // MARK: state (struct of arrays; every column has `filterCount` entries unless noted)
+    let cap: Int
+    static let blockRows = 32
+    static let sketchPoints = 17
+
+    // hot, read every row
+    let thr: UnsafeMutablePointer<Float>       // t_j rounded toward −∞ (so s > thr ⇔ s > t exactly)
+    let ext: UnsafeMutablePointer<Float>       // z_j rounded toward −∞; +∞ when no tail model
+    let shift: UnsafeMutablePointer<Float>     // Float(μ_j) at the last merge
+    let bsum: UnsafeMutablePointer<Float>      // Σ (s − shift) over the current block (non-extreme only)
+    let bsumsq: UnsafeMutablePointer<Float>    // Σ (s − shift)²
+    // per peak
+    let head: UnsafeMutablePointer<UInt32>     // ring write position
+    let ringCount: UnsafeMutablePointer<UInt32>
+    let sinceFit: UnsafeMutablePointer<UInt32> // peaks since the last fit
+    let ring: UnsafeMutablePointer<Float>      // K × cap excesses s − t
+    let thrD: UnsafeMutablePointer<Double>     // exact t_j
+    // per extreme
+    let extremesTotal: UnsafeMutablePointer<UInt64>
+    let blockExtremes: UnsafeMutablePointer<UInt16>
+    // cold
+    let ntAtFit: UnsafeMutablePointer<UInt64>
+    let shape: UnsafeMutablePointer<Double>
+    let scale: UnsafeMutablePointer<Double>
+    let extD: UnsafeMutablePointer<Double>
+    let method: UnsafeMutablePointer<UInt8>    // GPDFitMethod raw value; 255 = calibrating
+    let wCount: UnsafeMutablePointer<Double>
+    let wMean: UnsafeMutablePointer<Double>
+    let wM2: UnsafeMutablePointer<Double>
+    let sketch: UnsafeMutablePointer<Float>    // K × 17 quantiles of the calibration body
+    let isDue: UnsafeMutablePointer<Bool>
+    let inQueue: UnsafeMutablePointer<Bool>
+    let queue: UnsafeMutablePointer<Int32>     // FIFO of due filters (capacity K)
+    var queueHead = 0
+    var queueCount = 0
+    var blockFill = 0
+    var refitCredit = 0.0
+    // scratch
+    let extremeOut: UnsafeMutablePointer<Int32>
+    var extremeCount = 0
+    var calib: UnsafeMutablePointer<Float>?
+    var calibSeen = 0
+    var fitter: GrimshawFitter
+    let scores: UnsafeMutablePointer<Double>
+
+    /// - Throws: `SaliencyError(.invalidConfiguration)` when `configuration` is invalid or `filterCount < 1`.
+    public init(filterCount: Int, configuration: POTConfiguration = .init()) throws(SaliencyError) {
+        try configuration.validate()
+        guard filterCount >= 1, filterCount <= 1 << 24 else {
+            throw SaliencyError(.invalidConfiguration, "filterCount must be in 1...\(1 << 24), got \(filterCount)")
+        }
+        guard configuration.driftWindow == 0 else {
+            throw SaliencyError(.invalidConfiguration, "drift_window > 0 (DSPOT) is available for single series (SPOT) but not yet in FilterBank; set drift_window = 0")
+        }
+        let k = filterCount
+        self.filterCount = k
+        self.configuration = configuration
+        self.cap = configuration.maxPeaks
+        func col<T>(_ v: T, _ n: Int = k) -> UnsafeMutablePointer<T> {
+            let p = UnsafeMutablePointer<T>.allocate(capacity: n)
+            p.initialize(repeating: v, count: n)
+            return p
+        }
+        thr = col(Float.infinity); ext = col(Float.infinity); shift = col(0); bsum = col(0); bsumsq = col(0)
+        head = col(0); ringCount = col(0); sinceFit = col(0); ring = col(0, k * configuration.maxPeaks); thrD = col(.infinity)
+        extremesTotal = col(0); blockExtremes = col(0)
+        ntAtFit = col(0); shape = col(0); scale = col(1); extD = col(.infinity); method = col(255)
+        wCount = col(0); wMean = col(0); wM2 = col(0); sketch = col(0, k * Self.sketchPoints)
+        isDue = col(false); inQueue = col(false); queue = col(0); extremeOut = col(0); scores = col(0)
+        calib = col(0, k * configuration.calibration)
+        fitter = GrimshawFitter(capacity: max(configuration.maxPeaks, configuration.calibration))
+    }
+
+    deinit {
+        for p in [thr, ext, shift, bsum, bsumsq, ring, sketch] as [UnsafeMutablePointer<Float>] { p.deallocate() }
+        for p in [thrD, shape, scale, extD, wCount, wMean, wM2, scores] as [UnsafeMutablePointer<Double>] { p.deallocate() }
+        for p in [head, ringCount, sinceFit] as [UnsafeMutablePointer<UInt32>] { p.deallocate() }
+        extremesTotal.deallocate(); ntAtFit.deallocate(); blockExtremes.deallocate(); method.deallocate()
+        isDue.deallocate(); inQueue.deallocate(); queue.deallocate(); extremeOut.deallocate()
+        calib?.deallocate()
+    }
+
+    // MARK: - Validation
+
+    /// Why `row` cannot be absorbed, or nil. One vectorized pass, no allocation.
+    /// `-0.0` is accepted (it is a zero magnitude); NaN, ±∞ and negative values are not.
+    public func validate(_ row: UnsafeBufferPointer<Float>) -> RowRejection? {
+        guard row.count == filterCount else { return .wrongWidth }
+        return Self.checkValues(row)
+    }
+
+    static func checkValues(_ row: UnsafeBufferPointer<Float>) -> RowRejection? {
+        guard let base = row.baseAddress else { return nil }
+        let n = row.count
+        var i = 0
+        var ok = true
+        let inf = SIMD8<Float>(repeating: .infinity)
+        let zero = SIMD8<Float>(repeating: 0)
+        while i + 8 <= n {
+            let s = UnsafeRawPointer(base + i).loadUnaligned(as: SIMD8<Float>.self)
+            // NaN fails both comparisons.
+            if !all((s .>= zero) .& (s .< inf)) { ok = false; break }
+            i += 8
+        }
+        if ok {
+            while i < n {
+                let s = base[i]
+                if !(s >= 0 && s < .infinity) { ok = false; break }
+                i += 1
+            }
+        }
+        if ok { return nil }
+        // Slow path: say which.
+        for s in row where !s.isFinite { return .nonFinite }
+        return .negative
+    }
+
+    // MARK: - Update
+
+    /// Absorbs one prediction row (K saliency values), or rejects it unchanged.
+    @discardableResult
+    public func update(_ row: UnsafeBufferPointer<Float>) -> RowResult {
+        if let reason = validate(row) {
+            rejected[reason, default: 0] += 1
+            extremeCount = 0
+            return .rejected(reason)
+        }
+        return updateValidated(row)
+    }
+
+    /// `update` for rows already validated (width K, finite, ≥ 0). Precondition checked in debug builds.
+    @discardableResult
+    public func updateValidated(_ row: UnsafeBufferPointer<Float>) -> RowResult {
+        assert(validate(row) == nil, "updateValidated called with an invalid row")
+        extremeCount = 0
+        rows &+= 1
+        if let c = calib {
+            (c + calibSeen * filterCount).update(from: row.baseAddress!, count: filterCount)
+            calibSeen += 1
+            if calibSeen == configuration.calibration {
+                finishCalibration()
+                return RowResult(rejected: nil, calibrated: true, peaks: 0, extremes: 0, refits: filterCount)
+            }
+            return RowResult(rejected: nil, calibrated: false, peaks: 0, extremes: 0, refits: 0)
+        }
+        let peaks = scan(row.baseAddress!)
+        blockFill += 1
+        if blockFill == Self.blockRows { mergeMoments() }
+        var refits = 0
+        if configuration.refitsPerRow > 0 {
+            refitCredit = min(refitCredit + configuration.refitsPerRow, max(1, configuration.refitsPerRow))
+            while refitCredit >= 1, queueCount > 0 {
+                if refitNextDue() {
+                    refitCredit -= 1
+                    refits += 1
+                }
+            }
+        }
+        return RowResult(rejected: nil, calibrated: false, peaks: peaks, extremes: extremeCount, refits: refits)
+    }
+
+    /// The vector pass. Returns the number of peaks (extremes excluded).
+    @inline(__always)
+    private func scan(_ row: UnsafePointer<Float>) -> Int {
+        let k = filterCount
+        var peaks = 0
+        var i = 0
+        let zero = SIMD8<Float>(repeating: 0)
+        while i + 8 <= k {
+            let s = UnsafeRawPointer(row + i).loadUnaligned(as: SIMD8<Float>.self)
+            let t = UnsafeRawPointer(thr + i).loadUnaligned(as: SIMD8<Float>.self)
+            let z = UnsafeRawPointer(ext + i).loadUnaligned(as: SIMD8<Float>.self)
+            let sh = UnsafeRawPointer(shift + i).loadUnaligned(as: SIMD8<Float>.self)
+            let isExt = s .> z
+            let d = (s - sh).replacing(with: zero, where: isExt)
+            let bs = UnsafeMutableRawPointer(bsum + i)
+            let bq = UnsafeMutableRawPointer(bsumsq + i)
+            bs.storeBytes(of: bs.loadUnaligned(as: SIMD8<Float>.self) + d, as: SIMD8<Float>.self)
+            bq.storeBytes(of: bq.loadUnaligned(as: SIMD8<Float>.self) + d * d, as: SIMD8<Float>.self)
+            let isPeak = s .> t
+            if any(isPeak) {
+                for lane in 0..<8 where isPeak[lane] {
+                    peaks &+= handleExceedance(i + lane, s[lane], extreme: isExt[lane])
+                }
+            }
+            i += 8
+        }
+        while i < k {
+            let s = row[i]
+            let extreme = s > ext[i]
+            if !extreme {
+                let d = s - shift[i]
+                bsum[i] += d
+                bsumsq[i] += d * d
+            }
+            if s > thr[i] { peaks &+= handleExceedance(i, s, extreme: extreme) }
+            i += 1
+        }
+        return peaks
+    }
+
+    @inline(__always)
+    private func handleExceedance(_ j: Int, _ s: Float, extreme: Bool) -> Int {
+        if extreme {
+            extremesTotal[j] &+= 1
+            blockExtremes[j] &+= 1
+            extremeOut[extremeCount] = Int32(truncatingIfNeeded: j)
+            extremeCount &+= 1
+            return 0
+        }
+        let h = Int(head[j])
+        ring[j &* cap &+ h] = Float(Double(s) - thrD[j])
+        head[j] = h &+ 1 == cap ? 0 : UInt32(h &+ 1)
+        if Int(ringCount[j]) < cap { ringCount[j] &+= 1 }
+        let since = sinceFit[j] &+ 1
+        sinceFit[j] = since
+        if since == UInt32(configuration.refitAfterPeaks) { markDue(j) }
+        if since == UInt32.max { ntAtFit[j] &+= UInt64(since); sinceFit[j] = 0 }  // never reached in practice
+        return 1
+    }
+
+    @inline(__always)
+    private func markDue(_ j: Int) {
+        isDue[j] = true
+        guard !inQueue[j] else { return }
+        inQueue[j] = true
+        var tail = queueHead + queueCount
+        if tail >= filterCount { tail -= filterCount }
+        queue[tail] = Int32(j)
+        queueCount += 1
+    }
+
+    /// Merges the current moment block into the Welford state (Chan et al.). O(K).
+    private func mergeMoments() {
+        let rowsInBlock = Double(blockFill)
+        for j in 0..<filterCount {
+            let nb = rowsInBlock - Double(blockExtremes[j])
+            if nb > 0 {
+                let s1 = Double(bsum[j]), s2 = Double(bsumsq[j])
+                let meanB = Double(shift[j]) + s1 / nb
+                let m2B = max(0, s2 - s1 * s1 / nb)
+                let na = wCount[j]
+                let total = na + nb
+                let delta = meanB - wMean[j]
+                wMean[j] += delta * nb / total
+                wM2[j] += m2B + delta * delta * na * nb / total
+                wCount[j] = total
+            }
+            shift[j] = Float(wMean[j])
+            bsum[j] = 0
+            bsumsq[j] = 0
+            blockExtremes[j] = 0
+        }
+        blockFill = 0
+    }
+
+    // MARK: - Calibration
+
+    private func finishCalibration() {
+        guard let c = calib else { return }
+        let k = filterCount, nCal = configuration.calibration
+        let col = UnsafeMutablePointer<Float>.allocate(capacity: nCal)
+        let sorted = UnsafeMutablePointer<Float>.allocate(capacity: nCal)
+        defer { col.deallocate(); sorted.deallocate() }
+        for j in 0..<k {
+            for r in 0..<nCal { col[r] = c[r &* k &+ j] }
+            calibrateFilter(j, column: UnsafeBufferPointer(start: col, count: nCal), sorted: sorted)
+        }
+        c.deallocate()
+        calib = nil
+        calibSeen = nCal
+    }
+
+    /// Numpy's default ("linear", type 7) quantile of sorted data.
+    static func quantile(sorted v: UnsafePointer<Float>, count n: Int, _ p: Double) -> Double {
+        let pos = p * Double(n - 1)
+        let lo = Int(pos.rounded(.down))
+        let hi = min(lo + 1, n - 1)
+        let frac = pos - Double(lo)
+        return Double(v[lo]) + frac * (Double(v[hi]) - Double(v[lo]))
+    }
+
+    static func floatDown(_ d: Double) -> Float {
+        var f = Float(d)
+        if Double(f) > d { f = f.nextDown }
+        return f
+    }
+
+    private func calibrateFilter(_ j: Int, column: UnsafeBufferPointer<Float>, sorted: UnsafeMutablePointer<Float>) {
+        let n = column.count
+        // Moments: two-pass (exact batch reference for the streaming merge).
+        var sum = 0.0
+        for v in column { sum += Double(v) }
+        let mean = sum / Double(n)
+        var m2 = 0.0
+        for v in column { let d = Double(v) - mean; m2 += d * d }
+        wCount[j] = Double(n); wMean[j] = mean; wM2[j] = m2; shift[j] = Float(mean)
+        // Threshold and sketch.
+        sorted.update(from: column.baseAddress!, count: n)
+        var sortedBuffer = UnsafeMutableBufferPointer(start: sorted, count: n)
+        sortedBuffer.sort()
+        let t = Self.quantile(sorted: sorted, count: n, configuration.level)
+        thrD[j] = t
+        thr[j] = Self.floatDown(t)
+        for i in 0..<Self.sketchPoints {
+            let p = configuration.level * Double(i) / Double(Self.sketchPoints - 1)
+            sketch[j * Self.sketchPoints + i] = Float(Self.quantile(sorted: sorted, count: n, p))
+        }
+        // Peaks in arrival order; the ring keeps the newest `cap`.
+        var nt: UInt64 = 0
+        let base = ring + j * cap
+        var h = 0, count = 0
+        for v in column where Double(v) > t {
+            base[h] = Float(Double(v) - t)
+            h += 1; if h == cap { h = 0 }
+            count = min(count + 1, cap)
+            nt += 1
+        }
+        head[j] = UInt32(h); ringCount[j] = UInt32(count); ntAtFit[j] = nt; sinceFit[j] = 0
+        fitFilter(j)
+    }
+
+    // MARK: - Refits
+
+    /// Refits up to `limit` due filters (FIFO). Returns how many were refit. For idle time.
+    @discardableResult
+    public func refitDue(limit: Int = .max) -> Int {
+        var done = 0
+        while done < limit, queueCount > 0 { if refitNextDue() { done += 1 } }
+        return done
+    }
+
+    /// Refits one filter now (on demand), whether due or not.
+    public func refit(filter j: Int) {
+        precondition(j >= 0 && j < filterCount)
+        guard calib == nil else { return }
+        fitFilter(j)
+    }
+
+    /// Pops the oldest queued filter and refits it if still due (an on-demand refit may have
+    /// served it already). Returns whether a fit ran.
+    private func refitNextDue() -> Bool {
+        let j = Int(queue[queueHead])
+        queueHead += 1; if queueHead == filterCount { queueHead = 0 }
+        queueCount -= 1
+        inQueue[j] = false
+        guard isDue[j] else { return false }
+        fitFilter(j)
+        return true
+    }
+
+    /// Full Grimshaw fit on filter j's ring; recomputes z_j. Clears its due flag.
+    private func fitFilter(_ j: Int) {
+        let count = Int(ringCount[j])
+        let fit = fitter.fit(UnsafeBufferPointer(start: ring + j * cap, count: count), minPeaks: configuration.minPeaks)
+        refitCount &+= 1
+        ntAtFit[j] &+= UInt64(sinceFit[j])
+        sinceFit[j] = 0
+        isDue[j] = false   // a queue entry left behind is skipped when popped
+        shape[j] = fit.gpd.shape
+        scale[j] = fit.gpd.scale
+        method[j] = fit.method.rawValue
+        if fit.method == .insufficientPeaks {
+            extD[j] = .infinity
+            ext[j] = .infinity
+        } else {
+            let n = Double(nPOT(j)), nt = Double(ntAtFit[j])
+            var z = POT.extremeThreshold(threshold: thrD[j], gpd: fit.gpd, q: configuration.q, n: n, peaks: nt)
+            if !(z >= thrD[j]) { z = thrD[j] }   // q ≥ N_t/n: every peak is extreme (also catches NaN)
+            extD[j] = z
+            ext[j] = Self.floatDown(z)
+        }
+    }
+
+    /// `n_j`: valid rows minus this filter's extreme exceedances.
+    @inline(__always) func nPOT(_ j: Int) -> UInt64 { rows - extremesTotal[j] }
+    @inline(__always) func nt(_ j: Int) -> UInt64 { ntAtFit[j] + UInt64(sinceFit[j]) }
+
+    // MARK: - Scores and ranking
+
+    /// Tail probability `p` and score `−log10 p` of value `s` for filter `j` (method.md §2).
+    ///
+    /// - Above a fitted threshold: `p = (N_t/n)·S_GPD(s − t)`. For a light tail (`γ < 0`) the fitted
+    ///   endpoint `t + σ/|γ|` is a finite-sample estimate, often too low; `p` is therefore floored at
+    ///   `(N_t/n)/(N_t + 1)`, the empirical probability of exceeding every peak seen, so a value
+    ///   beyond the endpoint ranks high but cannot outrank a genuinely rare value of a heavy-tailed
+    ///   filter for that reason alone (ties broken by the standardized excess).
+    /// - Above the threshold without a fit (too few peaks): empirical tail of the ring,
+    ///   `p = (N_t/n)·(#{peaks > y} + 1)/(peaks + 1)`.
+    /// - At or below the threshold: `p = max(1 − F̂(s), N_t/n)` from the calibration sketch, so every
+    ///   filter above its threshold outranks every filter below its own.
+    /// Valid only once calibrated. `s` must be finite and ≥ 0.
+    public func tailProbability(filter j: Int, value s: Float) -> Double {
+        precondition(calib == nil, "tailProbability before calibration")
+        let n = Double(nPOT(j)), ntj = Double(nt(j))
+        let rate = ntj / n
+        let sd = Double(s)
+        if sd > thrD[j] {
+            let y = sd - thrD[j]
+            if method[j] == GPDFitMethod.insufficientPeaks.rawValue {
+                let base = ring + j * cap
+                let c = Int(ringCount[j])
+                var above = 0
+                for i in 0..<c where Double(base[i]) > y { above += 1 }
+                return rate * Double(above + 1) / Double(c + 1)
+            }
+            let g = GPD(shape: shape[j], scale: scale[j])
+            var p = rate * g.survival(excess: y)
+            if g.shape < 0 { p = max(p, rate / (ntj + 1)) }
+            return p
+        }
+        // Below: interpolate the sketch (quantiles at level·i/16).
+        let sk = sketch + j * Self.sketchPoints
+        let m = Self.sketchPoints
+        var cdf: Double
+        if s <= sk[0] {
+            cdf = 0
+        } else if s >= sk[m - 1] {
+            cdf = configuration.level
+        } else {
+            var lo = 0, hi = m - 1
+            while hi - lo > 1 { let mid = (lo + hi) / 2; if sk[mid] <= s { lo = mid } else { hi = mid } }
+            let a = Double(sk[lo]), b = Double(sk[hi])
+            let f = b > a ? (sd - a) / (b - a) : 1
+            cdf = configuration.level * (Double(lo) + f) / Double(m - 1)
+        }
+        return max(1 - cdf, rate)
+    }
+
+    /// z-score `(s − μ_j)/σ_j` (σ = 1 when below 1e-14), moments as of the last merge plus the open block.
+    public func zScore(filter j: Int, value s: Float) -> Double {
+        let (mean, sd) = moments(j)
+        return (Double(s) - mean) / (sd < 1e-14 ? 1 : sd)
+    }
+
+    /// Current mean and unbiased standard deviation of filter j, including the open block.
+    public func moments(_ j: Int) -> (mean: Double, standardDeviation: Double) {
+        var count = wCount[j], mean = wMean[j], m2 = wM2[j]
+        let nb = Double(blockFill) - Double(blockExtremes[j])
+        if nb > 0 {
+            let s1 = Double(bsum[j]), s2 = Double(bsumsq[j])
+            let meanB = Double(shift[j]) + s1 / nb
+            let m2B = max(0, s2 - s1 * s1 / nb)
+            let total = count + nb
+            let delta = meanB - mean
+            mean += delta * nb / total
+            m2 += m2B + delta * delta * count * nb / total
+            count = total
+        }
+        return (mean, count > 1 ? (m2 / (count - 1)).squareRoot() : 0)
+    }
+
+    /// Scores every filter of `row` by `kind` into `out` (count K): `−log10 p` or the z-score.
+    public func score(_ row: UnsafeBufferPointer<Float>, by kind: ScoreKind, into out: UnsafeMutableBufferPointer<Double>) {
+        precondition(row.count == filterCount && out.count == filterCount)
+        switch kind {
+        case .pot:
+            for j in 0..<filterCount { out[j] = POT.score(p: tailProbability(filter: j, value: row[j])) }
+        case .zscore:
+            for j in 0..<filterCount { out[j] = zScore(filter: j, value: row[j]) }
+        }
+    }
+
+    /// The `k` highest-scoring filters of `row`, best first; every filter can rank (method.md §2).
+    /// For POT, filters above their threshold always precede those below; ties (e.g. floored light
+    /// tails) are broken by the standardized excess `(s − t)/σ`, then by index.
+    public func top(_ row: UnsafeBufferPointer<Float>, k: Int, by kind: ScoreKind) -> [RankedFilter] {
+        precondition(calib == nil, "top before calibration")
+        let out = UnsafeMutableBufferPointer(start: scores, count: filterCount)
+        score(row, by: kind, into: out)
+        return select(k: k, by: kind) { j in kind == .pot ? self.tieBreak(j, row[j]) : 0 }
+    }
+
+    /// Ranks by the mean score over several rows (a recent window). Geometric mean of `p` for POT.
+    public func top(rows: [UnsafeBufferPointer<Float>], k: Int, by kind: ScoreKind) -> [RankedFilter] {
+        precondition(calib == nil, "top before calibration")
+        guard !rows.isEmpty else { return [] }
+        let acc = UnsafeMutableBufferPointer<Double>.allocate(capacity: filterCount)
+        defer { acc.deallocate() }
+        acc.initialize(repeating: 0)
+        let out = UnsafeMutableBufferPointer(start: scores, count: filterCount)
+        for r in rows {
+            score(r, by: kind, into: out)
+            for j in 0..<filterCount { acc[j] += out[j] }
+        }
+        let inv = 1 / Double(rows.count)
+        for j in 0..<filterCount { out[j] = acc[j] * inv }
+        return select(k: k, by: kind) { _ in 0 }
+    }
+
+    private func tieBreak(_ j: Int, _ s: Float) -> Double {
+        Double(s) > thrD[j] ? (Double(s) - thrD[j]) / scale[j] : 0
+    }
+
+    private func select(k: Int, by kind: ScoreKind, tie: (Int) -> Double) -> [RankedFilter] {
+        let kk = min(max(k, 0), filterCount)
+        guard kk > 0 else { return [] }
+        // Key: (score, tie, −index). Infinite scores sort first; NaN never occurs (inputs validated).
+        func better(_ a: (Double, Double, Int), _ b: (Double, Double, Int)) -> Bool {
+            if a.0 != b.0 { return a.0 > b.0 }
+            if a.1 != b.1 { return a.1 > b.1 }
+            return a.2 < b.2
+        }
+        // Min-heap of the best kk (worst at the root).
+        var heap: [(Double, Double, Int)] = []
+        heap.reserveCapacity(kk)
+        func siftDown(_ i0: Int) {
+            var i = i0
+            while true {
+                let l = 2 * i + 1, r = l + 1
+                var w = i
+                if l < heap.count, better(heap[w], heap[l]) { w = l }
+                if r < heap.count, better(heap[w], heap[r]) { w = r }
+                if w == i { return }
+                heap.swapAt(i, w); i = w
+            }
+        }
+        func siftUp(_ i0: Int) {
+            var i = i0
+            while i > 0 {
+                let p = (i - 1) / 2
+                if better(heap[p], heap[i]) { heap.swapAt(p, i); i = p } else { return }
+            }
+        }
+        for j in 0..<filterCount {
+            let key = (scores[j], tie(j), j)
+            if heap.count < kk {
+                heap.append(key); siftUp(heap.count - 1)
+            } else if better(key, heap[0]) {
+                heap[0] = key; siftDown(0)
+            }
+        }
+        heap.sort { better($0, $1) }
+        return heap.map { key in
+            let p: Double? = kind == .pot ? Double.pow(10, -key.0) : nil
+            return RankedFilter(filter: key.2, score: key.0, p: p)
+        }
+    }
+
+    // MARK: - Introspection
+
+    public func report(filter j: Int) -> FilterReport {
+        precondition(j >= 0 && j < filterCount)
+        let (mean, sd) = calib == nil ? moments(j) : (.nan, .nan)
+        let tail: TailModel
+        switch method[j] {
+        case 255: tail = .calibrating
+        case GPDFitMethod.insufficientPeaks.rawValue: tail = .empirical
+        case GPDFitMethod.exponential.rawValue: tail = .exponential
+        case GPDFitMethod.moments.rawValue: tail = .moments
+        default: tail = .gpd
+        }
+        return FilterReport(filter: j, threshold: thrD[j], extremeThreshold: extD[j], shape: shape[j], scale: scale[j],
+                            tail: tail, n: calib == nil ? nPOT(j) : UInt64(calibSeen), peaks: nt(j), peaksInRing: Int(ringCount[j]),
+                            peaksSinceFit: Int(sinceFit[j]), extremes: extremesTotal[j], due: isDue[j], mean: mean, standardDeviation: sd)
+    }
+
+    /// Bytes of learned state per filter at this configuration (excluding the transient calibration buffer).
+    public var bytesPerFilter: Int {
+        let hot = 5 * MemoryLayout<Float>.size
+        let peak = 3 * MemoryLayout<UInt32>.size + cap * MemoryLayout<Float>.size + MemoryLayout<Double>.size
+        let rare = MemoryLayout<UInt64>.size + MemoryLayout<UInt16>.size
+        let cold = 7 * MemoryLayout<Double>.size + 1 + Self.sketchPoints * MemoryLayout<Float>.size + 1 + MemoryLayout<Int32>.size
+        let scratch = MemoryLayout<Int32>.size + MemoryLayout<Double>.size
+        return hot + peak + rare + cold + scratch
+    }
+}

@@ -1,0 +1,219 @@
+import ArgumentParser
+import Foundation
+import EVTOnline
+import SaliencyCore
+
+struct Fit: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Fit a generalized Pareto tail to one series (Grimshaw maximum likelihood).",
+        discussion: "FILE is a 1-D .npy or a text file with one number per line. Peaks are the values above the threshold, minus it.")
+
+    @Argument(help: "The series (.npy or text).") var file: String
+    @Option(help: "Quantile level of the threshold (numpy 'linear' quantile).") var level: Double = 0.90
+    @Option(help: "Explicit threshold instead of --level (0: every positive value is a peak).") var threshold: Double?
+    @Option(name: .customLong("min-peaks"), help: "Fewer peaks than this: no GPD fit (method insufficient_peaks).") var minPeaks = 10
+    @OptionGroup var output: OutputOptions
+
+    struct Result: Codable { var n: Int; var threshold: Double; var peaks: Int; var shape: Double; var scale: Double; var loglik: Double; var method: String }
+
+    func validate() throws {
+        guard level > 0, level < 1 else { throw ValidationError("--level must be in (0, 1), got \(level)") }
+        if let t = threshold, !t.isFinite { throw ValidationError("--threshold must be finite") }
+        guard minPeaks >= 1 else { throw ValidationError("--min-peaks must be ≥ 1") }
+    }
+
+    func run() throws {
+        let x = try IO.readSeries(file)
+        guard !x.isEmpty else { throw ValidationError("'\(file)' holds no values") }
+        if let i = x.firstIndex(where: { !$0.isFinite }) { throw ValidationError("'\(file)' value \(i) is \(x[i]); NaN and ±inf are not allowed") }
+        let t: Double
+        if let th = threshold {
+            t = th
+        } else {
+            let s = x.sorted()
+            let pos = level * Double(s.count - 1)
+            let lo = Int(pos), hi = min(lo + 1, s.count - 1)
+            t = s[lo] + (pos - Double(lo)) * (s[hi] - s[lo])
+        }
+        let peaks = x.filter { $0 > t }.map { $0 - t }
+        var fitter = GrimshawFitter(capacity: max(peaks.count, 1))
+        let f = peaks.withUnsafeBufferPointer { fitter.fit($0, minPeaks: minPeaks) }
+        let r = Result(n: x.count, threshold: t, peaks: peaks.count, shape: f.gpd.shape, scale: f.gpd.scale, loglik: f.logLikelihood, method: f.method.label)
+        if output.json { try IO.printJSON(r); return }
+        var tb = Table(headers: ["n", "threshold", "peaks", "shape", "scale", "loglik", "method"])
+        tb.rows.append([String(r.n), fmt(r.threshold), String(r.peaks), fmt(r.shape), fmt(r.scale), fmt(r.loglik, 8), r.method])
+        print(tb.render())
+    }
+}
+
+extension GPDFitMethod {
+    var label: String {
+        switch self {
+        case .grimshaw: "grimshaw"
+        case .exponential: "exponential"
+        case .moments: "moments"
+        case .insufficientPeaks: "insufficient_peaks"
+        }
+    }
+}
+
+struct Analyze: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Calibrate on reference rows, then rank the filters of every input row.",
+        discussion: """
+        REFERENCE and INPUT are 2-D .npy files [rows, K]; K must equal the schema's filter count.
+        Rows with NaN, ±inf, negative values or a wrong width are rejected (stderr), counted, and
+        never scored; the exit status is 3 if any input row was rejected.
+        """)
+
+    @Option(help: "Schema JSON ({\"model\": ..., \"layers\": [{\"name\": ..., \"filters\": N}, ...]}).") var schema: String
+    @Option(help: "Reference rows (.npy [n, K]); all of them calibrate the model.") var reference: String
+    @Option(help: "Rows to rank (.npy [m, K]).") var input: String
+    @Option(help: "Score: pot or zscore.") var by: ScoreKind = .pot
+    @Option(help: "Threshold quantile level.") var level: Double = 0.90
+    @Option(name: .customLong("top"), help: "How many filters per row.") var topK = 10
+    @Option(help: "Risk q of the extreme threshold.") var q: Double = 1e-4
+    @Flag(help: "Absorb every input row after scoring it (as the daemon does) instead of scoring against the reference only.") var stream = false
+    @OptionGroup var output: OutputOptions
+
+    struct Entry: Codable { var filter: Int; var layer: String; var channel: Int; var score: Double; var p: Double? }
+    struct Row: Codable { var row: Int; var top: [Entry] }
+
+    func validate() throws {
+        guard topK >= 1 else { throw ValidationError("--top must be ≥ 1") }
+    }
+
+    func run() throws {
+        let sch = try IO.readSchema(schema)
+        let ref = try IO.readMatrix(reference)
+        let x = try IO.readMatrix(input)
+        let k = sch.filterCount
+        guard ref.columns == k else { throw ValidationError("reference has \(ref.columns) columns but schema '\(sch.model)' has \(k) filters") }
+        guard x.columns == k else { throw ValidationError("input has \(x.columns) columns but schema '\(sch.model)' has \(k) filters") }
+        var cfg = POTConfiguration()
+        cfg.level = level
+        cfg.q = q
+        cfg.calibration = ref.rows
+        cfg.refitsPerRow = 1e6   // offline: refit every due filter at once
+        let bank: FilterBank
+        do { bank = try FilterBank(filterCount: k, configuration: cfg) } catch { throw ValidationError(error.message) }
+        try ref.values.withUnsafeBufferPointer { all in
+            for r in 0..<ref.rows {
+                let row = UnsafeBufferPointer(rebasing: all[(r * k)..<((r + 1) * k)])
+                if let why = bank.validate(row) { throw ValidationError("reference row \(r) is invalid: \(why.explanation); calibration data must be clean") }
+                bank.updateValidated(row)
+            }
+        }
+        var rejected: [RowRejection: Int] = [:]
+        var table = Table(headers: ["row", "rank", "filter", "layer", "channel", "score"] + (by == .pot ? ["p"] : []))
+        try x.values.withUnsafeBufferPointer { all in
+            for r in 0..<x.rows {
+                let row = UnsafeBufferPointer(rebasing: all[(r * k)..<((r + 1) * k)])
+                if let why = bank.validate(row) {
+                    rejected[why, default: 0] += 1
+                    FileHandle.standardError.write(Data("row \(r) rejected: \(why.explanation)\n".utf8))
+                    continue
+                }
+                if stream { bank.updateValidated(row) }
+                let top = bank.top(row, k: topK, by: by)
+                let entries = top.map { f -> Entry in
+                    let (l, c) = sch.locate(f.filter)
+                    return Entry(filter: f.filter, layer: sch.layers[l].name, channel: c, score: f.score, p: f.p)
+                }
+                if output.json {
+                    try IO.printJSON(Row(row: r, top: entries))
+                } else {
+                    for (i, e) in entries.enumerated() {
+                        table.rows.append([String(r), String(i + 1), String(e.filter), e.layer, String(e.channel), fmt(e.score, 5)] + (by == .pot ? [fmt(e.p ?? .nan, 4)] : []))
+                    }
+                }
+            }
+        }
+        if !output.json { print(table.render()) }
+        if !rejected.isEmpty {
+            let summary = rejected.sorted { $0.key.rawValue < $1.key.rawValue }.map { "\($0.key.rawValue)=\($0.value)" }.joined(separator: " ")
+            FileHandle.standardError.write(Data("\(rejected.values.reduce(0, +)) of \(x.rows) rows rejected: \(summary)\n".utf8))
+            throw ExitCode(3)
+        }
+    }
+}
+
+extension ScoreKind: ExpressibleByArgument {}
+
+extension RowRejection {
+    var explanation: String {
+        switch self {
+        case .wrongWidth: "wrong_width (the row's length is not the schema's filter count)"
+        case .nonFinite: "non_finite (NaN or ±inf; saliencies must be finite)"
+        case .negative: "negative (saliencies are gradient magnitudes, ≥ 0)"
+        }
+    }
+}
+
+extension Error {
+    var message: String { (self as? SaliencyError)?.message ?? "\(self)" }
+}
+
+struct Bench: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Measure the FilterBank update path on this machine (one core), to size deployments.",
+        discussion: "Synthetic lognormal saliencies with per-filter scales; calibration first (not timed), then N timed updates, refits included.")
+
+    @Option(help: "Filters K (ResNet-50: 26560, ResNet-18: 4800).") var filters = 26_560
+    @Option(help: "Timed predictions.") var predictions = 20_000
+    @Option(help: "Threshold quantile level.") var level: Double = 0.90
+    @Option(help: "Calibration rows.") var calibration = 1000
+    @Option(name: .customLong("refits-per-row"), help: "Refit budget per prediction.") var refitsPerRow = POTConfiguration().refitsPerRow
+    @Option(help: "Random seed.") var seed: UInt64 = 1
+    @OptionGroup var output: OutputOptions
+
+    struct Result: Codable {
+        var filters: Int; var predictions: Int; var level: Double
+        var predictions_per_second: Double; var values_per_second: Double; var ns_per_value: Double; var bytes_per_filter: Int
+        var refits: UInt64; var peaks_per_row: Double; var extremes: Int
+    }
+
+    func run() throws {
+        var cfg = POTConfiguration()
+        cfg.level = level
+        cfg.calibration = calibration
+        cfg.refitsPerRow = refitsPerRow
+        let bank: FilterBank
+        do { bank = try FilterBank(filterCount: filters, configuration: cfg) } catch { throw ValidationError(error.message) }
+        var rng = SplitMix64(seed: seed)
+        let scales = (0..<filters).map { _ in Float(0.5 + rng.uniform()) }
+        let pool = 64
+        var rows = [Float](repeating: 0, count: pool * filters)
+        func fill() {
+            for r in 0..<pool { for j in 0..<filters { rows[r * filters + j] = scales[j] * Float(exp(0.6 * rng.normal())) } }
+        }
+        fill()
+        rows.withUnsafeBufferPointer { all in
+            for r in 0..<calibration { bank.updateValidated(UnsafeBufferPointer(rebasing: all[((r % pool) * filters)..<((r % pool + 1) * filters)])) }
+        }
+        fill()   // fresh rows for the timed part
+        let refitsBefore = bank.refitCount
+        var peaks = 0, extremes = 0
+        let clock = ContinuousClock()
+        let elapsed = rows.withUnsafeBufferPointer { all in
+            clock.measure {
+                for i in 0..<predictions {
+                    let r = i % pool
+                    let res = bank.updateValidated(UnsafeBufferPointer(rebasing: all[(r * filters)..<((r + 1) * filters)]))
+                    peaks += res.peaks
+                    extremes += res.extremes
+                }
+            }
+        }
+        let secs = Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) * 1e-18
+        let pps = Double(predictions) / secs
+        let r = Result(filters: filters, predictions: predictions, level: level, predictions_per_second: pps,
+                       values_per_second: pps * Double(filters), ns_per_value: secs * 1e9 / (Double(predictions) * Double(filters)),
+                       bytes_per_filter: bank.bytesPerFilter, refits: bank.refitCount - refitsBefore,
+                       peaks_per_row: Double(peaks) / Double(predictions), extremes: extremes)
+        if output.json { try IO.printJSON(r); return }
+        var t = Table(headers: ["filters", "level", "predictions/s", "values/s", "ns/value", "bytes/filter", "refits", "peaks/row"])
+        t.rows.append([String(filters), fmt(level, 3), fmt(pps, 6), fmt(r.values_per_second, 4), fmt(r.ns_per_value, 3), String(r.bytes_per_filter), String(r.refits), fmt(r.peaks_per_row, 5)])
+        print(t.render())
+    }
+}

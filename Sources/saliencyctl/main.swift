@@ -1,2 +1,0 @@
-import SaliencyCore
-print("saliencyctl: not yet")

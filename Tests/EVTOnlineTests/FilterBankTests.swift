@@ -1,0 +1,300 @@
+import Testing
+import Foundation
+import SaliencyCore
+@testable import EVTOnline
+
+/// Synthetic rows: filter j draws from one of three tail families, scaled per filter.
+struct SyntheticFeed {
+    var rng: SplitMix64
+    let k: Int
+    init(seed: UInt64, filters: Int) { rng = SplitMix64(seed: seed); k = filters }
+    mutating func value(_ j: Int) -> Float {
+        let scale = 0.5 + Double(j % 7) * 0.25
+        switch j % 3 {
+        case 0: return Float(scale * exp(0.5 * rng.normal()))                        // lognormal
+        case 1: return Float(scale * (pow(rng.uniform(), -0.25) - 1) / 0.25)         // GPD(0.25) tail
+        default: return Float(scale * abs(rng.normal()))                              // half-normal
+        }
+    }
+    mutating func row() -> [Float] { (0..<k).map { value($0) } }
+    mutating func rows(_ n: Int) -> [[Float]] { (0..<n).map { _ in row() } }
+}
+
+func numpyLinearQuantile(_ xs: [Float], _ p: Double) -> Double {
+    let s = xs.map(Double.init).sorted()
+    let pos = p * Double(s.count - 1)
+    let lo = Int(pos), hi = min(lo + 1, s.count - 1)
+    return s[lo] + (pos - Double(lo)) * (s[hi] - s[lo])
+}
+
+func config(calibration: Int = 400, level: Double = 0.9, q: Double = 1e-3, refits: Double = 1e6, maxPeaks: Int = 256) -> POTConfiguration {
+    var c = POTConfiguration()
+    c.calibration = calibration
+    c.level = level
+    c.q = q
+    c.refitsPerRow = refits
+    c.maxPeaks = maxPeaks
+    return c
+}
+
+@discardableResult
+func feed(_ bank: FilterBank, _ row: [Float]) -> FilterBank.RowResult {
+    row.withUnsafeBufferPointer { bank.update($0) }
+}
+
+@Suite struct FilterBankTests {
+    @Test func rejectsInvalidRowsWithoutTouchingState() throws {
+        let k = 21
+        let bank = try FilterBank(filterCount: k, configuration: config(calibration: 100))
+        var f = SyntheticFeed(seed: 1, filters: k)
+        for r in f.rows(150) { feed(bank, r) }
+        let before = (0..<k).map { bank.report(filter: $0) }
+        let rowsBefore = bank.rows
+        var bad = f.row(); bad[3] = .nan
+        #expect(feed(bank, bad).rejected == .nonFinite)
+        bad = f.row(); bad[20] = .infinity
+        #expect(feed(bank, bad).rejected == .nonFinite)
+        bad = f.row(); bad[0] = -.infinity
+        #expect(feed(bank, bad).rejected == .nonFinite)
+        bad = f.row(); bad[9] = -1e-3
+        #expect(feed(bank, bad).rejected == .negative)
+        #expect(feed(bank, Array(f.row().dropLast())).rejected == .wrongWidth)
+        #expect(feed(bank, f.row() + [1]).rejected == .wrongWidth)
+        var negZero = f.row(); negZero[5] = -0.0
+        #expect(bank.validate(negZero.withUnsafeBufferPointer { $0 }) == nil)
+        #expect(bank.rows == rowsBefore)
+        #expect(bank.rejected == [.nonFinite: 3, .negative: 1, .wrongWidth: 2])
+        #expect((0..<k).map { bank.report(filter: $0) } == before)
+    }
+
+    @Test func rejectedRowsDuringCalibrationDoNotCount() throws {
+        let bank = try FilterBank(filterCount: 9, configuration: config(calibration: 100))
+        var f = SyntheticFeed(seed: 2, filters: 9)
+        for _ in 0..<10 { var r = f.row(); r[1] = .nan; feed(bank, r) }
+        #expect(bank.phase == .calibrating(seen: 0, of: 100))
+        for r in f.rows(99) { feed(bank, r) }
+        #expect(!bank.isCalibrated)
+        #expect(feed(bank, f.row()).calibrated)
+        #expect(bank.isCalibrated)
+    }
+
+    /// method.md §6.3: feeding the reference one row at a time equals a one-shot batch fit.
+    @Test(arguments: [0.9, 0.98])
+    func streamingCalibrationEqualsOneShotFit(level: Double) throws {
+        let k = 30, n = 600
+        let bank = try FilterBank(filterCount: k, configuration: config(calibration: n, level: level))
+        var f = SyntheticFeed(seed: 3, filters: k)
+        let ref = f.rows(n)
+        for r in ref { feed(bank, r) }
+        #expect(bank.isCalibrated)
+        var fitter = GrimshawFitter(capacity: n)
+        for j in 0..<k {
+            let col = ref.map { $0[j] }
+            let t = numpyLinearQuantile(col, level)
+            let peaks = col.map(Double.init).filter { $0 > t }.map { $0 - t }
+            let rep = bank.report(filter: j)
+            #expect(rep.threshold == t)
+            #expect(rep.peaks == UInt64(peaks.count))
+            #expect(rep.n == UInt64(n))
+            // Batch fit on the same peaks (as Float, the ring's storage) gives the same model.
+            let fl = peaks.suffix(256).map { Float($0) }
+            let fit = fl.withUnsafeBufferPointer { fitter.fit($0, minPeaks: 10) }
+            #expect(rep.shape == fit.gpd.shape)
+            #expect(rep.scale == fit.gpd.scale)
+            let z = POT.extremeThreshold(threshold: t, gpd: fit.gpd, q: 1e-3, n: Double(n), peaks: Double(peaks.count))
+            #expect(rep.extremeThreshold == max(z, t))
+            // Moments: two-pass batch values.
+            let mean = col.reduce(0.0) { $0 + Double($1) } / Double(n)
+            let varr = col.reduce(0.0) { $0 + (Double($1) - mean) * (Double($1) - mean) } / Double(n - 1)
+            #expect(abs(rep.mean - mean) <= 1e-12 * abs(mean))
+            #expect(abs(rep.standardDeviation - varr.squareRoot()) <= 1e-12 * varr.squareRoot())
+        }
+        // Ranking of fresh rows equals ranking by the batch formula.
+        for row in f.rows(20) {
+            let top = row.withUnsafeBufferPointer { bank.top($0, k: k, by: .pot) }
+            #expect(top.count == k)
+            #expect(Set(top.map(\.filter)).count == k)
+            let expected = (0..<k).map { j in (j, POT.score(p: bank.tailProbability(filter: j, value: row[j]))) }
+            for (a, b) in zip(top, top.dropFirst()) { #expect(a.score >= b.score) }
+            for e in top { #expect(e.score == expected[e.filter].1) }
+        }
+    }
+
+    /// Above-threshold filters always outrank below-threshold ones; every filter gets a score.
+    @Test func everyFilterRanksAndAboveThresholdComesFirst() throws {
+        let k = 40
+        let bank = try FilterBank(filterCount: k, configuration: config(calibration: 300))
+        var f = SyntheticFeed(seed: 4, filters: k)
+        for r in f.rows(300) { feed(bank, r) }
+        for row in f.rows(30) {
+            let top = row.withUnsafeBufferPointer { bank.top($0, k: k, by: .pot) }
+            #expect(top.count == k)
+            let above = top.map { Double(row[$0.filter]) > bank.report(filter: $0.filter).threshold }
+            if let firstBelow = above.firstIndex(of: false) {
+                #expect(!above[firstBelow...].contains(true))
+            }
+            for e in top { #expect(e.score.isFinite && e.score >= 0) }
+        }
+    }
+
+    /// A light tail's fitted endpoint is underestimated from finite data; a value beyond it must
+    /// not outrank a genuinely rare value of a heavy-tailed filter for that reason alone, yet it
+    /// must rank above ordinary values (not last, not NaN: published defect 3).
+    @Test func beyondEndpointOfLightTailDoesNotOutrankRareHeavyTailValue() throws {
+        let n = 2000
+        let bank = try FilterBank(filterCount: 3, configuration: config(calibration: n))
+        var rng = SplitMix64(seed: 5)
+        for _ in 0..<n {
+            let light = Float(rng.uniform())                             // uniform: γ = −1, endpoint 1
+            let heavy = Float(pow(rng.uniform(), -0.5) - 1)              // Pareto-like, γ = 0.5
+            let plain = Float(rng.uniform())
+            feed(bank, [light, heavy, plain])
+        }
+        let lightRep = bank.report(filter: 0)
+        // Heavy tail at its (1 − 1e-5) quantile: (1e-5)^(−0.5) − 1 ≈ 315.
+        let row: [Float] = [1.5, 315, 0.5]
+        let top = row.withUnsafeBufferPointer { bank.top($0, k: 3, by: .pot) }
+        #expect(top.map(\.filter) == [1, 0, 2])
+        #expect(top[1].score.isFinite)
+        #expect(top[1].score > top[2].score)
+        let pBeyond = bank.tailProbability(filter: 0, value: 1.5)
+        let rate = Double(lightRep.peaks) / Double(lightRep.n)
+        if lightRep.shape < 0 { #expect(pBeyond == rate / (Double(lightRep.peaks) + 1)) }
+        #expect(pBeyond > 0)
+    }
+
+    @Test func extremesAreReportedAndNotAbsorbed() throws {
+        let k = 12
+        let bank = try FilterBank(filterCount: k, configuration: config(calibration: 300))
+        var f = SyntheticFeed(seed: 6, filters: k)
+        for r in f.rows(300) { feed(bank, r) }
+        let before = (0..<k).map { bank.report(filter: $0) }
+        var row = f.row()
+        row[4] = Float(before[4].extremeThreshold * 10 + 1)
+        row[7] = Float(before[7].extremeThreshold * 10 + 1)
+        let res = feed(bank, row)
+        #expect(res.extremes >= 2)
+        let ex = Array(bank.lastExtremes)
+        #expect(ex.contains(4) && ex.contains(7))
+        let after4 = bank.report(filter: 4)
+        #expect(after4.extremes == 1)
+        #expect(after4.n == before[4].n)              // not absorbed
+        #expect(after4.peaks == before[4].peaks)
+        let m = bank.moments(4)
+        #expect(abs(m.mean - before[4].mean) < 1e-6 * max(1, abs(before[4].mean)))
+    }
+
+    /// Streaming z-score moments equal a two-pass computation over every absorbed (non-extreme) value.
+    @Test func momentsMatchTwoPassOverAbsorbedValues() throws {
+        let k = 16, n = 200
+        let bank = try FilterBank(filterCount: k, configuration: config(calibration: n))
+        var f = SyntheticFeed(seed: 7, filters: k)
+        var absorbed = [[Double]](repeating: [], count: k)
+        for r in f.rows(n) { feed(bank, r); for j in 0..<k { absorbed[j].append(Double(r[j])) } }
+        for i in 0..<777 {
+            var r = f.row()
+            if i % 50 == 0 { r[2] = 1e6 }   // extreme: excluded
+            feed(bank, r)
+            let ex = Set(bank.lastExtremes.map(Int.init))
+            for j in 0..<k where !ex.contains(j) { absorbed[j].append(Double(r[j])) }
+        }
+        for j in 0..<k {
+            let xs = absorbed[j]
+            let mean = xs.reduce(0, +) / Double(xs.count)
+            let sd = (xs.reduce(0) { $0 + ($1 - mean) * ($1 - mean) } / Double(xs.count - 1)).squareRoot()
+            let m = bank.moments(j)
+            #expect(abs(m.mean - mean) <= 2e-6 * abs(mean), "filter \(j)")
+            #expect(abs(m.standardDeviation - sd) <= 2e-5 * sd, "filter \(j)")
+            #expect(bank.report(filter: j).n == UInt64(xs.count))
+        }
+    }
+
+    /// The documented lag bound: a due filter is refit within ⌈K/r⌉ + 1 rows, and every refit
+    /// equals a from-scratch fit on the newest `maxPeaks` peaks (tracked independently here).
+    @Test func budgetedRefitsRespectTheLagBoundAndEqualFullRefits() throws {
+        let k = 60, n = 200
+        var cfg = config(calibration: n, refits: 0.5, maxPeaks: 32)
+        cfg.refitAfterPeaks = 4
+        let bank = try FilterBank(filterCount: k, configuration: cfg)
+        let bound = try #require(bank.maxRefitLagRows)
+        #expect(bound == 121)
+        var f = SyntheticFeed(seed: 8, filters: k)
+        var peaks = [[Float]](repeating: [], count: k)
+        for r in f.rows(n) { feed(bank, r) }
+        for j in 0..<k {
+            let t = bank.report(filter: j).threshold
+            peaks[j] = []
+            _ = t
+        }
+        // Rebuild the calibration peaks independently.
+        var f2 = SyntheticFeed(seed: 8, filters: k)
+        let ref = f2.rows(n)
+        for j in 0..<k {
+            let t = bank.report(filter: j).threshold
+            peaks[j] = ref.map { $0[j] }.filter { Double($0) > t }.map { Float(Double($0) - t) }
+        }
+        var dueSince = [Int?](repeating: nil, count: k)
+        var maxLag = 0
+        var fitter = GrimshawFitter(capacity: 64)
+        var checkedRefits = 0
+        for i in 0..<3000 {
+            let row = f.row()
+            let before = (0..<k).map { bank.report(filter: $0).peaksSinceFit }
+            feed(bank, row)
+            let ex = Set(bank.lastExtremes.map(Int.init))
+            for j in 0..<k {
+                let rep = bank.report(filter: j)
+                let t = rep.threshold
+                if Double(row[j]) > t && !ex.contains(j) { peaks[j].append(Float(Double(row[j]) - t)) }
+                if rep.due, dueSince[j] == nil { dueSince[j] = i }
+                if !rep.due, let s = dueSince[j] {
+                    maxLag = max(maxLag, i - s)
+                    dueSince[j] = nil
+                }
+                if rep.peaksSinceFit == 0 && before[j] > 0 {   // refit in this row: compare with a full refit
+                    let last = Array(peaks[j].suffix(32))
+                    let fit = last.withUnsafeBufferPointer { fitter.fit($0, minPeaks: cfg.minPeaks) }
+                    #expect(rep.shape == fit.gpd.shape && rep.scale == fit.gpd.scale, "filter \(j) row \(i)")
+                    checkedRefits += 1
+                }
+            }
+        }
+        #expect(checkedRefits > 100)
+        #expect(maxLag <= bound)
+        #expect(maxLag > 0)
+    }
+
+    @Test func refitDueAndOnDemandRefits() throws {
+        var cfg = config(calibration: 200, refits: 0)
+        cfg.refitAfterPeaks = 2
+        let bank = try FilterBank(filterCount: 10, configuration: cfg)
+        #expect(bank.maxRefitLagRows == nil)
+        var f = SyntheticFeed(seed: 9, filters: 10)
+        for r in f.rows(400) { feed(bank, r) }
+        let due = bank.dueCount
+        #expect(due > 0)
+        bank.refit(filter: 0)
+        #expect(!bank.report(filter: 0).due)
+        let done = bank.refitDue()
+        #expect(done == due - 1 || done == due)
+        #expect(bank.dueCount == 0)
+    }
+
+    @Test func zScoreRankingUsesMoments() throws {
+        let bank = try FilterBank(filterCount: 3, configuration: config(calibration: 100))
+        var rng = SplitMix64(seed: 10)
+        for _ in 0..<100 { feed(bank, [Float(1 + 0.1 * rng.normal()).magnitude, Float(10 + rng.normal()).magnitude, Float(rng.uniform())]) }
+        let row: [Float] = [1.5, 12, 0.5]
+        let top = row.withUnsafeBufferPointer { bank.top($0, k: 3, by: .zscore) }
+        #expect(top.first?.filter == 0)   // 5σ beats 2σ
+        for e in top {
+            let m = bank.moments(e.filter)
+            #expect(abs(e.score - (Double(row[e.filter]) - m.mean) / m.standardDeviation) < 1e-9)
+        }
+    }
+
+    @Test func stateIsBoundedAtDefaults() throws {
+        let bank = try FilterBank(filterCount: 8)
+        #expect(bank.bytesPerFilter <= 2048)
+    }
+}
