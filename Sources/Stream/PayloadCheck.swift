@@ -1,0 +1,80 @@
+import SaliencyCore
+
+/// Validation of a prediction payload: `K` little-endian float32 saliencies (docs/protocol.md §2).
+///
+/// Works on the bit patterns in one branch-free pass (the loop auto-vectorizes in release builds),
+/// reads with `loadUnaligned` so any frame alignment is fine, and allocates nothing.
+///
+/// Rules, in order of precedence when a row breaks several:
+/// 1. byte count ≠ 4·K → `.wrongWidth`;
+/// 2. any exponent field all ones (NaN, +∞, −∞) → `.nonFinite`;
+/// 3. any sign bit set on a value other than −0.0 → `.negative`.
+///
+/// **−0.0 is accepted** (it is a zero magnitude: `abs`/mean of tiny gradients can produce it and it
+/// compares equal to 0). Subnormals are accepted.
+public enum PayloadCheck {
+    /// Returns why the payload must be rejected, or `nil` if every value is a finite float ≥ 0.
+    /// O(K), no allocation.
+    @inlinable
+    public static func validate(_ raw: UnsafeRawBufferPointer, expectedCount: Int) -> RowRejection? {
+        guard expectedCount >= 0, raw.count == expectedCount &* 4 else { return .wrongWidth }
+        var nonFinite = false
+        var negative = false
+        var offset = 0
+        while offset < raw.count {
+            let bits = UInt32(littleEndian: raw.loadUnaligned(fromByteOffset: offset, as: UInt32.self))
+            nonFinite = nonFinite || (bits & 0x7F80_0000 == 0x7F80_0000)
+            // Sign bit set and not exactly −0.0 (0x8000_0000).
+            negative = negative || (bits > 0x8000_0000)
+            offset &+= 4
+        }
+        if nonFinite { return .nonFinite }
+        if negative { return .negative }
+        return nil
+    }
+
+    /// Calls `body` with the payload as a contiguous `Float` buffer.
+    ///
+    /// Zero-copy when the frame is 4-byte aligned (the memory is temporarily bound to `Float`);
+    /// when it is misaligned (small or offset frames from libzmq), copies it into `scratch`, which
+    /// must hold at least `raw.count / 4` floats. Either way no allocation.
+    /// `raw.count` must be a multiple of 4 (validate first).
+    public static func withFloats<R, E: Error>(
+        _ raw: UnsafeRawBufferPointer,
+        scratch: UnsafeMutableBufferPointer<Float>,
+        _ body: (UnsafeBufferPointer<Float>) throws(E) -> R
+    ) throws(E) -> R {
+        precondition(raw.count % 4 == 0, "payload of \(raw.count) bytes is not a whole number of float32")
+        let n = raw.count / 4
+        guard let base = raw.baseAddress, n > 0 else { return try body(UnsafeBufferPointer(start: nil, count: 0)) }
+        if Int(bitPattern: base) % MemoryLayout<Float>.alignment == 0 {
+            return try base.withMemoryRebound(to: Float.self, capacity: n) { (p) throws(E) -> R in
+                try body(UnsafeBufferPointer(start: p, count: n))
+            }
+        }
+        precondition(scratch.count >= n, "scratch holds \(scratch.count) floats, payload has \(n)")
+        UnsafeMutableRawBufferPointer(scratch).copyMemory(from: raw)
+        return try body(UnsafeBufferPointer(rebasing: scratch[0..<n]))
+    }
+}
+
+/// A zero-copy, alignment-agnostic view of a payload as `Float`s (each element read with
+/// `loadUnaligned`). Valid only as long as the underlying frame.
+public struct FloatPayload: RandomAccessCollection {
+    public let raw: UnsafeRawBufferPointer
+
+    /// Wraps a payload whose byte count is a multiple of 4.
+    public init(_ raw: UnsafeRawBufferPointer) {
+        precondition(raw.count % 4 == 0, "payload of \(raw.count) bytes is not a whole number of float32")
+        self.raw = raw
+    }
+
+    public var startIndex: Int { 0 }
+    public var endIndex: Int { raw.count / 4 }
+
+    @inlinable
+    public subscript(i: Int) -> Float {
+        precondition(i >= 0 && i < endIndex)
+        return Float(bitPattern: UInt32(littleEndian: raw.loadUnaligned(fromByteOffset: i &* 4, as: UInt32.self)))
+    }
+}
