@@ -1,0 +1,236 @@
+import EVTOnline
+import Foundation
+import SaliencyCore
+import TOMLKit
+
+/// Everything an operator may tune, with embedded defaults: `saliencyd` runs with no file at all.
+/// The file is TOML (see systemd/saliencyd.toml for every key, documented); command-line flags
+/// override it. Unknown keys and wrong types are errors that name the key and what it expects.
+public struct DaemonConfiguration: Sendable, Hashable {
+    public struct Feed: Sendable, Hashable {
+        public var endpoint = "tcp://127.0.0.1:5560"
+        /// Bind (producers connect) or connect (to a producer or an XPUB proxy).
+        public var bind = true
+        /// ZMQ_MAXMSGSIZE: larger frames are dropped by libzmq before they reach the daemon.
+        public var maxMessageBytes = 16 << 20
+        /// ZMQ_RCVHWM per producer: beyond it libzmq drops (PUB/SUB); drops show as sequence gaps.
+        public var receiveHighWaterMark = 100_000
+    }
+    public struct Alerts: Sendable, Hashable {
+        public var endpoint = "tcp://127.0.0.1:5561"
+        /// Seconds between re-sends of firing alerts (late subscribers catch up).
+        public var resendInterval = 30.0
+        /// Alert log retention: entries kept on disk and answerable by `alerts --since`.
+        public var logMaxEntries = 100_000
+    }
+    public struct Query: Sendable, Hashable {
+        public var endpoint = "tcp://127.0.0.1:5562"
+    }
+    public struct State: Sendable, Hashable {
+        /// Empty: `$STATE_DIRECTORY` when run by systemd, else `./saliencyd-state`.
+        public var directory = ""
+        /// Seconds between snapshots of learned state (a crash loses at most this much).
+        public var snapshotInterval = 60.0
+    }
+    public struct Metrics: Sendable, Hashable {
+        /// `host:port` of the Prometheus `/metrics` endpoint; empty disables it.
+        public var listen = "127.0.0.1:9464"
+    }
+    public struct Security: Sendable, Hashable {
+        /// CURVE on every socket. Needs `server_secret_key_file`.
+        public var curve = false
+        public var serverSecretKeyFile = ""
+        /// Files with one Z85 client public key per line; empty: no client is allowed when curve is on.
+        public var allowedClientsFile = ""
+        /// Clients allowed to send state-changing queries (snapshot, reset).
+        public var adminClientsFile = ""
+    }
+    public struct Monitor: Sendable, Hashable {
+        /// Recent valid rows kept per model for `top` over a window (memory: rows × K × 4 bytes).
+        public var recentRows = 32
+        /// Most models one daemon accepts (schemas beyond it are refused and counted).
+        public var maxModels = 16
+        /// Log level: trace, debug, info, notice, warning, error, critical.
+        public var logLevel = "info"
+    }
+
+    public var feed = Feed()
+    public var alerts = Alerts()
+    public var query = Query()
+    public var state = State()
+    public var metrics = Metrics()
+    public var security = Security()
+    public var monitor = Monitor()
+    public var pot = POTConfiguration()
+    public var alerting = AlertBudget()
+
+    public init() {}
+
+    /// The state directory after defaults: explicit, `$STATE_DIRECTORY` (systemd), or `./saliencyd-state`.
+    public var resolvedStateDirectory: String {
+        if !state.directory.isEmpty { return state.directory }
+        if let s = ProcessInfo.processInfo.environment["STATE_DIRECTORY"], !s.isEmpty {
+            return String(s.split(separator: ":").first ?? Substring(s))
+        }
+        return FileManager.default.currentDirectoryPath + "/saliencyd-state"
+    }
+
+    /// Checks every value; the error names the key and the accepted range.
+    public func validate() throws(SaliencyError) {
+        func bad(_ m: String) -> SaliencyError { SaliencyError(.invalidConfiguration, m) }
+        for (key, ep) in [("feed.endpoint", feed.endpoint), ("alerts.endpoint", alerts.endpoint), ("query.endpoint", query.endpoint)] {
+            guard ep.hasPrefix("tcp://") || ep.hasPrefix("ipc://") || ep.hasPrefix("inproc://") else {
+                throw bad("\(key) = \"\(ep)\" is not a ZeroMQ endpoint; use tcp://HOST:PORT or ipc:///path")
+            }
+        }
+        guard Set([feed.endpoint, alerts.endpoint, query.endpoint]).count == 3 else {
+            throw bad("feed.endpoint, alerts.endpoint and query.endpoint must differ")
+        }
+        guard feed.maxMessageBytes >= 1024 else { throw bad("feed.max_message_bytes must be ≥ 1024, got \(feed.maxMessageBytes)") }
+        guard feed.receiveHighWaterMark >= 0 else { throw bad("feed.receive_hwm must be ≥ 0 (0 = unlimited)") }
+        guard alerts.resendInterval > 0 else { throw bad("alerts.resend_interval must be > 0 seconds") }
+        guard alerts.logMaxEntries >= 100 else { throw bad("alerts.log_max_entries must be ≥ 100, got \(alerts.logMaxEntries)") }
+        guard state.snapshotInterval >= 1 else { throw bad("state.snapshot_interval must be ≥ 1 second, got \(state.snapshotInterval)") }
+        if !metrics.listen.isEmpty {
+            guard let c = metrics.listen.lastIndex(of: ":"), let p = Int(metrics.listen[metrics.listen.index(after: c)...]), (0...65535).contains(p) else {
+                throw bad("metrics.listen = \"\(metrics.listen)\" must be HOST:PORT (or \"\" to disable)")
+            }
+        }
+        if security.curve, security.serverSecretKeyFile.isEmpty {
+            throw bad("security.curve = true needs security.server_secret_key_file (create one with `saliencyctl keygen`)")
+        }
+        guard monitor.recentRows >= 1, monitor.recentRows <= 10_000 else { throw bad("monitor.recent_rows must be in 1...10000") }
+        guard monitor.maxModels >= 1 else { throw bad("monitor.max_models must be ≥ 1") }
+        guard ["trace", "debug", "info", "notice", "warning", "error", "critical"].contains(monitor.logLevel) else {
+            throw bad("monitor.log_level = \"\(monitor.logLevel)\"; use trace, debug, info, notice, warning, error or critical")
+        }
+        try pot.validate()
+        try alerting.validate()
+    }
+
+    /// Keys whose change needs a restart (sockets are bound, learned state depends on them).
+    public func restartRequired(comparedTo old: DaemonConfiguration) -> [String] {
+        var out: [String] = []
+        if feed != old.feed { out.append("feed") }
+        if alerts.endpoint != old.alerts.endpoint { out.append("alerts.endpoint") }
+        if query != old.query { out.append("query") }
+        if state.directory != old.state.directory { out.append("state.directory") }
+        if metrics != old.metrics { out.append("metrics") }
+        if security != old.security { out.append("security") }
+        if pot != old.pot { out.append("pot") }
+        if alerting != old.alerting { out.append("alerting") }
+        if monitor.recentRows != old.monitor.recentRows || monitor.maxModels != old.monitor.maxModels { out.append("monitor.recent_rows/max_models") }
+        return out
+    }
+
+    // MARK: - TOML
+
+    /// Every accepted key, per section (the unknown-key check and `--check-config` use it).
+    static let knownKeys: [String: [String]] = [
+        "feed": ["endpoint", "bind", "max_message_bytes", "receive_hwm"],
+        "alerts": ["endpoint", "resend_interval", "log_max_entries"],
+        "query": ["endpoint"],
+        "state": ["directory", "snapshot_interval"],
+        "metrics": ["listen"],
+        "security": ["curve", "server_secret_key_file", "allowed_clients_file", "admin_clients_file"],
+        "monitor": ["recent_rows", "max_models", "log_level"],
+        "pot": ["level", "q", "calibration", "max_peaks", "min_peaks", "refit_after_peaks", "refits_per_row", "drift_window"],
+        "alerting": ["expected_run_time", "model_share"],
+    ]
+
+    /// Parses TOML text over the defaults. Errors carry the line/column or the key path.
+    public static func parse(toml text: String, source: String = "configuration") throws(SaliencyError) -> DaemonConfiguration {
+        let table: TOMLTable
+        do {
+            table = try TOMLTable(string: text)
+        } catch let e as TOMLParseError {
+            throw SaliencyError(.invalidConfiguration, "\(source): TOML syntax error at line \(e.source.begin.line), column \(e.source.begin.column): \(e.description)")
+        } catch {
+            throw SaliencyError(.invalidConfiguration, "\(source): \(error)")
+        }
+        var c = DaemonConfiguration()
+        var problems: [String] = []
+        for key in table.keys.sorted() {
+            guard let known = knownKeys[key] else {
+                problems.append("unknown section [\(key)]\(suggest(key, knownKeys.keys.sorted()))")
+                continue
+            }
+            guard let sub = table[key]?.table else {
+                problems.append("\(key) must be a table ([\(key)])")
+                continue
+            }
+            for k in sub.keys.sorted() where !known.contains(k) {
+                problems.append("unknown key \(key).\(k)\(suggest(k, known))")
+            }
+        }
+        func value<T>(_ section: String, _ key: String, _ kind: String, _ get: (any TOMLValueConvertible) -> T?) -> T? {
+            guard let v = table[section]?.table?[key] else { return nil }
+            if let x = get(v) { return x }
+            problems.append("\(section).\(key) must be \(kind), got \(v.type)")
+            return nil
+        }
+        func str(_ s: String, _ k: String) -> String? { value(s, k, "a string") { $0.string } }
+        func int(_ s: String, _ k: String) -> Int? { value(s, k, "an integer") { $0.int } }
+        func dbl(_ s: String, _ k: String) -> Double? { value(s, k, "a number") { $0.double ?? $0.int.map(Double.init) } }
+        func bool(_ s: String, _ k: String) -> Bool? { value(s, k, "true or false") { $0.bool } }
+
+        if let v = str("feed", "endpoint") { c.feed.endpoint = v }
+        if let v = bool("feed", "bind") { c.feed.bind = v }
+        if let v = int("feed", "max_message_bytes") { c.feed.maxMessageBytes = v }
+        if let v = int("feed", "receive_hwm") { c.feed.receiveHighWaterMark = v }
+        if let v = str("alerts", "endpoint") { c.alerts.endpoint = v }
+        if let v = dbl("alerts", "resend_interval") { c.alerts.resendInterval = v }
+        if let v = int("alerts", "log_max_entries") { c.alerts.logMaxEntries = v }
+        if let v = str("query", "endpoint") { c.query.endpoint = v }
+        if let v = str("state", "directory") { c.state.directory = v }
+        if let v = dbl("state", "snapshot_interval") { c.state.snapshotInterval = v }
+        if let v = str("metrics", "listen") { c.metrics.listen = v }
+        if let v = bool("security", "curve") { c.security.curve = v }
+        if let v = str("security", "server_secret_key_file") { c.security.serverSecretKeyFile = v }
+        if let v = str("security", "allowed_clients_file") { c.security.allowedClientsFile = v }
+        if let v = str("security", "admin_clients_file") { c.security.adminClientsFile = v }
+        if let v = int("monitor", "recent_rows") { c.monitor.recentRows = v }
+        if let v = int("monitor", "max_models") { c.monitor.maxModels = v }
+        if let v = str("monitor", "log_level") { c.monitor.logLevel = v }
+        if let v = dbl("pot", "level") { c.pot.level = v }
+        if let v = dbl("pot", "q") { c.pot.q = v }
+        if let v = int("pot", "calibration") { c.pot.calibration = v }
+        if let v = int("pot", "max_peaks") { c.pot.maxPeaks = v }
+        if let v = int("pot", "min_peaks") { c.pot.minPeaks = v }
+        if let v = int("pot", "refit_after_peaks") { c.pot.refitAfterPeaks = v }
+        if let v = dbl("pot", "refits_per_row") { c.pot.refitsPerRow = v }
+        if let v = int("pot", "drift_window") { c.pot.driftWindow = v }
+        if let v = dbl("alerting", "expected_run_time") { c.alerting.expectedRunTime = v }
+        if let v = dbl("alerting", "model_share") { c.alerting.modelShare = v }
+        if !problems.isEmpty {
+            throw SaliencyError(.invalidConfiguration, "\(source): " + problems.joined(separator: "; "))
+        }
+        return c
+    }
+
+    /// Loads and validates a file.
+    public static func load(path: String) throws(SaliencyError) -> DaemonConfiguration {
+        guard let data = FileManager.default.contents(atPath: path) else {
+            throw SaliencyError(.invalidConfiguration, "cannot read configuration file '\(path)' (missing or unreadable)")
+        }
+        let c = try parse(toml: String(decoding: data, as: UTF8.self), source: path)
+        return c
+    }
+
+    static func suggest(_ key: String, _ candidates: [String]) -> String {
+        func distance(_ a: String, _ b: String) -> Int {
+            let a = Array(a), b = Array(b)
+            var prev = Array(0...b.count)
+            for i in 1...max(a.count, 1) where !a.isEmpty {
+                var cur = [i] + Array(repeating: 0, count: b.count)
+                for j in 1...max(b.count, 1) where !b.isEmpty {
+                    cur[j] = min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (a[i - 1] == b[j - 1] ? 0 : 1))
+                }
+                prev = cur
+            }
+            return prev[b.count]
+        }
+        guard let best = candidates.min(by: { distance(key, $0) < distance(key, $1) }), distance(key, best) <= 3 else { return "" }
+        return " (did you mean '\(best)'?)"
+    }
+}

@@ -1,0 +1,296 @@
+import EVTOnline
+import Foundation
+import Logging
+import SaliencyCore
+import SaliencyStream
+
+/// The daemon's logic without sockets: frames in, alerts and replies out. The engine thread owns
+/// it (not Sendable); tests drive it directly.
+final class DaemonCore {
+    private(set) var configuration: DaemonConfiguration
+    let logger: Logger
+    let metrics: DaemonMetrics
+    let startedAt = ContinuousClock.now
+    let startedWall = Date()
+
+    var engines: [UInt64: ModelEngine] = [:]
+    var byName: [String: UInt64] = [:]
+    /// Rejected input by reason (docs/protocol.md §2, §4).
+    var rejected: [String: UInt64] = [:]
+    struct Producer { var model: String; var lastSequence: UInt64; var gaps: UInt64; var reordered: UInt64; var received: UInt64 }
+    var producers: [UInt64: Producer] = [:]
+    static let maxProducers = 4096
+    var gapsTotal: UInt64 = 0
+    var queries: UInt64 = 0
+
+    /// Alerts ready to publish: (topic, JSON). The loop drains it after each message.
+    var outbox: [(topic: [UInt8], body: [UInt8])] = []
+    let alertLog: AlertLog
+    var lastResend = ContinuousClock.now
+    let scratch: UnsafeMutableBufferPointer<Float>
+    /// Called when calibration progress or phase changes, for the systemd STATUS line.
+    var statusDirty = true
+
+    init(configuration: DaemonConfiguration, alertLog: AlertLog, logger: Logger, metrics: DaemonMetrics) {
+        self.configuration = configuration
+        self.alertLog = alertLog
+        self.logger = logger
+        self.metrics = metrics
+        self.scratch = .allocate(capacity: 1 << 24)
+    }
+
+    deinit { scratch.deallocate() }
+
+    func apply(reloaded c: DaemonConfiguration) {
+        configuration.alerts.resendInterval = c.alerts.resendInterval
+        configuration.alerts.logMaxEntries = c.alerts.logMaxEntries
+        configuration.state.snapshotInterval = c.state.snapshotInterval
+        configuration.monitor.logLevel = c.monitor.logLevel
+    }
+
+    func reject(_ reason: String, _ message: @autoclosure () -> String) {
+        rejected[reason, default: 0] += 1
+        metrics.rejected(reason)
+        // Rate-limited by power of two counts so a flood does not flood the journal.
+        let n = rejected[reason]!
+        if n & (n - 1) == 0 {
+            logger.warning("rejected input", metadata: ["reason": "\(reason)", "count": "\(n)", "detail": "\(message())"])
+        }
+    }
+
+    // MARK: - Feed
+
+    /// One multipart message from the feed socket.
+    func handleFeed(_ frames: [UnsafeRawBufferPointer]) {
+        guard let first = frames.first else { return reject("malformed_frame", "empty message") }
+        switch Topic.parse(first) {
+        case .schema(let model):
+            guard frames.count == 2 else { return reject("malformed_frame", "schema message for '\(model)' has \(frames.count) frames, expected 2") }
+            handleSchema(model: model, frames[1])
+        case .prediction(let model):
+            guard frames.count == 3 else { return reject("malformed_frame", "prediction for '\(model)' has \(frames.count) frames, expected 3 (topic, header, payload)") }
+            handlePrediction(model: model, header: frames[1], payload: frames[2])
+        case .unknown:
+            reject("malformed_frame", "unknown topic '\(String(decoding: first.prefix(64), as: UTF8.self))'")
+        }
+    }
+
+    func handleSchema(model: String, _ raw: UnsafeRawBufferPointer) {
+        let schema: ModelSchema
+        do {
+            schema = try SchemaMessage.decode(raw, topicModel: model)
+        } catch {
+            return reject("invalid_schema", error.message)
+        }
+        let fp = schema.fingerprint
+        if engines[fp] != nil {
+            byName[schema.model] = fp
+            return
+        }
+        guard engines.count < configuration.monitor.maxModels else {
+            return reject("too_many_models", "schema '\(schema.model)' refused: monitor.max_models = \(configuration.monitor.maxModels) reached")
+        }
+        do {
+            let engine = try ModelEngine(schema: schema, pot: configuration.pot, budget: configuration.alerting, recentRows: configuration.monitor.recentRows)
+            engines[fp] = engine
+            if let old = byName[schema.model], old != fp {
+                logger.warning("model schema changed; the new layout starts calibrating from zero", metadata: ["model": "\(schema.model)", "old": "\(SchemaMessage.hex(old))", "new": "\(SchemaMessage.hex(fp))"])
+            }
+            byName[schema.model] = fp
+            statusDirty = true
+            logger.notice("model registered; calibrating", metadata: [
+                "model": "\(schema.model)", "filters": "\(schema.filterCount)", "layers": "\(schema.layers.count)",
+                "fingerprint": "\(SchemaMessage.hex(fp))", "calibration": "\(configuration.pot.calibration)",
+                "alert_window": "\(engine.tracker.rule.window)", "alert_count": "\(engine.tracker.rule.fireCount)",
+            ])
+        } catch {
+            reject("invalid_schema", "schema '\(schema.model)': \(error.message)")
+        }
+    }
+
+    func handlePrediction(model: String, header raw: UnsafeRawBufferPointer, payload: UnsafeRawBufferPointer) {
+        let header: PredictionHeader
+        do {
+            header = try PredictionHeader.decode(raw)
+        } catch {
+            return reject(error.code.rawValue, "prediction for '\(model)': \(error.message)")
+        }
+        guard let engine = engines[header.fingerprint] else {
+            return reject("unknown_schema", "prediction for '\(model)' has fingerprint \(SchemaMessage.hex(header.fingerprint)), which no schema message declared; producers send schema.<model> first")
+        }
+        guard engine.schema.model == model else {
+            return reject("topic_mismatch", "topic says model '\(model)' but the fingerprint belongs to '\(engine.schema.model)'")
+        }
+        trackSequence(header, model: model)
+        if let why = PayloadCheck.validate(payload, expectedCount: engine.filterCount) {
+            return reject(why.rawValue, "prediction \(header.sequence) from producer \(String(header.producerID, radix: 16)) for '\(model)': \(why.rawValue) (payload \(payload.count) bytes, expected \(4 * engine.filterCount) finite non-negative float32)")
+        }
+        let started = ContinuousClock.now
+        let wasCalibrated = engine.bank.isCalibrated
+        let result = PayloadCheck.withFloats(payload, scratch: scratch) { row in engine.absorb(row) }
+        metrics.accepted(model: engine, result: result)
+        if result.calibrated {
+            statusDirty = true
+            logger.notice("calibration complete; monitoring", metadata: ["model": "\(model)", "rows": "\(engine.bank.rows)", "fits": "\(result.refits)"])
+        } else if !wasCalibrated {
+            let seen = engine.bank.rows
+            let total = UInt64(configuration.pot.calibration)
+            if seen % max(1, total / 10) == 0 {
+                statusDirty = true
+                logger.info("calibrating", metadata: ["model": "\(model)", "progress": "\(seen)/\(total)"])
+            }
+        }
+        if !engine.events.isEmpty, let row = engine.latestRow {
+            for e in engine.events { emit(e, engine: engine, row: row) }
+        }
+        metrics.latency(ContinuousClock.now - started)
+    }
+
+    func trackSequence(_ h: PredictionHeader, model: String) {
+        if var p = producers[h.producerID] {
+            if h.sequence == p.lastSequence &+ 1 {
+                p.lastSequence = h.sequence
+            } else if h.sequence > p.lastSequence {
+                let missing = h.sequence - p.lastSequence - 1
+                p.gaps &+= missing
+                gapsTotal &+= missing
+                metrics.gaps(missing, model: model)
+                logger.warning("sequence gap: predictions lost upstream", metadata: ["producer": "\(String(h.producerID, radix: 16))", "model": "\(model)", "missing": "\(missing)", "at": "\(h.sequence)"])
+                p.lastSequence = h.sequence
+            } else {
+                p.reordered &+= 1
+            }
+            p.received &+= 1
+            producers[h.producerID] = p
+        } else {
+            if producers.count >= Self.maxProducers, let victim = producers.min(by: { $0.value.received < $1.value.received })?.key {
+                producers[victim] = nil
+            }
+            producers[h.producerID] = Producer(model: model, lastSequence: h.sequence, gaps: 0, reordered: 0, received: 1)
+            logger.info("new producer", metadata: ["producer": "\(String(h.producerID, radix: 16))", "model": "\(model)", "sequence": "\(h.sequence)"])
+        }
+    }
+
+    // MARK: - Alerts
+
+    func emit(_ t: AlertTransition, engine: ModelEngine, row: UnsafeBufferPointer<Float>) {
+        let model = engine.schema.model
+        let bank = engine.bank
+        switch t {
+        case .fired(let j, let count):
+            let (layer, channel) = engine.layerName(of: j)
+            let rep = bank.report(filter: j)
+            let p = bank.tailProbability(filter: j, value: row[j])
+            let labels = ["alertname": "SalientFilter", "model": model, "layer": layer, "filter": "\(j)", "channel": "\(channel)", "severity": "warning"]
+            var rec = AlertRecord(
+                seq: 0, status: "firing", labels: labels,
+                annotations: [
+                    "summary": "\(layer)[\(channel)] (filter \(j)) exceeded its extreme threshold in \(count) of the last \(engine.tracker.rule.window) predictions",
+                    "description": "Saliency \(row[j]) vs extreme threshold \(fmt(rep.extremeThreshold)) (tail p = \(fmt(p))). Inspect with: saliencyctl filter --model \(model) \(j)",
+                ],
+                startsAt: AlertRecord.timestamp(), endsAt: AlertRecord.zeroTime, fingerprint: AlertRecord.fingerprint(of: labels),
+                model: model, filter: j, layer: layer, channel: channel, score: POT.score(p: p), p: p,
+                threshold: rep.threshold, extreme_threshold: rep.extremeThreshold, exceedances: count,
+                window: engine.tracker.rule.window, value: Double(row[j]), resent: nil)
+            publish(&rec, layer: layer, status: .firing)
+            engine.active[j] = rec
+        case .resolved(let j):
+            guard var rec = engine.active.removeValue(forKey: j) else { return }
+            rec.status = "resolved"
+            rec.endsAt = AlertRecord.timestamp()
+            rec.resent = nil
+            rec.exceedances = engine.tracker.exceedances(inLastWindowOf: j, at: bank.rows)
+            publish(&rec, layer: rec.layer, status: .resolved)
+        case .modelFired(_, let statistic):
+            let labels = ["alertname": "ModelShift", "model": model, "layer": Topic.modelLevelLayer, "severity": "critical"]
+            var rec = AlertRecord(
+                seq: 0, status: "firing", labels: labels,
+                annotations: [
+                    "summary": "\(model): predictions with many extreme filters became more frequent than under the reference (CUSUM \(fmt(statistic)))",
+                    "description": "Domain shift suspected. Top filters: saliencyctl top --model \(model)",
+                ],
+                startsAt: AlertRecord.timestamp(), endsAt: AlertRecord.zeroTime, fingerprint: AlertRecord.fingerprint(of: labels),
+                model: model, filter: nil, layer: Topic.modelLevelLayer, channel: nil, score: statistic, p: nil, threshold: nil,
+                extreme_threshold: nil, exceedances: nil, window: nil, value: nil, resent: nil)
+            publish(&rec, layer: Topic.modelLevelLayer, status: .firing)
+            engine.modelAlert = rec
+        case .modelResolved:
+            guard var rec = engine.modelAlert else { return }
+            engine.modelAlert = nil
+            rec.status = "resolved"
+            rec.endsAt = AlertRecord.timestamp()
+            publish(&rec, layer: Topic.modelLevelLayer, status: .resolved)
+        case .modelCalibrated(let c):
+            logger.info("model-level shift rule calibrated", metadata: ["model": "\(model)", "row_threshold": "\(c.rowThreshold)", "null_rate": "\(c.nullRate)"])
+        }
+    }
+
+    /// Assigns the next sequence number, appends to the durable log, then queues for the PUB socket.
+    func publish(_ rec: inout AlertRecord, layer: String, status: Topic.AlertStatus) {
+        rec.seq = alertLog.nextSequence
+        let body = (try? Self.encoder.encode(rec)).map { [UInt8]($0) } ?? []
+        do {
+            try alertLog.append(seq: rec.seq, json: body)
+        } catch {
+            logger.error("alert log append failed; publishing anyway", metadata: ["seq": "\(rec.seq)", "error": "\(error)"])
+        }
+        outbox.append((Topic.alert(status: status, model: rec.model, layer: layer), body))
+        metrics.alert(status: status.rawValue, model: rec.model)
+        logger.notice("alert \(status.rawValue)", metadata: ["seq": "\(rec.seq)", "model": "\(rec.model)", "layer": "\(layer)", "filter": "\(rec.filter.map(String.init) ?? "-")"])
+    }
+
+    /// Re-sends firing alerts every `resend_interval` seconds (same seq, `resent: true`).
+    func resendIfDue(now: ContinuousClock.Instant) {
+        guard now - lastResend >= .seconds(configuration.alerts.resendInterval) else { return }
+        lastResend = now
+        for engine in engines.values {
+            for rec in engine.active.values.sorted(by: { $0.seq < $1.seq }) + (engine.modelAlert.map { [$0] } ?? []) {
+                var r = rec
+                r.resent = true
+                if let body = try? Self.encoder.encode(r) {
+                    outbox.append((Topic.alert(status: .firing, model: r.model, layer: r.layer), [UInt8](body)))
+                }
+            }
+        }
+    }
+
+    static let encoder: JSONEncoder = {
+        let e = JSONEncoder()
+        e.outputFormatting = [.sortedKeys]
+        e.nonConformingFloatEncodingStrategy = .convertToString(positiveInfinity: "inf", negativeInfinity: "-inf", nan: "nan")
+        return e
+    }()
+
+    // MARK: - Idle work
+
+    /// Refits due filters when the feed is quiet. Returns the number refit.
+    func idleRefits(limit: Int) -> Int {
+        var done = 0
+        for e in engines.values where e.bank.isCalibrated {
+            done += e.bank.refitDue(limit: limit - done)
+            if done >= limit { break }
+        }
+        return done
+    }
+
+    /// A one-line status for systemd and logs.
+    var statusLine: String {
+        if engines.isEmpty { return "waiting for schema messages" }
+        return engines.values.sorted { $0.schema.model < $1.schema.model }.map { e in
+            switch e.bank.phase {
+            case .calibrating(let seen, let of): "\(e.schema.model): calibrating \(seen)/\(of)"
+            case .monitoring: "\(e.schema.model): monitoring, \(e.active.count) firing"
+            }
+        }.joined(separator: "; ")
+    }
+}
+
+func fmt(_ x: Double) -> String {
+    if x.isInfinite { return x > 0 ? "inf" : "-inf" }
+    return String(format: "%.4g", x)
+}
+
+extension Error {
+    var message: String { (self as? SaliencyError)?.message ?? "\(self)" }
+    var code: SaliencyError.Code { (self as? SaliencyError)?.code ?? .invalidInput }
+}

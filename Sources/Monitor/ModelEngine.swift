@@ -1,0 +1,129 @@
+import EVTOnline
+import Foundation
+import SaliencyCore
+
+/// One model's learned state and alert lifecycle: FilterBank + AlertTracker + a ring of recent rows.
+/// Owned by the engine thread; not Sendable.
+final class ModelEngine {
+    let schema: ModelSchema
+    let fingerprint: UInt64
+    let bank: FilterBank
+    var tracker: AlertTracker
+    var events: [AlertTransition] = []
+    let recentCapacity: Int
+    let recent: UnsafeMutablePointer<Float>
+    var recentHead = 0
+    var recentCount = 0
+    /// Rows accepted since the daemon (re)started, for rates.
+    var acceptedSinceStart: UInt64 = 0
+    var lastArrival: ContinuousClock.Instant?
+    /// Active alerts: filter → record; `nil` key handled separately for the model level.
+    var active: [Int: AlertRecord] = [:]
+    var modelAlert: AlertRecord?
+    /// Extreme exceedances per layer since start (metrics).
+    var layerExtremes: [UInt64]
+    /// Layer index per filter (hot path: per-layer counting of extremes).
+    let layerOf: [UInt16]
+
+    init(schema: ModelSchema, pot: POTConfiguration, budget: AlertBudget, recentRows: Int) throws(SaliencyError) {
+        self.schema = schema
+        self.fingerprint = schema.fingerprint
+        self.bank = try FilterBank(filterCount: schema.filterCount, configuration: pot)
+        let rule = try AlertRule.design(filters: schema.filterCount, q: pot.q, budget: budget)
+        self.tracker = AlertTracker(filterCount: schema.filterCount, rule: rule)
+        self.recentCapacity = recentRows
+        self.recent = .allocate(capacity: recentRows * schema.filterCount)
+        self.layerExtremes = Array(repeating: 0, count: schema.layers.count)
+        var layerOf = [UInt16](repeating: 0, count: schema.filterCount)
+        for l in 0..<schema.layers.count {
+            for j in schema.offsets[l]..<schema.offsets[l + 1] { layerOf[j] = UInt16(l) }
+        }
+        self.layerOf = layerOf
+        events.reserveCapacity(1024)
+    }
+
+    deinit { recent.deallocate() }
+
+    var filterCount: Int { schema.filterCount }
+
+    /// Absorbs a validated row; returns the alert transitions it caused (valid until the next call).
+    func absorb(_ row: UnsafeBufferPointer<Float>) -> FilterBank.RowResult {
+        let r = bank.updateValidated(row)
+        acceptedSinceStart &+= 1
+        (recent + recentHead * filterCount).update(from: row.baseAddress!, count: filterCount)
+        recentHead = (recentHead + 1) % recentCapacity
+        recentCount = min(recentCount + 1, recentCapacity)
+        events.removeAll(keepingCapacity: true)
+        if bank.isCalibrated && !r.calibrated {
+            let ex = bank.lastExtremes
+            for j in ex { layerExtremes[Int(layerOf[Int(j)])] &+= 1 }
+            tracker.record(row: bank.rows, extremes: ex, into: &events)
+        }
+        return r
+    }
+
+    /// The newest row (after at least one).
+    var latestRow: UnsafeBufferPointer<Float>? {
+        guard recentCount > 0 else { return nil }
+        let i = (recentHead - 1 + recentCapacity) % recentCapacity
+        return UnsafeBufferPointer(start: recent + i * filterCount, count: filterCount)
+    }
+
+    /// The newest `n` rows, newest first.
+    func recentRows(_ n: Int) -> [UnsafeBufferPointer<Float>] {
+        let m = min(n, recentCount)
+        return (0..<m).map { back in
+            let i = (recentHead - 1 - back + 2 * recentCapacity) % recentCapacity
+            return UnsafeBufferPointer(start: recent + i * filterCount, count: filterCount)
+        }
+    }
+
+    func layerName(of filter: Int) -> (layer: String, channel: Int) {
+        let (l, c) = schema.locate(filter)
+        return (schema.layers[l].name, c)
+    }
+}
+
+/// An alert as published and logged (Alertmanager v2 shape plus saliency figures).
+struct AlertRecord: Codable, Sendable, Hashable {
+    var seq: UInt64
+    var status: String
+    var labels: [String: String]
+    var annotations: [String: String]
+    var startsAt: String
+    var endsAt: String
+    var fingerprint: String
+    var model: String
+    var filter: Int?
+    var layer: String
+    var channel: Int?
+    var score: Double?
+    var p: Double?
+    var threshold: Double?
+    var extreme_threshold: Double?
+    var exceedances: Int?
+    var window: Int?
+    var value: Double?
+    var resent: Bool?
+
+    static let zeroTime = "0001-01-01T00:00:00Z"
+
+    static func timestamp(_ d: Date = Date()) -> String {
+        let f = ISO8601DateFormatter()
+        f.formatOptions = [.withInternetDateTime, .withFractionalSeconds]
+        return f.string(from: d)
+    }
+
+    /// Alertmanager-style fingerprint: FNV-1a of the sorted labels.
+    static func fingerprint(of labels: [String: String]) -> String {
+        var h: UInt64 = 0xcbf2_9ce4_8422_2325
+        for (k, v) in labels.sorted(by: { $0.key < $1.key }) {
+            for b in k.utf8 { h ^= UInt64(b); h = h &* 0x100_0000_01b3 }
+            h ^= 0xff; h = h &* 0x100_0000_01b3
+            for b in v.utf8 { h ^= UInt64(b); h = h &* 0x100_0000_01b3 }
+            h ^= 0xfe; h = h &* 0x100_0000_01b3
+        }
+        let s = String(h, radix: 16)
+        return String(repeating: "0", count: 16 - s.count) + s
+    }
+}

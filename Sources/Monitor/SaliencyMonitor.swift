@@ -1,4 +1,0 @@
-// SaliencyMonitor: the daemon.
-import SaliencyCore
-import EVTOnline
-import SaliencyStream
