@@ -281,13 +281,15 @@ func record(_ t: inout AlertTracker, _ row: UInt64, _ extremes: [Int32], _ event
         var rule = try AlertRule.design(filters: k, q: q, budget: budget, model: ModelShiftRule(burnIn: 5_000))
         rule.model.expectedRunTime = 2_000  // a tight model-level ERT so that the test sees enough events
         let rows: UInt64 = 100_000, seeds = 4
-        var filterFires = 0, modelFires = 0
+        var filterFires = 0, modelFires = 0, worstFires = 0
         var events: [AlertTransition] = []
         var buf: [Int32] = []
         var calibration: ModelShiftCalibration?
+        // The null stream runs at the design's worst case, marginal 2q, half of it from hot layer rows.
         for seed in 0..<seeds {
             var tracker = AlertTracker(filterCount: k, rule: rule)
-            var stream = ClusteredStream(layers: layers, width: width, q: q, a: 2e-3, h: 0.25, seed: 31 + UInt64(seed))
+            var stream = ClusteredStream(layers: layers, width: width, q: 2 * q, a: 2e-3, h: 0.5, seed: 31 + UInt64(seed))
+            let before = filterFires
             for row in 0..<rows {
                 stream.row(row, into: &buf)
                 events.removeAll(keepingCapacity: true)
@@ -301,15 +303,18 @@ func record(_ t: inout AlertTracker, _ row: UInt64, _ extremes: [Int32], _ event
                     }
                 }
             }
+            worstFires = max(worstFires, filterFires - before)
         }
         let n = Double(rows) * Double(seeds)
         let filterBudget = n * (1 - budget.modelShare) / budget.expectedRunTime
         let cal = try #require(calibration)
         let modelRows = Double(rows - UInt64(rule.model.burnIn)) * Double(seeds)
-        print("clustered null: \(filterFires) filter fires (bound on mean \(n * rule.falseAlertsPerPrediction(filters: k, q: q)), budget \(filterBudget)); \(modelFires) model fires (budget mean \(modelRows / rule.model.expectedRunTime)); calibration \(cal)")
-        // Expected count holds by linearity; the count is over-dispersed (filters fire together),
-        // so we compare with the budget mean itself, which the 2q design leaves far above the bound.
-        #expect(Double(filterFires) <= filterBudget)
+        print("clustered null at 2q: \(filterFires) filter fires over \(seeds) seeds, worst seed \(worstFires) (bound on mean \(n * rule.falseAlertsPerPrediction(filters: k, q: 2 * q)), budget \(filterBudget)); \(modelFires) model fires (budget mean \(modelRows / rule.model.expectedRunTime)); calibration \(cal)")
+        // The expected count holds by linearity whatever the clustering (each filter is still
+        // i.i.d. Bernoulli(2q) over rows); only the spread is not Poisson. Seeded: observed 21
+        // against a mean bound of 17.7, the same as independent filters at 2q (test (3)).
+        #expect(filterFires <= poissonUpperBound(filterBudget))
+        #expect(filterFires > 0)  // the worst case really exercises the filter rule
         #expect(modelFires <= poissonUpperBound(modelRows / rule.model.expectedRunTime))
 
         // Shift: every filter's background rate triples from row 20,000 on.
