@@ -87,13 +87,13 @@ public final class FilterBank {
     public var phase: Phase { calib == nil ? .monitoring : .calibrating(seen: calibSeen, of: configuration.calibration) }
     public var isCalibrated: Bool { calib == nil }
     /// Valid rows absorbed (calibration included).
-    public private(set) var rows: UInt64 = 0
+    public internal(set) var rows: UInt64 = 0
     /// Rejected rows by reason; they never touched any statistic.
-    public private(set) var rejected: [RowRejection: UInt64] = [:]
+    public internal(set) var rejected: [RowRejection: UInt64] = [:]
     /// Filters whose values were extreme exceedances in the last `update` (valid until the next one).
     public var lastExtremes: UnsafeBufferPointer<Int32> { UnsafeBufferPointer(start: extremeOut, count: extremeCount) }
     /// Refits done so far (all paths).
-    public private(set) var refitCount: UInt64 = 0
+    public internal(set) var refitCount: UInt64 = 0
     /// Filters currently due for a refit.
     public var dueCount: Int { (0..<filterCount).reduce(0) { $0 + (isDue[$1] ? 1 : 0) } }
     /// Upper bound on the rows between a filter becoming due and its refit (see type docs).

@@ -234,3 +234,20 @@ public struct DaemonConfiguration: Sendable, Hashable {
         return " (did you mean '\(best)'?)"
     }
 }
+
+extension DaemonConfiguration {
+    /// Effective settings as TOML-like text (for `--check-config`).
+    public var effectiveSummary: String {
+        """
+        [feed]     endpoint = "\(feed.endpoint)"  bind = \(feed.bind)  max_message_bytes = \(feed.maxMessageBytes)  receive_hwm = \(feed.receiveHighWaterMark)
+        [alerts]   endpoint = "\(alerts.endpoint)"  resend_interval = \(alerts.resendInterval)  log_max_entries = \(alerts.logMaxEntries)
+        [query]    endpoint = "\(query.endpoint)"
+        [state]    directory = "\(resolvedStateDirectory)"  snapshot_interval = \(state.snapshotInterval)
+        [metrics]  listen = "\(metrics.listen)"
+        [security] curve = \(security.curve)
+        [monitor]  recent_rows = \(monitor.recentRows)  max_models = \(monitor.maxModels)  log_level = "\(monitor.logLevel)"
+        [pot]      level = \(pot.level)  q = \(pot.q)  calibration = \(pot.calibration)  max_peaks = \(pot.maxPeaks)  min_peaks = \(pot.minPeaks)  refit_after_peaks = \(pot.refitAfterPeaks)  refits_per_row = \(pot.refitsPerRow)  drift_window = \(pot.driftWindow)
+        [alerting] expected_run_time = \(alerting.expectedRunTime)  model_share = \(alerting.modelShare)
+        """
+    }
+}

@@ -60,16 +60,17 @@ final class DaemonCore {
 
     // MARK: - Feed
 
-    /// One multipart message from the feed socket.
-    func handleFeed(_ frames: [UnsafeRawBufferPointer]) {
-        guard let first = frames.first else { return reject("malformed_frame", "empty message") }
+    /// One multipart message from the feed socket: `count` frames, read through `frame(i)` without copying.
+    func handleFeed(count: Int, _ frame: (Int) -> UnsafeRawBufferPointer) {
+        guard count > 0 else { return reject("malformed_frame", "empty message") }
+        let first = frame(0)
         switch Topic.parse(first) {
         case .schema(let model):
-            guard frames.count == 2 else { return reject("malformed_frame", "schema message for '\(model)' has \(frames.count) frames, expected 2") }
-            handleSchema(model: model, frames[1])
+            guard count == 2 else { return reject("malformed_frame", "schema message for '\(model)' has \(count) frames, expected 2") }
+            handleSchema(model: model, frame(1))
         case .prediction(let model):
-            guard frames.count == 3 else { return reject("malformed_frame", "prediction for '\(model)' has \(frames.count) frames, expected 3 (topic, header, payload)") }
-            handlePrediction(model: model, header: frames[1], payload: frames[2])
+            guard count == 3 else { return reject("malformed_frame", "prediction for '\(model)' has \(count) frames, expected 3 (topic, header, payload)") }
+            handlePrediction(model: model, header: frame(1), payload: frame(2))
         case .unknown:
             reject("malformed_frame", "unknown topic '\(String(decoding: first.prefix(64), as: UTF8.self))'")
         }

@@ -25,12 +25,17 @@ final class ModelEngine {
     /// Layer index per filter (hot path: per-layer counting of extremes).
     let layerOf: [UInt16]
 
-    init(schema: ModelSchema, pot: POTConfiguration, budget: AlertBudget, recentRows: Int) throws(SaliencyError) {
+    convenience init(schema: ModelSchema, pot: POTConfiguration, budget: AlertBudget, recentRows: Int) throws(SaliencyError) {
+        let bank = try FilterBank(filterCount: schema.filterCount, configuration: pot)
+        let rule = try AlertRule.design(filters: schema.filterCount, q: pot.q, budget: budget)
+        try self.init(schema: schema, bank: bank, tracker: AlertTracker(filterCount: schema.filterCount, rule: rule), recentRows: recentRows)
+    }
+
+    init(schema: ModelSchema, bank: FilterBank, tracker: consuming AlertTracker, recentRows: Int) throws(SaliencyError) {
         self.schema = schema
         self.fingerprint = schema.fingerprint
-        self.bank = try FilterBank(filterCount: schema.filterCount, configuration: pot)
-        let rule = try AlertRule.design(filters: schema.filterCount, q: pot.q, budget: budget)
-        self.tracker = AlertTracker(filterCount: schema.filterCount, rule: rule)
+        self.bank = bank
+        self.tracker = tracker
         self.recentCapacity = recentRows
         self.recent = .allocate(capacity: recentRows * schema.filterCount)
         self.layerExtremes = Array(repeating: 0, count: schema.layers.count)

@@ -71,6 +71,14 @@ public final class ZMQMultipart {
         }
     }
 
+    /// A metadata property of frame `i` (`zmq_msg_gets`), e.g. `"User-Id"` — the client's Z85 public
+    /// key when a ZAP handler authenticated a CURVE connection — or nil if absent.
+    public func property(_ name: String, frame i: Int = 0) -> String? {
+        precondition(i >= 0 && i < count)
+        guard let p = zmq_msg_gets(msgs[i], name) else { return nil }
+        return String(cString: p)
+    }
+
     /// Frame `i` (0 ≤ i < `count`) as bytes in libzmq's memory, without copying.
     /// Valid until the next receive into this object.
     public func frame(_ i: Int) -> UnsafeRawBufferPointer {

@@ -1,0 +1,84 @@
+import CoreMetrics
+import EVTOnline
+import Metrics
+import SaliencyCore
+
+/// The daemon's swift-metrics instruments. Per-model and per-layer aggregates only — never a
+/// series per filter. Instruments are created once and cached (creation goes through the factory).
+final class DaemonMetrics {
+    private var acceptedByModel: [String: Counter] = [:]
+    private var extremesByModel: [String: Counter] = [:]
+    private var peaksByModel: [String: Counter] = [:]
+    private var refitsByModel: [String: Counter] = [:]
+    private var calibrationByModel: [String: Gauge] = [:]
+    private var firingByModel: [String: Gauge] = [:]
+    private var rejectedByReason: [String: Counter] = [:]
+    private var alertsByKey: [String: Counter] = [:]
+    private var gapsByModel: [String: Counter] = [:]
+    private let processing = Timer(label: "saliencyd_row_processing_seconds")
+    let queries = Counter(label: "saliencyd_queries_total")
+    let snapshots = Counter(label: "saliencyd_snapshots_total")
+    let snapshotFailures = Counter(label: "saliencyd_snapshot_failures_total")
+    private var latencyCountdown = 0
+
+    func accepted(model engine: ModelEngine, result: FilterBank.RowResult) {
+        let m = engine.schema.model
+        counter(&acceptedByModel, "saliencyd_predictions_total", m).increment()
+        if result.peaks > 0 { counter(&peaksByModel, "saliencyd_peaks_total", m).increment(by: result.peaks) }
+        if result.extremes > 0 { counter(&extremesByModel, "saliencyd_extreme_exceedances_total", m).increment(by: result.extremes) }
+        if result.refits > 0 { counter(&refitsByModel, "saliencyd_refits_total", m).increment(by: result.refits) }
+        let g = calibrationByModel[m] ?? {
+            let g = Gauge(label: "saliencyd_calibrated_ratio", dimensions: [("model", m)])
+            calibrationByModel[m] = g
+            return g
+        }()
+        switch engine.bank.phase {
+        case .calibrating(let seen, let of): g.record(Double(seen) / Double(of))
+        case .monitoring: g.record(1)
+        }
+        let f = firingByModel[m] ?? {
+            let g = Gauge(label: "saliencyd_firing_alerts", dimensions: [("model", m)])
+            firingByModel[m] = g
+            return g
+        }()
+        f.record(engine.active.count)
+    }
+
+    func rejected(_ reason: String) {
+        let c = rejectedByReason[reason] ?? {
+            let c = Counter(label: "saliencyd_rejected_total", dimensions: [("reason", reason)])
+            rejectedByReason[reason] = c
+            return c
+        }()
+        c.increment()
+    }
+
+    func gaps(_ n: UInt64, model: String) {
+        counter(&gapsByModel, "saliencyd_sequence_gaps_total", model).increment(by: Int(clamping: n))
+    }
+
+    func alert(status: String, model: String) {
+        let key = status + "\u{0}" + model
+        let c = alertsByKey[key] ?? {
+            let c = Counter(label: "saliencyd_alerts_total", dimensions: [("model", model), ("status", status)])
+            alertsByKey[key] = c
+            return c
+        }()
+        c.increment()
+    }
+
+    /// Records processing time of 1 row in 16 (the timer histogram is not free).
+    func latency(_ d: Duration) {
+        latencyCountdown -= 1
+        guard latencyCountdown <= 0 else { return }
+        latencyCountdown = 16
+        processing.recordNanoseconds(d.components.seconds * 1_000_000_000 + d.components.attoseconds / 1_000_000_000)
+    }
+
+    private func counter(_ dict: inout [String: Counter], _ label: String, _ model: String) -> Counter {
+        if let c = dict[model] { return c }
+        let c = Counter(label: label, dimensions: [("model", model)])
+        dict[model] = c
+        return c
+    }
+}

@@ -1,0 +1,261 @@
+import Foundation
+import Logging
+import SaliencyCore
+import SaliencyStream
+import Synchronization
+
+/// The engine thread: owns the feed SUB, the alerts PUB and the query REP sockets (one owner
+/// thread for all three, so the statistics need no locks), polls them with `zmq_poll`, and never
+/// runs on Swift's cooperative pool.
+///
+/// `@unchecked Sendable` argument: after `start`, every mutable field except `stopRequested`,
+/// `reloadMailbox` and `readyState` is touched only by the engine thread; those three are an
+/// `Atomic` and two `Mutex`es. `context` is a thread-safe libzmq context.
+final class EngineLoop: @unchecked Sendable {
+    let context: ZMQContext
+    let initialConfiguration: DaemonConfiguration
+    let logger: Logger
+    let notifier: SystemdNotifier
+    let metrics = DaemonMetrics()
+    let stopRequested = Atomic<Bool>(false)
+    let reloadMailbox = Mutex<DaemonConfiguration?>(nil)
+    /// "starting" → "ready" (endpoints bound) or "failed: …"; read by tests and the service.
+    let readyState = Mutex<String>("starting")
+    private(set) var zap: ZAPHandler?
+
+    init(configuration: DaemonConfiguration, logger: Logger, notifier: SystemdNotifier) throws(SaliencyError) {
+        do { context = try ZMQContext() } catch { throw error.saliencyError }
+        initialConfiguration = configuration
+        self.logger = logger
+        self.notifier = notifier
+    }
+
+    func requestStop() {
+        stopRequested.store(true, ordering: .releasing)
+    }
+
+    func requestReload(_ c: DaemonConfiguration) {
+        reloadMailbox.withLock { $0 = c }
+    }
+
+    /// Runs on the dedicated thread until stopped. Throws only for start-up failures.
+    func run() throws(SaliencyError) {
+        let cfg = initialConfiguration
+        let stateDir = cfg.resolvedStateDirectory
+        try AtomicFile.ensureDirectory(stateDir)
+        let alertLog = try AlertLog(directory: stateDir, maxEntries: cfg.alerts.logMaxEntries)
+        if let note = alertLog.recoveryNote { logger.warning("\(note)") }
+        let core = DaemonCore(configuration: cfg, alertLog: alertLog, logger: logger, metrics: metrics)
+        let store = SnapshotStore(directory: stateDir, logger: logger)
+        store.restore(into: core)
+
+        var adminKeys = Set<String>()
+        let sockets: Sockets
+        do {
+            sockets = try openSockets(cfg, adminKeys: &adminKeys)
+        } catch {
+            readyState.withLock { $0 = "failed: \(error.message)" }
+            throw error
+        }
+        let feed = sockets.feed, pub = sockets.pub, rep = sockets.rep
+        logger.notice("saliencyd ready", metadata: [
+            "feed": "\(cfg.feed.endpoint)\(cfg.feed.bind ? " (bind)" : " (connect)")", "alerts": "\(cfg.alerts.endpoint)",
+            "query": "\(cfg.query.endpoint)", "state": "\(stateDir)", "models_restored": "\(core.engines.count)",
+            "next_alert_seq": "\(alertLog.nextSequence)", "zmq": "\(ZMQVersion.string)",
+        ])
+        readyState.withLock { $0 = "ready" }
+        notifier.notify("READY=1\nSTATUS=\(core.statusLine)\nMAINPID=\(getpid())")
+
+        let poll = ZMQPollSet()
+        let feedIndex = poll.add(feed)
+        let repIndex = poll.add(rep)
+        let message = ZMQMultipart(maxFrames: 4)
+        let request = ZMQMultipart(maxFrames: 2)
+        let clock = ContinuousClock()
+        var nextWatchdog = clock.now
+        var nextSnapshot = clock.now + .seconds(core.configuration.state.snapshotInterval)
+        var nextStatus = clock.now
+        var lastSnapshotName: String? = store.lastWritten
+
+        func flushOutbox() {
+            for (topic, body) in core.outbox {
+                do {
+                    _ = try pub.send(topic, more: true)
+                    _ = try pub.send(body)
+                } catch {
+                    logger.error("alert publish failed (the alert is in the durable log)", metadata: ["error": "\(error)"])
+                }
+            }
+            core.outbox.removeAll(keepingCapacity: true)
+        }
+        func snapshotNow() -> Result<String, SaliencyError> {
+            let r = store.write(core)
+            switch r {
+            case .success(let name): lastSnapshotName = name; metrics.snapshots.increment()
+            case .failure(let e): metrics.snapshotFailures.increment(); logger.error("snapshot failed; learned state since the last snapshot is at risk", metadata: ["error": "\(e.message)"])
+            }
+            return r
+        }
+
+        loop: while !stopRequested.load(ordering: .acquiring) {
+            do {
+                _ = try poll.poll(timeout: 100)
+            } catch let e where e.isTerminated {
+                break loop
+            } catch {
+                logger.error("poll failed", metadata: ["error": "\(error)"])
+                continue
+            }
+            var busy = false
+            if poll.ready(feedIndex).contains(.pollIn) {
+                // Drain a bounded batch so queries and timers stay responsive under load.
+                for _ in 0..<512 {
+                    do {
+                        guard try feed.receive(into: message, dontWait: true) else { break }
+                    } catch let e where e.isTerminated {
+                        break loop
+                    } catch {
+                        logger.error("feed receive failed", metadata: ["error": "\(error)"])
+                        break
+                    }
+                    busy = true
+                    if message.totalCount > message.count {
+                        core.reject("malformed_frame", "message with \(message.totalCount) frames; at most 3 expected")
+                        continue
+                    }
+                    core.handleFeed(count: message.count) { message.frame($0) }
+                    if !core.outbox.isEmpty { flushOutbox() }
+                }
+            }
+            if poll.ready(repIndex).contains(.pollIn) {
+                do {
+                    if try rep.receive(into: request, dontWait: true) {
+                        metrics.queries.increment()
+                        let reply: [UInt8]
+                        if request.totalCount != 1 {
+                            core.reject("bad_query", "request with \(request.totalCount) frames")
+                            reply = QueryReply.error(code: .badRequest, message: "send exactly one frame holding a JSON object")
+                        } else {
+                            let admin = !cfg.security.curve || request.property("User-Id").map { adminKeys.contains($0) } == true
+                            reply = core.handleQuery(request.frame(0), admin: admin, snapshot: snapshotNow, lastSnapshot: lastSnapshotName)
+                        }
+                        _ = try rep.send(reply)
+                    }
+                } catch let e where e.isTerminated {
+                    break loop
+                } catch {
+                    logger.error("query socket error", metadata: ["error": "\(error)"])
+                }
+            }
+            if !busy { _ = core.idleRefits(limit: 256) }
+            let now = clock.now
+            core.resendIfDue(now: now)
+            if !core.outbox.isEmpty { flushOutbox() }
+            if let w = notifier.watchdogInterval, now >= nextWatchdog {
+                notifier.notify("WATCHDOG=1")
+                nextWatchdog = now + w
+            }
+            if now >= nextStatus || core.statusDirty {
+                if core.statusDirty || now >= nextStatus { notifier.notify("STATUS=\(core.statusLine)") }
+                core.statusDirty = false
+                nextStatus = now + .seconds(5)
+            }
+            if now >= nextSnapshot {
+                _ = snapshotNow()
+                nextSnapshot = now + .seconds(core.configuration.state.snapshotInterval)
+            }
+            if let newConfig = reloadMailbox.withLock({ c -> DaemonConfiguration? in defer { c = nil }; return c }) {
+                let needRestart = newConfig.restartRequired(comparedTo: core.configuration)
+                if needRestart.isEmpty {
+                    core.apply(reloaded: newConfig)
+                    alertLog.setMaxEntries(newConfig.alerts.logMaxEntries)
+                    logger.notice("configuration reloaded")
+                } else {
+                    logger.warning("configuration reload refused: these settings need a restart (systemctl restart saliencyd); the running configuration is unchanged", metadata: ["sections": "\(needRestart.joined(separator: ","))"])
+                }
+                notifier.notify("READY=1\nSTATUS=\(core.statusLine)")
+            }
+        }
+        notifier.notify("STOPPING=1\nSTATUS=stopping: writing state")
+        logger.notice("stopping: writing final snapshot")
+        _ = snapshotNow()
+        zap?.stop()
+        logger.notice("stopped", metadata: ["alert_seq": "\(alertLog.nextSequence - 1)"])
+    }
+
+
+    struct Sockets: ~Copyable {
+        let feed: ZMQSocket
+        let pub: ZMQSocket
+        let rep: ZMQSocket
+    }
+
+    /// Creates, secures and binds the three sockets. Errors say which endpoint failed.
+    func openSockets(_ cfg: DaemonConfiguration, adminKeys: inout Set<String>) throws(SaliencyError) -> Sockets {
+        let sec = cfg.security
+        var serverSecret: String?
+        if sec.curve {
+            let pair = try CurveKeyPair.load(from: sec.serverSecretKeyFile)
+            serverSecret = pair.secretKey
+            let allowed = try Self.readKeys(sec.allowedClientsFile)
+            adminKeys = Set(try Self.readKeys(sec.adminClientsFile))
+            let handler = try ZAPHandler(context: context, allowedClientKeys: allowed + Array(adminKeys), domain: "saliencyd")
+            do { try handler.start() } catch { throw error.saliencyError }
+            zap = handler
+            logger.notice("CURVE enabled", metadata: ["allowed_clients": "\(allowed.count)", "admin_clients": "\(adminKeys.count)", "server_public_key": "\(pair.publicKey)"])
+        }
+        func secure(_ s: borrowing ZMQSocket) throws(ZMQError) {
+            guard let secret = serverSecret else { return }
+            try s.setCurveServer(true)
+            try s.setCurveSecretKey(z85: secret)
+            try s.setZAPDomain("saliencyd")
+        }
+        func step<T: ~Copyable>(_ what: String, _ body: () throws(ZMQError) -> T) throws(SaliencyError) -> T {
+            do { return try body() } catch {
+                throw SaliencyError(.transport, "\(what): \(error) — is another saliencyd (or program) using the endpoint? check the endpoint syntax and permissions")
+            }
+        }
+        let feed = try step("feed socket \(cfg.feed.endpoint)") { () throws(ZMQError) -> ZMQSocket in
+            let s = try context.socket(.sub)
+            try secure(s)
+            try s.setReceiveHighWaterMark(Int32(clamping: cfg.feed.receiveHighWaterMark))
+            try s.setMaxMessageSize(Int64(cfg.feed.maxMessageBytes))
+            try s.subscribe(Topic.predictionPrefix)
+            try s.subscribe(Topic.schemaPrefix)
+            if cfg.feed.bind { try s.bind(cfg.feed.endpoint) } else { try s.connect(cfg.feed.endpoint) }
+            return s
+        }
+        let pub = try step("alerts socket \(cfg.alerts.endpoint)") { () throws(ZMQError) -> ZMQSocket in
+            let s = try context.socket(.pub)
+            try secure(s)
+            try s.setSendHighWaterMark(100_000)
+            try s.bind(cfg.alerts.endpoint)
+            return s
+        }
+        let rep = try step("query socket \(cfg.query.endpoint)") { () throws(ZMQError) -> ZMQSocket in
+            let s = try context.socket(.rep)
+            try secure(s)
+            try s.setMaxMessageSize(1 << 20)
+            try s.bind(cfg.query.endpoint)
+            return s
+        }
+        return Sockets(feed: feed, pub: pub, rep: rep)
+    }
+
+    static func readKeys(_ path: String) throws(SaliencyError) -> [String] {
+        guard !path.isEmpty else { return [] }
+        guard let d = FileManager.default.contents(atPath: path) else {
+            throw SaliencyError(.invalidConfiguration, "cannot read key list '\(path)'")
+        }
+        var keys: [String] = []
+        for (i, raw) in String(decoding: d, as: UTF8.self).split(separator: "\n").enumerated() {
+            let line = raw.trimmingCharacters(in: .whitespaces)
+            if line.isEmpty || line.hasPrefix("#") { continue }
+            guard Z85.isKey(line) else {
+                throw SaliencyError(.invalidConfiguration, "'\(path)' line \(i + 1) is not a 40-character Z85 public key")
+            }
+            keys.append(line)
+        }
+        return keys
+    }
+}

@@ -1,0 +1,178 @@
+import EVTOnline
+import Foundation
+import Logging
+import SaliencyCore
+import SaliencyStream
+
+/// Snapshots of all learned state in the state directory (docs/operations.md).
+///
+/// File `snapshot.bin`: magic `SALS`, u32 version, u64 payload length, u64 FNV-1a-64 of the
+/// payload, payload. Written atomically (temp file, fsync, rename, fsync directory); the previous
+/// good snapshot is kept as `snapshot.prev.bin`. At start-up a file that fails any check (magic,
+/// version, length, checksum, structure, configuration mismatch) is moved aside as
+/// `<name>.rejected-<unix time>` with a log line saying why, and the previous one is tried; with
+/// neither, the daemon says it starts from zero.
+final class SnapshotStore {
+    static let magic: [UInt8] = Array("SALS".utf8)
+    static let version: UInt32 = 1
+    let directory: String
+    let logger: Logger
+    private(set) var lastWritten: String?
+
+    init(directory: String, logger: Logger) {
+        self.directory = directory
+        self.logger = logger
+    }
+
+    var currentPath: String { directory + "/snapshot.bin" }
+    var previousPath: String { directory + "/snapshot.prev.bin" }
+
+    // MARK: - Encoding
+
+    struct Header: Codable { var created: String; var next_alert_seq: UInt64; var models: Int }
+    struct ProducerEntry: Codable { var id: UInt64; var model: String; var last: UInt64; var gaps: UInt64; var reordered: UInt64; var received: UInt64 }
+
+    static func encode(_ core: DaemonCore) throws -> [UInt8] {
+        var w = ByteWriter()
+        let json = JSONEncoder()
+        json.nonConformingFloatEncodingStrategy = .convertToString(positiveInfinity: "inf", negativeInfinity: "-inf", nan: "nan")
+        w.write(blob: [UInt8](try json.encode(Header(created: AlertRecord.timestamp(), next_alert_seq: core.alertLog.nextSequence, models: core.engines.count))))
+        let engines = core.engines.values.sorted { $0.schema.model < $1.schema.model }
+        w.write(UInt32(engines.count))
+        for e in engines {
+            w.write(blob: SchemaMessage.encode(e.schema))
+            w.write(blob: e.bank.serializedState())
+            w.write(blob: [UInt8](try json.encode(e.tracker.state)))
+            w.write(blob: [UInt8](try json.encode(e.active.values.sorted { $0.seq < $1.seq })))
+            w.write(blob: [UInt8](try json.encode(e.modelAlert.map { [$0] } ?? [])))
+            w.write(blob: [UInt8](try json.encode(e.layerExtremes)))
+        }
+        let prods = core.producers.map { ProducerEntry(id: $0.key, model: $0.value.model, last: $0.value.lastSequence, gaps: $0.value.gaps, reordered: $0.value.reordered, received: $0.value.received) }
+        w.write(blob: [UInt8](try json.encode(prods)))
+        w.write(blob: [UInt8](try json.encode(core.rejected)))
+        w.write(core.gapsTotal)
+        let payload = w.bytes
+        var out = ByteWriter(capacity: payload.count + 24)
+        for b in magic { out.write(b) }
+        out.write(version)
+        out.write(UInt64(payload.count))
+        out.write(payload.withUnsafeBytes { fnv1a64($0) })
+        var bytes = out.bytes
+        bytes += payload
+        return bytes
+    }
+
+    struct Restored {
+        var engines: [ModelEngine]
+        var producers: [UInt64: DaemonCore.Producer]
+        var rejected: [String: UInt64]
+        var gaps: UInt64
+        var nextAlertSeq: UInt64
+    }
+
+    /// Decodes and checks a snapshot against the running configuration. Throws with the reason.
+    static func decode(_ bytes: [UInt8], configuration: DaemonConfiguration) throws(SaliencyError) -> Restored {
+        func bad(_ m: String) -> SaliencyError { SaliencyError(.corruptState, m) }
+        var r = ByteReader(bytes)
+        var m: [UInt8] = []
+        for _ in 0..<4 { m.append(try r.read(UInt8.self, "magic")) }
+        guard m == magic else { throw bad("not a saliencyd snapshot (magic \(m))") }
+        let v = try r.read(UInt32.self, "version")
+        guard v == version else { throw SaliencyError(.unsupportedVersion, "snapshot version \(v); this saliencyd reads version \(version)") }
+        let len = try r.read(UInt64.self, "length")
+        let sum = try r.read(UInt64.self, "checksum")
+        guard len == UInt64(r.remaining) else { throw bad("payload is \(r.remaining) bytes but the header says \(len) (truncated or appended)") }
+        let payload = Array(bytes[r.offset...])
+        guard payload.withUnsafeBytes({ fnv1a64($0) }) == sum else { throw bad("checksum mismatch: the file is corrupted") }
+        var p = ByteReader(payload)
+        let json = JSONDecoder()
+        json.nonConformingFloatDecodingStrategy = .convertFromString(positiveInfinity: "inf", negativeInfinity: "-inf", nan: "nan")
+        func decodeJSON<T: Decodable>(_ t: T.Type, _ what: String) throws(SaliencyError) -> T {
+            let blob = try p.readBlob(what)
+            do { return try json.decode(t, from: Data(blob)) } catch { throw bad("\(what): \(error)") }
+        }
+        let header = try decodeJSON(Header.self, "header")
+        let count = try p.read(UInt32.self, "model count")
+        guard count <= 4096 else { throw bad("\(count) models") }
+        var engines: [ModelEngine] = []
+        for _ in 0..<count {
+            let schema = try SchemaMessage.decode(try p.readBlob("schema"))
+            let bankBytes = try p.readBlob("filter bank")
+            let trackerState = try decodeJSON(AlertTrackerState.self, "alert tracker")
+            let active = try decodeJSON([AlertRecord].self, "active alerts")
+            let modelAlert = try decodeJSON([AlertRecord].self, "model alert")
+            let layerExtremes = try decodeJSON([UInt64].self, "layer extremes")
+            let bank = try FilterBank(restoring: bankBytes, configuration: configuration.pot)
+            guard bank.filterCount == schema.filterCount else { throw bad("model '\(schema.model)': bank has \(bank.filterCount) filters, schema \(schema.filterCount)") }
+            let tracker = try AlertTracker(state: trackerState)
+            guard tracker.filterCount == schema.filterCount, layerExtremes.count == schema.layers.count else { throw bad("model '\(schema.model)': alert state does not match the schema") }
+            let e = try ModelEngine(schema: schema, bank: bank, tracker: tracker, recentRows: configuration.monitor.recentRows)
+            for a in active { if let f = a.filter { e.active[f] = a } }
+            e.modelAlert = modelAlert.first
+            e.layerExtremes = layerExtremes
+            engines.append(e)
+        }
+        let prods = try decodeJSON([ProducerEntry].self, "producers")
+        let rejected = try decodeJSON([String: UInt64].self, "rejections")
+        let gaps = try p.read(UInt64.self, "gaps")
+        guard p.remaining == 0 else { throw bad("\(p.remaining) trailing bytes") }
+        var producers: [UInt64: DaemonCore.Producer] = [:]
+        for x in prods { producers[x.id] = .init(model: x.model, lastSequence: x.last, gaps: x.gaps, reordered: x.reordered, received: x.received) }
+        return Restored(engines: engines, producers: producers, rejected: rejected, gaps: gaps, nextAlertSeq: header.next_alert_seq)
+    }
+
+    // MARK: - Files
+
+    /// Writes a snapshot now. Returns the file name.
+    func write(_ core: DaemonCore) -> Result<String, SaliencyError> {
+        do {
+            let bytes = try Self.encode(core)
+            let fm = FileManager.default
+            let tmp = currentPath + ".new"
+            try AtomicFile.write(bytes, to: tmp)
+            if fm.fileExists(atPath: currentPath) {
+                guard rename(currentPath, previousPath) == 0 else { throw SaliencyError(.io, "cannot rotate \(currentPath): \(String(cString: strerror(errno)))") }
+            }
+            guard rename(tmp, currentPath) == 0 else { throw SaliencyError(.io, "cannot install \(currentPath): \(String(cString: strerror(errno)))") }
+            AtomicFile.syncDirectory(directory)
+            lastWritten = AlertRecord.timestamp()
+            logger.info("snapshot written", metadata: ["bytes": "\(bytes.count)", "models": "\(core.engines.count)"])
+            return .success(currentPath)
+        } catch let e as SaliencyError {
+            return .failure(e)
+        } catch {
+            return .failure(SaliencyError(.io, "\(error)"))
+        }
+    }
+
+    /// Restores the newest good snapshot into `core`, setting bad files aside.
+    func restore(into core: DaemonCore) {
+        for path in [currentPath, previousPath] {
+            guard let data = FileManager.default.contents(atPath: path) else { continue }
+            do {
+                let r = try Self.decode([UInt8](data), configuration: core.configuration)
+                for e in r.engines {
+                    core.engines[e.fingerprint] = e
+                    core.byName[e.schema.model] = e.fingerprint
+                }
+                core.producers = r.producers
+                core.rejected = r.rejected
+                core.gapsTotal = r.gaps
+                core.alertLog.ensureSequence(atLeast: r.nextAlertSeq)
+                logger.notice("learned state restored", metadata: [
+                    "file": "\(path)", "models": "\(r.engines.map { "\($0.schema.model)(\($0.bank.rows) rows, \($0.bank.isCalibrated ? "monitoring" : "calibrating"))" }.joined(separator: ","))",
+                ])
+                return
+            } catch {
+                let aside = "\(path).rejected-\(Int(Date().timeIntervalSince1970))"
+                let moved = rename(path, aside) == 0
+                logger.error("snapshot refused; \(moved ? "moved aside for inspection" : "could not move it aside")", metadata: [
+                    "file": "\(path)", "aside": "\(aside)", "reason": "\(error.message)",
+                    "hint": "inspect with: saliencyctl state inspect \(aside)",
+                ])
+            }
+        }
+        if FileManager.default.fileExists(atPath: currentPath) || FileManager.default.fileExists(atPath: previousPath) { return }
+        logger.notice("no usable snapshot: every model starts calibrating from zero", metadata: ["state": "\(directory)"])
+    }
+}

@@ -1,0 +1,350 @@
+import ArgumentParser
+import Foundation
+import SaliencyCore
+import SaliencyStream
+
+/// Endpoints and CURVE keys shared by every online command (same flags as saliencyd).
+struct EndpointOptions: ParsableArguments {
+    @Option(help: "Feed endpoint (replay publishes here).") var feed = "tcp://127.0.0.1:5560"
+    @Option(help: "Alerts endpoint (alerts subscribes here).") var alerts = "tcp://127.0.0.1:5561"
+    @Option(help: "Query endpoint.") var query = "tcp://127.0.0.1:5562"
+    @Option(name: .customLong("server-key"), help: "CURVE: file with the daemon's public key (enables CURVE).") var serverKey: String?
+    @Option(name: .customLong("client-key"), help: "CURVE: this client's key file (from saliencyctl keygen).") var clientKey: String?
+    @Option(help: "Seconds to wait for an answer.") var timeout: Double = 5
+
+    /// Applies CURVE client settings when `--server-key` is given.
+    func secure(_ s: borrowing ZMQSocket) throws {
+        guard let sk = serverKey else { return }
+        guard let ck = clientKey else { throw ValidationError("--server-key needs --client-key (create one with saliencyctl keygen)") }
+        let pair = try CurveKeyPair.load(from: ck)
+        try s.setCurveServerKey(z85: try CurveKeyPair.loadPublicKey(from: sk))
+        try s.setCurvePublicKey(z85: pair.publicKey)
+        try s.setCurveSecretKey(z85: pair.secretKey)
+    }
+}
+
+/// A REQ client with a timeout: one request, one JSON reply. A lost reply closes the socket
+/// (REQ's state machine) and reports what to check.
+struct QueryClient: ~Copyable {
+    let context: ZMQContext
+    let socket: ZMQSocket
+    let endpoint: String
+
+    init(_ o: EndpointOptions) throws {
+        context = try ZMQContext()
+        let s = try context.socket(.req)
+        try o.secure(s)
+        try s.setReceiveTimeout(Int32(o.timeout * 1000))
+        try s.setSendTimeout(Int32(o.timeout * 1000))
+        try s.connect(o.query)
+        socket = s
+        endpoint = o.query
+    }
+
+    /// Sends `request` and returns the parsed reply; throws a readable error for `ok: false`.
+    func ask(_ request: [String: Any]) throws -> [String: Any] {
+        let body = try JSONSerialization.data(withJSONObject: request)
+        guard try socket.send([UInt8](body)) else { throw CtlError("cannot send to \(endpoint): is saliencyd running?") }
+        let reply = ZMQMultipart(maxFrames: 1)
+        guard try socket.receive(into: reply) else {
+            throw CtlError("no answer from \(endpoint) within the timeout: is saliencyd running, and are the endpoint and CURVE keys right?")
+        }
+        guard let obj = try? JSONSerialization.jsonObject(with: Data(reply.bytes(0))) as? [String: Any] else {
+            throw CtlError("the answer from \(endpoint) is not a JSON object")
+        }
+        if obj["ok"] as? Bool != true {
+            let err = obj["error"] as? [String: Any]
+            throw CtlError("\(err?["code"] as? String ?? "error"): \(err?["message"] as? String ?? "unknown error")", raw: reply.bytes(0))
+        }
+        return obj
+    }
+
+    /// Raw reply bytes (for --json passthrough).
+    func askRaw(_ request: [String: Any]) throws -> [UInt8] {
+        let obj = try ask(request)
+        return [UInt8](try JSONSerialization.data(withJSONObject: obj, options: [.sortedKeys]))
+    }
+}
+
+struct CtlError: Error, CustomStringConvertible {
+    let description: String
+    let raw: [UInt8]?
+    init(_ d: String, raw: [UInt8]? = nil) { description = d; self.raw = raw }
+}
+
+func runCtl(_ json: Bool, _ body: () throws -> Void) throws {
+    do {
+        try body()
+    } catch let e as CtlError {
+        if json, let raw = e.raw { print(String(decoding: raw, as: UTF8.self)) }
+        FileHandle.standardError.write(Data("saliencyctl: \(e.description)\n".utf8))
+        throw ExitCode.failure
+    }
+}
+
+func num(_ v: Any?) -> Double { (v as? NSNumber)?.doubleValue ?? (v as? String).flatMap(Double.init) ?? .nan }
+func str(_ v: Any?) -> String { v.map { "\($0)" } ?? "-" }
+
+struct Status: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Daemon status: models, calibration, rates, drops, rejected input, firing alerts.")
+    @OptionGroup var endpoints: EndpointOptions
+    @OptionGroup var output: OutputOptions
+
+    func run() throws {
+        try runCtl(output.json) {
+            let c = try QueryClient(endpoints)
+            if output.json { print(String(decoding: try c.askRaw(["op": "status"]), as: UTF8.self)); return }
+            let s = try c.ask(["op": "status"])
+            print("saliencyd \(str(s["version"])), up \(fmt(num(s["uptime_s"]), 4)) s, state in \(str(s["state_directory"]))")
+            print("alerts: \(str(s["firing"])) firing, last seq \(str(s["alert_seq"])); sequence gaps \(str(s["gaps"])); queries \(str(s["queries"]))")
+            var t = Table(headers: ["model", "filters", "phase", "calibration", "rows", "rate/s", "firing", "due", "rule m/c/L"])
+            for m in s["models"] as? [[String: Any]] ?? [] {
+                let rule = m["alert_rule"] as? [String: Any] ?? [:]
+                t.rows.append([str(m["model"]), str(m["filters"]), str(m["phase"]), "\(str(m["calibration_seen"]))/\(str(m["calibration_total"]))",
+                               str(m["rows"]), fmt(num(m["rate_per_s"]), 4), str(m["firing"]), str(m["due"]),
+                               "\(str(rule["window"]))/\(str(rule["fire_count"]))/\(str(rule["resolve_below"]))"])
+            }
+            print(t.rows.isEmpty ? "no models yet (waiting for schema messages)" : t.render())
+            let rej = s["rejected"] as? [String: Any] ?? [:]
+            if !rej.isEmpty { print("rejected input: " + rej.keys.sorted().map { "\($0)=\(str(rej[$0]))" }.joined(separator: " ")) }
+            for p in s["producers"] as? [[String: Any]] ?? [] {
+                print("producer \(str(p["producer"])) → \(str(p["model"])): received \(str(p["received"])), gaps \(str(p["gaps"])), reordered \(str(p["reordered"]))")
+            }
+        }
+    }
+}
+
+struct Top: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "The most salient filters of a model, now (like top(1) with --watch).")
+    @Option(help: "Model name (as in its schema).") var model: String
+    @Option(name: .shortAndLong, help: "How many filters.") var k = 20
+    @Option(help: "Score: pot or zscore.") var by: ScoreKind = .pot
+    @Option(help: "Average the score over this many recent predictions (default: the latest only).") var window: Int?
+    @Flag(help: "Refresh every --interval seconds until interrupted.") var watch = false
+    @Option(help: "Refresh interval for --watch.") var interval: Double = 1
+    @OptionGroup var endpoints: EndpointOptions
+    @OptionGroup var output: OutputOptions
+
+    func run() throws {
+        try runCtl(output.json) {
+            let c = try QueryClient(endpoints)
+            var req: [String: Any] = ["op": "top", "model": model, "k": k, "by": by.rawValue]
+            if let w = window { req["window"] = w }
+            repeat {
+                let r = try c.ask(req)
+                let top = r["top"] as? [[String: Any]] ?? []
+                if output.json {
+                    for e in top { print(String(decoding: try JSONSerialization.data(withJSONObject: e, options: [.sortedKeys]), as: UTF8.self)) }
+                } else {
+                    if watch { print("\u{1B}[2J\u{1B}[H", terminator: "") }
+                    print("\(model): top \(k) by \(by.rawValue) over \(str(r["window"])) prediction(s)  \(Date())")
+                    var t = Table(headers: ["rank", "filter", "layer", "channel", "score"] + (by == .pot ? ["p"] : []))
+                    for (i, e) in top.enumerated() {
+                        t.rows.append([String(i + 1), str(e["filter"]), str(e["layer"]), str(e["channel"]), fmt(num(e["score"]), 5)] + (by == .pot ? [fmt(num(e["p"]), 4)] : []))
+                    }
+                    print(t.render())
+                }
+                if watch { Thread.sleep(forTimeInterval: interval) }
+            } while watch
+        }
+    }
+}
+
+struct FilterCmd: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "filter", abstract: "One filter's tail model, thresholds, counts and recent scores.")
+    @Option(help: "Model name.") var model: String
+    @Argument(help: "Global filter index (or use --layer and --channel).") var index: Int?
+    @Option(help: "Layer name.") var layer: String?
+    @Option(help: "Channel within --layer.") var channel: Int?
+    @OptionGroup var endpoints: EndpointOptions
+    @OptionGroup var output: OutputOptions
+
+    func validate() throws {
+        if index == nil && (layer == nil || channel == nil) { throw ValidationError("give a filter index, or --layer and --channel") }
+    }
+
+    func run() throws {
+        try runCtl(output.json) {
+            let c = try QueryClient(endpoints)
+            var req: [String: Any] = ["op": "filter", "model": model]
+            if let i = index { req["filter"] = i } else { req["layer"] = layer!; req["channel"] = channel! }
+            if output.json { print(String(decoding: try c.askRaw(req), as: UTF8.self)); return }
+            let r = try c.ask(req)
+            print("\(model) filter \(str(r["filter"])) = \(str(r["layer"]))[\(str(r["channel"]))]  tail: \(str(r["tail"]))\(r["firing"] as? Bool == true ? "  FIRING" : "")")
+            print("threshold t = \(fmt(num(r["threshold"]))), extreme threshold z_q = \(fmt(num(r["extreme_threshold"])))")
+            print("GPD shape γ = \(fmt(num(r["shape"]), 4)), scale σ = \(fmt(num(r["scale"]), 4)); n = \(str(r["n"])), peaks N_t = \(str(r["peaks"])) (ring \(str(r["peaks_in_ring"])), since fit \(str(r["peaks_since_fit"]))\(r["due"] as? Bool == true ? ", refit due" : ""))")
+            print("extremes = \(str(r["extremes"])) (\(str(r["window_exceedances"])) in the alert window); mean = \(fmt(num(r["mean"]))), std = \(fmt(num(r["std"])))")
+            var t = Table(headers: ["recent value", "score", "p", "z"])
+            for e in r["recent"] as? [[String: Any]] ?? [] {
+                t.rows.append([fmt(num(e["value"])), fmt(num(e["score"]), 4), fmt(num(e["p"]), 3), fmt(num(e["zscore"]), 3)])
+            }
+            if !t.rows.isEmpty { print(t.render()) }
+        }
+    }
+}
+
+struct Alerts: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "List alerts, or follow them live (--follow), fetching any missed ones over the query socket.",
+        discussion: "With --follow, a gap in sequence numbers (or a late start with --since) is filled from the daemon's durable alert log, so nothing is silently lost while the log retains it.")
+    @Option(help: "Only alerts after this sequence number.") var since: UInt64?
+    @Flag(help: "Only the currently firing alerts.") var active = false
+    @Flag(help: "Keep running and print alerts as they are published.") var follow = false
+    @Option(help: "With --follow: stop after this many seconds (0 = never).") var duration: Double = 0
+    @OptionGroup var endpoints: EndpointOptions
+    @OptionGroup var output: OutputOptions
+
+    func printAlert(_ a: [String: Any]) throws {
+        if output.json {
+            print(String(decoding: try JSONSerialization.data(withJSONObject: a, options: [.sortedKeys]), as: UTF8.self))
+        } else {
+            let labels = a["labels"] as? [String: Any] ?? [:]
+            let what = a["filter"] != nil ? "\(str(a["layer"]))[\(str(a["channel"]))] filter \(str(a["filter"]))" : "model-level shift"
+            print("#\(str(a["seq"])) \(str(a["status"]).uppercased()) \(str(labels["model"])) \(what) score=\(fmt(num(a["score"]), 4)) exceedances=\(str(a["exceedances"]))/\(str(a["window"])) at \(a["status"] as? String == "resolved" ? str(a["endsAt"]) : str(a["startsAt"]))")
+        }
+        fflush(stdout)
+    }
+
+    func run() throws {
+        try runCtl(output.json) {
+            let c = try QueryClient(endpoints)
+            var last = since ?? 0
+            func fetch(after: UInt64) throws -> UInt64 {
+                var req: [String: Any] = ["op": "alerts", "since": after]
+                if active { req = ["op": "alerts", "active": true] }
+                let r = try c.ask(req)
+                var newest = after
+                for a in r["alerts"] as? [[String: Any]] ?? [] {
+                    let s = UInt64(num(a["seq"]))
+                    if active || s > newest { try printAlert(a); newest = max(newest, s) }
+                }
+                if let oldest = (r["oldest_retained"] as? NSNumber)?.uint64Value, oldest > after + 1, after > 0 {
+                    FileHandle.standardError.write(Data("saliencyctl: alerts \(after + 1)…\(oldest - 1) are past the daemon's log retention\n".utf8))
+                }
+                return max(newest, active ? after : UInt64(num(r["last_seq"])))
+            }
+            guard follow else { _ = try fetch(after: last); return }
+            let ctx = try ZMQContext()
+            let sub = try ctx.socket(.sub)
+            try endpoints.secure(sub)
+            try sub.subscribe(Topic.alertPrefix)
+            try sub.connect(endpoints.alerts)
+            // Catch up from the log first (since: given, or everything retained), then follow live.
+            last = try fetch(after: last)
+            let msg = ZMQMultipart(maxFrames: 2)
+            let deadline = duration > 0 ? Date().addingTimeInterval(duration) : .distantFuture
+            while Date() < deadline {
+                guard try sub.poll(timeout: 250).contains(.pollIn), try sub.receive(into: msg, dontWait: true), msg.count == 2 else { continue }
+                guard let a = try? JSONSerialization.jsonObject(with: Data(msg.bytes(1))) as? [String: Any] else { continue }
+                let s = UInt64(num(a["seq"]))
+                if s <= last { continue }             // already seen (re-sent firing alerts)
+                if s > last + 1 { last = try fetch(after: last) }   // gap: fill from the log
+                if s > last { try printAlert(a); last = s }
+            }
+        }
+    }
+}
+
+struct Replay: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Publish rows of an .npy file as predictions, exactly as a producer would (schema first, sequence numbers, re-sent schema).")
+    @Argument(help: "Saliency rows (.npy [rows, K]).") var file: String
+    @Option(help: "Schema JSON.") var schema: String
+    @Option(help: "Model name (default: the schema's).") var model: String?
+    @Option(help: "Rows per second (0 = as fast as the socket takes them).") var rate: Double = 0
+    @Option(help: "Publish only rows [from, to).") var from = 0
+    @Option(help: "End row (exclusive; default: all).") var to: Int?
+    @Option(name: .customLong("target"), help: "Loss target recorded in the header: predicted or true.") var target = "true"
+    @Option(name: .customLong("producer-id"), help: "Producer id (default: random).") var producerID: UInt64?
+    @Option(name: .customLong("wait-subscriber"), help: "Seconds to wait for the daemon's subscription before sending.") var waitSubscriber: Double = 5
+    @OptionGroup var endpoints: EndpointOptions
+    @OptionGroup var output: OutputOptions
+
+    func run() throws {
+        var sch = try IO.readSchema(schema)
+        if let m = model {
+            do { sch = try ModelSchema(model: m, layers: sch.layers) } catch { throw ValidationError(error.message) }
+        }
+        let x = try IO.readMatrix(file)
+        guard x.columns == sch.filterCount else {
+            throw ValidationError("'\(file)' has \(x.columns) columns but schema '\(sch.model)' has \(sch.filterCount) filters")
+        }
+        let end = min(to ?? x.rows, x.rows)
+        guard from >= 0, from <= end else { throw ValidationError("--from \(from) is outside 0...\(end)") }
+        let ctx = try ZMQContext()
+        // XPUB: we see the daemon's subscription arrive, so no message is lost to the slow-joiner.
+        let pub = try ctx.socket(.xpub)
+        try endpoints.secure(pub)
+        try pub.setSendHighWaterMark(0)
+        try pub.connect(endpoints.feed)
+        let sub = ZMQMultipart(maxFrames: 1)
+        let deadline = Date().addingTimeInterval(waitSubscriber)
+        var subscribed = false
+        while Date() < deadline {
+            if try pub.poll(timeout: 100).contains(.pollIn), try pub.receive(into: sub, dontWait: true), sub.count == 1 {
+                let f = sub.bytes(0)
+                if f.first == 1 && Array(f.dropFirst()).starts(with: Array(Topic.predictionPrefix.utf8)) { subscribed = true; break }
+            }
+        }
+        if !subscribed {
+            FileHandle.standardError.write(Data("saliencyctl: no subscriber on \(endpoints.feed) after \(waitSubscriber) s; is saliencyd running? publishing anyway\n".utf8))
+        }
+        let schemaTopic = Topic.schema(sch.model), predTopic = Topic.prediction(sch.model), schemaBody = SchemaMessage.encode(sch)
+        _ = try pub.send(schemaTopic, more: true)
+        _ = try pub.send(schemaBody)
+        var header = PredictionHeader(fingerprint: sch.fingerprint, producerID: producerID ?? UInt64.random(in: 1...UInt64.max),
+                                      sequence: 0, timestampNanos: 0, predictedClass: -1, targetClass: -1,
+                                      targetKind: target == "predicted" ? .predicted : .trueLabel)
+        var hbuf = [UInt8](repeating: 0, count: PredictionHeader.size)
+        let k = sch.filterCount
+        let start = Date()
+        var lastSchema = start
+        var payload = [UInt8](repeating: 0, count: 4 * k)
+        for r in from..<end {
+            if rate > 0 {
+                let due = start.addingTimeInterval(Double(r - from) / rate)
+                let wait = due.timeIntervalSinceNow
+                if wait > 0 { Thread.sleep(forTimeInterval: wait) }
+            }
+            if Date().timeIntervalSince(lastSchema) > 10 {
+                _ = try pub.send(schemaTopic, more: true)
+                _ = try pub.send(schemaBody)
+                lastSchema = Date()
+            }
+            header.sequence = UInt64(r - from + 1)
+            header.timestampNanos = Int64(Date().timeIntervalSince1970 * 1e9)
+            hbuf.withUnsafeMutableBytes { header.encode(into: $0) }
+            x.values.withUnsafeBufferPointer { v in
+                payload.withUnsafeMutableBytes { dst in
+                    dst.copyMemory(from: UnsafeRawBufferPointer(rebasing: UnsafeRawBufferPointer(v)[(r * k * 4)..<((r + 1) * k * 4)]))
+                }
+            }
+            _ = try pub.send(predTopic, more: true)
+            _ = try pub.send(hbuf, more: true)
+            _ = try pub.send(payload)
+        }
+        let secs = Date().timeIntervalSince(start)
+        Thread.sleep(forTimeInterval: 0.2)   // let libzmq flush before the context closes (linger 0)
+        let n = end - from
+        if output.json {
+            try IO.printJSON(["published": Double(n), "seconds": secs, "rows_per_second": Double(n) / max(secs, 1e-9)])
+        } else {
+            print("published \(n) predictions of '\(sch.model)' (K = \(k)) in \(fmt(secs, 4)) s (\(fmt(Double(n) / max(secs, 1e-9), 5)) rows/s)")
+        }
+    }
+}
+
+struct Keygen: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Create a CURVE key pair: FILE (secret, mode 0600) and FILE.pub (public, to share).")
+    @Argument(help: "Output path of the secret key file.") var file: String
+    @Flag(help: "Overwrite existing files.") var force = false
+
+    func run() throws {
+        if !force && FileManager.default.fileExists(atPath: file) { throw ValidationError("'\(file)' exists; use --force to replace it") }
+        let pair = try CurveKeyPair.generate()
+        try pair.save(to: file)
+        try pair.savePublic(to: file + ".pub")
+        print("public key: \(pair.publicKey)\nsecret key written to \(file) (mode 0600), public key to \(file).pub")
+    }
+}
