@@ -1,0 +1,366 @@
+import RealModule
+
+/// How a `GPDFit` was obtained.
+public enum GPDFitMethod: UInt8, Sendable {
+    /// A root of Grimshaw's equation `w(x) = 0` (a local maximum of the profile likelihood).
+    case grimshaw
+    /// The exponential candidate `γ = 0, σ = mean(Y)` had the largest likelihood.
+    case exponential
+    /// The method-of-moments candidate had the largest likelihood.
+    case moments
+    /// Fewer peaks than the minimum: the returned `gpd` is the exponential `σ = mean(Y)`
+    /// (σ = 1 when there are no positive peaks) and is only a placeholder; the caller must fall
+    /// back to its empirical tail and say so (defect 4 of method.md §4).
+    case insufficientPeaks
+}
+
+/// The result of a GPD fit to `peakCount` excesses.
+public struct GPDFit: Sendable, Hashable {
+    public var gpd: GPD
+    /// Log-likelihood of the peaks under `gpd` (method.md §4, correct sign for γ = 0).
+    public var logLikelihood: Double
+    public var method: GPDFitMethod
+    public var peakCount: Int
+
+    public init(gpd: GPD, logLikelihood: Double, method: GPDFitMethod, peakCount: Int) {
+        self.gpd = gpd
+        self.logLikelihood = logLikelihood
+        self.method = method
+        self.peakCount = peakCount
+    }
+}
+
+/// Maximum-likelihood GPD fit by Grimshaw's method (Grimshaw 1993), done as method.md §4 asks.
+///
+/// With `x = γ/σ`, `u(x) = 1 + mean log(1 + xY)`, `v(x) = mean 1/(1 + xY)` and
+/// `w(x) = u(x)v(x) − 1`, the profile log-likelihood is `ℓ_p(x) = −k(log((u − 1)/x) + u)` and
+/// `dℓ_p/dx = w(x) / (x(u(x) − 1))` with a positive denominator, so the roots of `w` are exactly
+/// the stationary points of `ℓ_p` and `w` has the sign of the slope. The fitter
+///
+/// 1. scans `w` on a fixed grid of `negativeGrid` points in `(−1/max Y, 0)` (dense near the
+///    pole `−1/max Y`) and up to `positiveGrid` points in `(0, 2(mean − min)/min²]`
+///    (geometric in `x·mean Y`, ε = 1e-4/mean Y at both ends near 0, capped at `x·mean ≤ 1e10`);
+/// 2. refines every bracket where `w` goes from + to − (a local maximum of `ℓ_p`) by Brent's
+///    method to a relative tolerance of 1e-9 in `x`. Brackets where `w` goes from − to + are
+///    local minima of `ℓ_p`; each is dominated by a maximum or by the exponential candidate next
+///    to it, so skipping them changes no result;
+/// 3. adds the exponential candidate (`x = 0`: γ = 0, σ = mean) and the method-of-moments
+///    candidate, and keeps the largest log-likelihood. At a root candidate the log-likelihood
+///    is `ℓ_p(x) = −k(log σ + 1 + γ)` exactly, so it costs nothing extra.
+///
+/// One evaluation of `w` is one vectorized pass over the peaks (four lanes, one `log` and one
+/// division per peak; the `log` is an fdlibm-accurate, branch-free polynomial with the
+/// `log1p` correction `(t − (a − 1))/a`). A fit costs at most `negativeGrid + positiveGrid + 1`
+/// passes plus about 6–10 per bracket; see docs/statistics.md for measured times.
+///
+/// - Allocation: none after `init`; the fitter owns a scratch buffer for `capacity` peaks.
+/// - Ownership: `~Copyable`, so one owner at a time; `fit` is `mutating`. It is
+///   `@unchecked Sendable` because its only state is the uniquely owned scratch buffer: moving
+///   the fitter moves the buffer, and `fit` needs exclusive (`inout`) access.
+/// - Input: peaks must be finite and `≥ 0` (asserted in debug builds); `count ≤ capacity`
+///   (precondition). Fewer than `max(minPeaks, 3)` peaks give `.insufficientPeaks`.
+/// - Output: never NaN; `gpd.scale > 0`.
+///
+/// Reference: S. D. Grimshaw, "Computing maximum likelihood estimates for the generalized
+/// Pareto distribution", Technometrics 35(2) (1993) 185–191.
+public struct GrimshawFitter: ~Copyable, @unchecked Sendable {
+    /// Number of peaks `fit` accepts.
+    public let capacity: Int
+    private let scratch: UnsafeMutablePointer<Double>
+    private let scratchCount: Int
+
+    public init(capacity: Int) {
+        precondition(capacity >= 0, "capacity must be ≥ 0")
+        self.capacity = capacity
+        self.scratchCount = GrimshawCore.paddedCount(capacity)
+        self.scratch = .allocate(capacity: scratchCount)
+        self.scratch.initialize(repeating: 0, count: scratchCount)
+    }
+
+    deinit { scratch.deallocate() }
+
+    /// Fits a GPD to `peaks` (excesses over the threshold). O(k · passes), allocation-free.
+    public mutating func fit(_ peaks: UnsafeBufferPointer<Double>, minPeaks: Int) -> GPDFit {
+        precondition(peaks.count <= capacity, "GrimshawFitter capacity \(capacity) exceeded by \(peaks.count) peaks")
+        for i in 0..<peaks.count { scratch[i] = peaks[i] }
+        return GrimshawCore.fit(scratch: UnsafeMutableBufferPointer(start: scratch, count: scratchCount),
+                                count: peaks.count, minPeaks: minPeaks)
+    }
+
+    /// Converts `peaks` into the Double scratch buffer, then fits. Allocation-free.
+    public mutating func fit(_ peaks: UnsafeBufferPointer<Float>, minPeaks: Int) -> GPDFit {
+        precondition(peaks.count <= capacity, "GrimshawFitter capacity \(capacity) exceeded by \(peaks.count) peaks")
+        for i in 0..<peaks.count { scratch[i] = Double(peaks[i]) }
+        return GrimshawCore.fit(scratch: UnsafeMutableBufferPointer(start: scratch, count: scratchCount),
+                                count: peaks.count, minPeaks: minPeaks)
+    }
+
+    /// Fits using a caller-provided scratch buffer of at least `scratchCount(for: peaks.count)`
+    /// doubles (e.g. from `withUnsafeTemporaryAllocation`), for callers that cannot keep a fitter.
+    public static func fit(_ peaks: UnsafeBufferPointer<Double>, minPeaks: Int,
+                           scratch: UnsafeMutableBufferPointer<Double>) -> GPDFit {
+        precondition(scratch.count >= scratchCount(for: peaks.count), "scratch too small")
+        for i in 0..<peaks.count { scratch[i] = peaks[i] }
+        return GrimshawCore.fit(scratch: scratch, count: peaks.count, minPeaks: minPeaks)
+    }
+
+    /// Scratch doubles needed to fit `count` peaks with the static `fit`.
+    public static func scratchCount(for count: Int) -> Int { GrimshawCore.paddedCount(count) }
+
+    /// Points of the sign scan on the negative side `(−1/max Y, 0)`.
+    public static var negativeGrid: Int { GrimshawCore.negativeRho.count }
+    /// Maximum points of the sign scan on the positive side (fewer when `2(mean − min)/min²` is small).
+    public static var positiveGrid: Int { GrimshawCore.positiveXi.count + 1 }
+}
+
+/// The fitting algorithm on a scratch buffer whose first `count` entries hold the peaks.
+/// Internal so tests can reach the grid settings and a dense-grid variant.
+enum GrimshawCore {
+    /// Lanes of the vectorized pass.
+    static let lanes = 4
+
+    static func paddedCount(_ n: Int) -> Int { max(lanes, (n + lanes - 1) / lanes * lanes) }
+
+    /// Negative side: `x = −(1 − ρ)/max Y`, ρ ascending (so x ascending), dense near the pole
+    /// ρ → 0 where bounded-tail (γ < 0) maxima live, ending at the ε point `x = −1e-4/max Y`.
+    static let negativeRho: [Double] = [1e-4, 5e-4, 2e-3, 8e-3, 0.03, 0.1, 0.25, 0.5, 0.9999]
+    /// Positive side: `x = ξ/mean Y`, ξ ascending; truncated at the upper bound
+    /// `ξ_c = 2 mean(mean − min)/min²`, which is appended as the last point.
+    static let positiveXi: [Double] = [1e-4, 0.03, 0.15, 0.5, 1.5, 5, 20, 200, 1e4, 1e6, 1e8, 1e10]
+
+    /// Relative tolerance of Brent's method in `x`.
+    static let brentTolerance = 1e-9
+    static let brentMaxIterations = 60
+
+    static func fit(scratch: UnsafeMutableBufferPointer<Double>, count k: Int, minPeaks: Int,
+                    denseGrid: Int = 0) -> GPDFit {
+        let y = scratch.baseAddress!
+        let padded = paddedCount(k)
+        // Zero padding contributes log(1) = 0 and t·r = 0 to the sums of a pass.
+        for i in k..<padded { y[i] = 0 }
+
+        var sum = 0.0, minY = Double.infinity, maxY = 0.0
+        for i in 0..<k {
+            let v = y[i]
+            assert(v >= 0 && v.isFinite, "peaks must be finite and ≥ 0, got \(v)")
+            sum += v
+            minY = min(minY, v)
+            maxY = max(maxY, v)
+        }
+        let kd = Double(k)
+        let mean = k > 0 ? sum / kd : 0
+
+        guard k >= max(minPeaks, 3), mean > 0 else {
+            let scale = mean > 0 ? mean : 1
+            let ll = k > 0 && mean > 0 ? -kd * (Double.log(scale) + 1) : 0
+            return GPDFit(gpd: GPD(shape: 0, scale: scale), logLikelihood: ll, method: .insufficientPeaks, peakCount: k)
+        }
+
+        // Exponential candidate, x = 0: ℓ = −k(log mean + 1).
+        var best = GPDFit(gpd: GPD(shape: 0, scale: mean), logLikelihood: -kd * (Double.log(mean) + 1),
+                          method: .exponential, peakCount: k)
+
+        let evaluator = Evaluator(y: y, padded: padded, k: kd)
+
+        func consider(x: Double, logMean: Double) {
+            // γ = u − 1 = mean log(1 + xY), σ = γ/x; ℓ = −k(log σ + 1 + γ).
+            let gamma = logMean
+            let sigma = gamma / x
+            guard sigma > 0, sigma.isFinite, gamma.isFinite else { return }
+            if abs(gamma) < GPD.zeroShapeTolerance { return } // the exponential candidate covers it
+            let ll = -kd * (Double.log(sigma) + 1 + gamma)
+            if ll > best.logLikelihood {
+                best = GPDFit(gpd: GPD(shape: gamma, scale: sigma), logLikelihood: ll, method: .grimshaw, peakCount: k)
+            }
+        }
+
+        // Scan one side; refine each + → − sign change.
+        func scan(_ xs: (Int) -> Double, count: Int) {
+            var prevX = 0.0, prev = Evaluation(w: 0, logMean: 0)
+            for i in 0..<count {
+                let x = xs(i)
+                let cur = evaluator.evaluate(x)
+                if i > 0, prev.w > 0, cur.w <= 0 {
+                    let root = brent(evaluator, a: prevX, fa: prev, b: x, fb: cur)
+                    consider(x: root.x, logMean: root.e.logMean)
+                }
+                prevX = x
+                prev = cur
+            }
+        }
+
+        // Negative side (−1/max, 0): only when some peak is positive (always, since mean > 0).
+        if denseGrid > 0 {
+            scan({ i in -(1 - (Double(i) + 0.5) / Double(denseGrid)) / maxY }, count: denseGrid)
+        } else {
+            scan({ i in -(1 - negativeRho[i]) / maxY }, count: negativeRho.count)
+        }
+
+        // Positive side (ε, 2(mean − min)/min²], in ξ = x·mean.
+        if minY < mean {
+            let xiC = minY > 0 ? 2 * mean * (mean - minY) / (minY * minY) : .infinity
+            let xiHi = min(xiC, positiveXi[positiveXi.count - 1])
+            if denseGrid > 0 {
+                let lo = Double.log(positiveXi[0]), hi = Double.log(xiHi)
+                scan({ i in Double.exp(lo + (hi - lo) * Double(i) / Double(denseGrid - 1)) / mean }, count: denseGrid)
+            } else {
+                var m = 0
+                while m < positiveXi.count, positiveXi[m] < xiHi { m += 1 }
+                scan({ i in (i < m ? positiveXi[i] : xiHi) / mean }, count: m + 1)
+            }
+        }
+
+        // Method of moments: γ = (1 − mean²/var)/2, σ = mean(1 + mean²/var)/2.
+        var ss = 0.0
+        for i in 0..<k { let d = y[i] - mean; ss += d * d }
+        let variance = ss / (kd - 1)
+        if variance > 0 {
+            let ratio = mean * mean / variance
+            let gamma = 0.5 * (1 - ratio)
+            let sigma = 0.5 * mean * (1 + ratio)
+            let x = gamma / sigma
+            if abs(gamma) >= GPD.zeroShapeTolerance, sigma > 0, sigma.isFinite, 1 + x * maxY > 0 {
+                let e = evaluator.evaluate(x)
+                let ll = -kd * Double.log(sigma) - (1 + 1 / gamma) * kd * e.logMean
+                if ll.isFinite, ll > best.logLikelihood {
+                    best = GPDFit(gpd: GPD(shape: gamma, scale: sigma), logLikelihood: ll, method: .moments, peakCount: k)
+                }
+            }
+        }
+        return best
+    }
+
+    struct Evaluation {
+        /// `w(x) = u v − 1`, computed as `L + V + L·V` with `L = u − 1`, `V = v − 1` so that it
+        /// keeps its relative accuracy near x = 0.
+        var w: Double
+        /// `L = mean log(1 + xY) = u − 1` (the shape γ at this x).
+        var logMean: Double
+    }
+
+    struct Evaluator {
+        let y: UnsafeMutablePointer<Double>
+        let padded: Int
+        let k: Double
+
+        /// One vectorized pass: `Σ log(1 + xY)` and `Σ xY/(1 + xY)`. Requires `1 + x max Y > 0`.
+        func evaluate(_ x: Double) -> Evaluation {
+            let xv = SIMD2<Double>(repeating: x)
+            var accL0 = SIMD2<Double>(), accV0 = SIMD2<Double>()
+            var accL1 = SIMD2<Double>(), accV1 = SIMD2<Double>()
+            var i = 0
+            let raw = UnsafeRawPointer(y)
+            // Two independent 2-lane chains per iteration (padded is a multiple of 4).
+            while i < padded {
+                let (l0, v0) = term(xv, raw.loadUnaligned(fromByteOffset: i &* 8, as: SIMD2<Double>.self))
+                let (l1, v1) = term(xv, raw.loadUnaligned(fromByteOffset: (i &+ 2) &* 8, as: SIMD2<Double>.self))
+                accL0 += l0; accV0 += v0
+                accL1 += l1; accV1 += v1
+                i &+= 4
+            }
+            let l = (accL0 + accL1).sum() / k
+            let v = -(accV0 + accV1).sum() / k
+            return Evaluation(w: l + v + l * v, logMean: l)
+        }
+
+        /// `(log(1 + t), t/(1 + t))` for `t = x y`, lane-wise, with one division for both the
+        /// reciprocal and the log's `f/(2 + f)`.
+        @inline(__always)
+        private func term(_ x: SIMD2<Double>, _ y: SIMD2<Double>) -> (SIMD2<Double>, SIMD2<Double>) {
+            let t = x * y
+            let a = 1 + t
+            let (logA, r) = logAndReciprocal(a)
+            // log1p(t) = log(a) + (t − (a − 1))/a: the second term restores what rounding 1 + t lost.
+            return (logA + (t - (a - 1)) * r, t * r)
+        }
+    }
+
+    /// Brent's root finder (zeroin) on `w` in a bracket with `w(a) > 0 ≥ w(b)`.
+    static func brent(_ f: Evaluator, a a0: Double, fa fa0: Evaluation, b b0: Double, fb fb0: Evaluation)
+        -> (x: Double, e: Evaluation)
+    {
+        var a = a0, b = b0, c = a0
+        var fa = fa0, fb = fb0, fc = fa0
+        var d = b - a, e = d
+        let tol = brentTolerance * max(abs(a0), abs(b0))
+        for _ in 0..<brentMaxIterations {
+            if (fb.w > 0 && fc.w > 0) || (fb.w < 0 && fc.w < 0) {
+                c = a; fc = fa; d = b - a; e = d
+            }
+            if abs(fc.w) < abs(fb.w) {
+                a = b; b = c; c = a
+                fa = fb; fb = fc; fc = fa
+            }
+            let tol1 = 2 * Double.ulpOfOne * abs(b) + 0.5 * tol
+            let xm = 0.5 * (c - b)
+            if abs(xm) <= tol1 || fb.w == 0 { return (b, fb) }
+            if abs(e) >= tol1 && abs(fa.w) > abs(fb.w) {
+                let s = fb.w / fa.w
+                var p: Double, q: Double
+                if a == c {
+                    p = 2 * xm * s
+                    q = 1 - s
+                } else {
+                    let qq = fa.w / fc.w, r = fb.w / fc.w
+                    p = s * (2 * xm * qq * (qq - r) - (b - a) * (r - 1))
+                    q = (qq - 1) * (r - 1) * (s - 1)
+                }
+                if p > 0 { q = -q }
+                p = abs(p)
+                let min1 = 3 * xm * q - abs(tol1 * q)
+                let min2 = abs(e * q)
+                if 2 * p < min(min1, min2) {
+                    e = d; d = p / q
+                } else {
+                    d = xm; e = d
+                }
+            } else {
+                d = xm; e = d
+            }
+            a = b; fa = fb
+            b += abs(d) > tol1 ? d : (xm >= 0 ? tol1 : -tol1)
+            fb = f.evaluate(b)
+        }
+        return (b, fb)
+    }
+}
+
+// MARK: - Vectorized natural logarithm
+
+private let lg1 = 6.666666666666735130e-01
+private let lg2 = 3.999999999940941908e-01
+private let lg3 = 2.857142874366239149e-01
+private let lg4 = 2.222219843214978396e-01
+private let lg5 = 1.818357216161805012e-01
+private let lg6 = 1.531383769920937332e-01
+private let lg7 = 1.479819860511658591e-01
+private let ln2Hi = 6.93147180369123816490e-01
+private let ln2Lo = 1.90821492927058770002e-10
+
+/// `(log a, 1/a)` for positive, normal, finite lanes, branch-free. The log is fdlibm's `e_log.c`
+/// polynomial (error about 1 ulp; a few ulp here because `f/(2 + f)` and `1/a` share one
+/// division). Reduction: `a = 2^k m` with `m ∈ [√½, √2)` by integer arithmetic on the bit
+/// pattern; `k` becomes a Double with the 2^52 trick, so every step vectorizes.
+/// Not for zero, subnormal, infinite or NaN lanes (the fit never produces them).
+@inline(__always)
+func logAndReciprocal(_ a: SIMD2<Double>) -> (log: SIMD2<Double>, reciprocal: SIMD2<Double>) {
+    let ix = unsafeBitCast(a, to: SIMD2<UInt64>.self)
+    // tmp's exponent field is 1023 + k where a = 2^k m, m ∈ [√½, √2).
+    let tmp = ix &+ 0x0009_5f61_9980_c433 // 0x3ff0… − bits(√½)
+    let e = tmp &>> 52
+    let mBits = ix &- ((e &- 1023) &<< 52)
+    let m = unsafeBitCast(mBits, to: SIMD2<Double>.self)
+    let kd = unsafeBitCast(e | 0x4330_0000_0000_0000, to: SIMD2<Double>.self) - (4_503_599_627_370_496.0 + 1023)
+    let f = m - 1
+    let g = 2 + f
+    let d = 1 / (a * g)
+    let s = f * a * d       // f/(2 + f)
+    let reciprocal = g * d  // 1/a
+    let z = s * s
+    let w = z * z
+    let t1 = w * (lg2 + w * (lg4 + w * lg6))
+    let t2 = z * (lg1 + w * (lg3 + w * (lg5 + w * lg7)))
+    let r = t2 + t1
+    let hfsq = 0.5 * f * f
+    return (kd * ln2Hi - ((hfsq - (s * (hfsq + r) + kd * ln2Lo)) - f), reciprocal)
+}
