@@ -77,7 +77,7 @@ let package = Package(
         .executableTarget(
             name: "saliencyctl",
             dependencies: [
-                "SaliencyCore", "EVTOnline", "SaliencyStream",
+                "SaliencyCore", "EVTOnline", "SaliencyStream", "SaliencyMonitor",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             path: "Sources/saliencyctl"

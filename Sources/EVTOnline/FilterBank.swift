@@ -145,6 +145,7 @@ public final class FilterBank {
     var calibSeen = 0
     var fitter: GrimshawFitter
     let scores: UnsafeMutablePointer<Double>
+    let fitScratch: UnsafeMutablePointer<Float>
 
     /// - Throws: `SaliencyError(.invalidConfiguration)` when `configuration` is invalid or `filterCount < 1`.
     public init(filterCount: Int, configuration: POTConfiguration = .init()) throws(SaliencyError) {
@@ -169,13 +170,13 @@ public final class FilterBank {
         extremesTotal = col(0); blockExtremes = col(0)
         ntAtFit = col(0); shape = col(0); scale = col(1); extD = col(.infinity); method = col(255)
         wCount = col(0); wMean = col(0); wM2 = col(0); sketch = col(0, k * Self.sketchPoints)
-        isDue = col(false); inQueue = col(false); queue = col(0); extremeOut = col(0); scores = col(0)
+        isDue = col(false); inQueue = col(false); queue = col(0); extremeOut = col(0); scores = col(0); fitScratch = col(0, configuration.maxPeaks)
         calib = col(0, k * configuration.calibration)
         fitter = GrimshawFitter(capacity: max(configuration.maxPeaks, configuration.calibration))
     }
 
     deinit {
-        for p in [thr, ext, shift, bsum, bsumsq, ring, sketch] as [UnsafeMutablePointer<Float>] { p.deallocate() }
+        for p in [thr, ext, shift, bsum, bsumsq, ring, sketch, fitScratch] as [UnsafeMutablePointer<Float>] { p.deallocate() }
         for p in [thrD, shape, scale, extD, wCount, wMean, wM2, scores] as [UnsafeMutablePointer<Double>] { p.deallocate() }
         for p in [head, ringCount, sinceFit] as [UnsafeMutablePointer<UInt32>] { p.deallocate() }
         extremesTotal.deallocate(); ntAtFit.deallocate(); blockExtremes.deallocate(); method.deallocate()
@@ -455,7 +456,17 @@ public final class FilterBank {
     /// Full Grimshaw fit on filter j's ring; recomputes z_j. Clears its due flag.
     private func fitFilter(_ j: Int) {
         let count = Int(ringCount[j])
-        let fit = fitter.fit(UnsafeBufferPointer(start: ring + j * cap, count: count), minPeaks: configuration.minPeaks)
+        // Oldest first, so a refit is bit-identical to a batch fit on the same peaks in arrival order.
+        let base = ring + j * cap
+        let fit: GPDFit
+        if count == cap && head[j] != 0 {
+            let h = Int(head[j])
+            (fitScratch).update(from: base + h, count: cap - h)
+            (fitScratch + (cap - h)).update(from: base, count: h)
+            fit = fitter.fit(UnsafeBufferPointer(start: fitScratch, count: count), minPeaks: configuration.minPeaks)
+        } else {
+            fit = fitter.fit(UnsafeBufferPointer(start: base, count: count), minPeaks: configuration.minPeaks)
+        }
         refitCount &+= 1
         ntAtFit[j] &+= UInt64(sinceFit[j])
         sinceFit[j] = 0

@@ -176,3 +176,37 @@ final class SnapshotStore {
         logger.notice("no usable snapshot: every model starts calibrating from zero", metadata: ["state": "\(directory)"])
     }
 }
+
+/// Read-only look into a snapshot file, for `saliencyctl state inspect`.
+public enum SnapshotInspector {
+    public struct ModelSummary: Codable, Sendable {
+        public var model: String; public var fingerprint: String; public var filters: Int; public var layers: Int
+        public var phase: String; public var rows: UInt64; public var refits: UInt64; public var firing: Int
+        public var tails: [String: Int]; public var extremes: UInt64
+    }
+    public struct Summary: Codable, Sendable {
+        public var file: String; public var bytes: Int; public var version: UInt32; public var checksum_ok: Bool
+        public var next_alert_seq: UInt64; public var producers: Int; public var models: [ModelSummary]
+    }
+
+    /// Decodes and checks `path` with the given pot settings (they must match the ones it was learned with).
+    public static func inspect(path: String, configuration: DaemonConfiguration = DaemonConfiguration()) throws(SaliencyError) -> Summary {
+        guard let data = FileManager.default.contents(atPath: path) else { throw SaliencyError(.io, "cannot read '\(path)'") }
+        let bytes = [UInt8](data)
+        let r = try SnapshotStore.decode(bytes, configuration: configuration)
+        let models = r.engines.sorted { $0.schema.model < $1.schema.model }.map { e -> ModelSummary in
+            var tails: [String: Int] = [:]
+            var extremes: UInt64 = 0
+            for j in 0..<e.filterCount {
+                let rep = e.bank.report(filter: j)
+                tails[rep.tail.rawValue, default: 0] += 1
+                extremes += rep.extremes
+            }
+            return ModelSummary(model: e.schema.model, fingerprint: SchemaMessage.hex(e.fingerprint), filters: e.filterCount, layers: e.schema.layers.count,
+                                phase: e.bank.isCalibrated ? "monitoring" : "calibrating", rows: e.bank.rows, refits: e.bank.refitCount,
+                                firing: e.active.count, tails: tails, extremes: extremes)
+        }
+        return Summary(file: path, bytes: bytes.count, version: SnapshotStore.version, checksum_ok: true, next_alert_seq: r.nextAlertSeq,
+                       producers: r.producers.count, models: models)
+    }
+}

@@ -31,14 +31,20 @@ struct QueryClient: ~Copyable {
     let endpoint: String
 
     init(_ o: EndpointOptions) throws {
-        context = try ZMQContext()
-        let s = try context.socket(.req)
+        let ctx = try ZMQContext()
+        let s = try Self.connect(ctx, o)
+        self.context = ctx
+        self.socket = s
+        self.endpoint = o.query
+    }
+
+    private static func connect(_ ctx: ZMQContext, _ o: EndpointOptions) throws -> ZMQSocket {
+        let s = try ctx.socket(.req)
         try o.secure(s)
         try s.setReceiveTimeout(Int32(o.timeout * 1000))
         try s.setSendTimeout(Int32(o.timeout * 1000))
         try s.connect(o.query)
-        socket = s
-        endpoint = o.query
+        return s
     }
 
     /// Sends `request` and returns the parsed reply; throws a readable error for `ok: false`.
@@ -202,7 +208,7 @@ struct Alerts: ParsableCommand {
             let what = a["filter"] != nil ? "\(str(a["layer"]))[\(str(a["channel"]))] filter \(str(a["filter"]))" : "model-level shift"
             print("#\(str(a["seq"])) \(str(a["status"]).uppercased()) \(str(labels["model"])) \(what) score=\(fmt(num(a["score"]), 4)) exceedances=\(str(a["exceedances"]))/\(str(a["window"])) at \(a["status"] as? String == "resolved" ? str(a["endsAt"]) : str(a["startsAt"]))")
         }
-        fflush(stdout)
+        FileHandle.standardOutput.synchronizeFile()
     }
 
     func run() throws {

@@ -5,18 +5,8 @@ import SaliencyCore
 
 // MARK: - Seeded helpers
 
-/// SplitMix64 (Steele, Lea & Flood 2014): tiny, seedable, good enough for simulation tests.
-struct SplitMix64: RandomNumberGenerator {
-    var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-    /// Uniform in (0, 1].
+extension SplitMix64 {
+    /// Uniform in (0, 1] (the generator is SaliencyCore's SplitMix64).
     mutating func unit() -> Double { (Double(next() >> 11) + 1) * 0x1p-53 }
 }
 
