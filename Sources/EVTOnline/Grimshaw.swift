@@ -20,13 +20,17 @@ public struct GPDFit: Sendable, Hashable {
     /// Log-likelihood of the peaks under `gpd` (method.md §4, correct sign for γ = 0).
     public var logLikelihood: Double
     public var method: GPDFitMethod
+    /// Uncensored peaks the fit used.
     public var peakCount: Int
+    /// Right-censored peaks the fit used (0 unless the caller passed some; see `SPOT`).
+    public var censoredCount: Int
 
-    public init(gpd: GPD, logLikelihood: Double, method: GPDFitMethod, peakCount: Int) {
+    public init(gpd: GPD, logLikelihood: Double, method: GPDFitMethod, peakCount: Int, censoredCount: Int = 0) {
         self.gpd = gpd
         self.logLikelihood = logLikelihood
         self.method = method
         self.peakCount = peakCount
+        self.censoredCount = censoredCount
     }
 }
 
@@ -57,6 +61,8 @@ public struct GPDFit: Sendable, Hashable {
 /// - Ownership: `~Copyable`, so one owner at a time; `fit` is `mutating`. It is
 ///   `@unchecked Sendable` because its only state is the uniquely owned scratch buffer: moving
 ///   the fitter moves the buffer, and `fit` needs exclusive (`inout`) access.
+/// - Censoring: an optional second sample of right-censored peaks (values known only to exceed
+///   a point) enters as `log P(Y > c)`; `SPOT` uses it for extreme exceedances.
 /// - Input: peaks must be finite and `≥ 0` (asserted in debug builds); `count ≤ capacity`
 ///   (precondition). Fewer than `max(minPeaks, 3)` peaks give `.insufficientPeaks`.
 /// - Output: never NaN; `gpd.scale > 0`.
@@ -72,40 +78,59 @@ public struct GrimshawFitter: ~Copyable, @unchecked Sendable {
     public init(capacity: Int) {
         precondition(capacity >= 0, "capacity must be ≥ 0")
         self.capacity = capacity
-        self.scratchCount = GrimshawCore.paddedCount(capacity)
+        // Room for peaks and censored peaks, each padded to the vector width.
+        self.scratchCount = capacity + 2 * GrimshawCore.lanes
         self.scratch = .allocate(capacity: scratchCount)
         self.scratch.initialize(repeating: 0, count: scratchCount)
     }
 
     deinit { scratch.deallocate() }
 
+    private var buffer: UnsafeMutableBufferPointer<Double> { UnsafeMutableBufferPointer(start: scratch, count: scratchCount) }
+
     /// Fits a GPD to `peaks` (excesses over the threshold). O(k · passes), allocation-free.
     public mutating func fit(_ peaks: UnsafeBufferPointer<Double>, minPeaks: Int) -> GPDFit {
         precondition(peaks.count <= capacity, "GrimshawFitter capacity \(capacity) exceeded by \(peaks.count) peaks")
         for i in 0..<peaks.count { scratch[i] = peaks[i] }
-        return GrimshawCore.fit(scratch: UnsafeMutableBufferPointer(start: scratch, count: scratchCount),
-                                count: peaks.count, minPeaks: minPeaks)
+        return GrimshawCore.fit(scratch: buffer, count: peaks.count, minPeaks: minPeaks)
     }
 
     /// Converts `peaks` into the Double scratch buffer, then fits. Allocation-free.
     public mutating func fit(_ peaks: UnsafeBufferPointer<Float>, minPeaks: Int) -> GPDFit {
         precondition(peaks.count <= capacity, "GrimshawFitter capacity \(capacity) exceeded by \(peaks.count) peaks")
         for i in 0..<peaks.count { scratch[i] = Double(peaks[i]) }
-        return GrimshawCore.fit(scratch: UnsafeMutableBufferPointer(start: scratch, count: scratchCount),
-                                count: peaks.count, minPeaks: minPeaks)
+        return GrimshawCore.fit(scratch: buffer, count: peaks.count, minPeaks: minPeaks)
     }
 
-    /// Fits using a caller-provided scratch buffer of at least `scratchCount(for: peaks.count)`
-    /// doubles (e.g. from `withUnsafeTemporaryAllocation`), for callers that cannot keep a fitter.
-    public static func fit(_ peaks: UnsafeBufferPointer<Double>, minPeaks: Int,
-                           scratch: UnsafeMutableBufferPointer<Double>) -> GPDFit {
-        precondition(scratch.count >= scratchCount(for: peaks.count), "scratch too small")
-        for i in 0..<peaks.count { scratch[i] = peaks[i] }
-        return GrimshawCore.fit(scratch: scratch, count: peaks.count, minPeaks: minPeaks)
+    /// Fits with right-censored peaks: each `censored` value `c` is known only to satisfy
+    /// `Y > c` and contributes `log P(Y > c)` to the likelihood instead of a log-density. The
+    /// profile stays one-dimensional (`γ(x) = (Σ log(1 + xY) + Σ log(1 + xC))/k`, `σ = γ/x`), so
+    /// the same scan and Brent apply. `minPeaks` counts uncensored peaks.
+    /// Precondition: `peaks.count + censored.count ≤ capacity`.
+    public mutating func fit(_ peaks: UnsafeBufferPointer<Double>, censored: UnsafeBufferPointer<Double>,
+                             minPeaks: Int) -> GPDFit {
+        precondition(peaks.count + censored.count <= capacity,
+                     "GrimshawFitter capacity \(capacity) exceeded by \(peaks.count + censored.count) peaks")
+        return Self.fit(peaks, censored: censored, minPeaks: minPeaks, scratch: buffer)
     }
 
-    /// Scratch doubles needed to fit `count` peaks with the static `fit`.
-    public static func scratchCount(for count: Int) -> Int { GrimshawCore.paddedCount(count) }
+    /// Fits using a caller-provided scratch buffer of at least
+    /// `scratchCount(for: peaks.count, censored: censored.count)` doubles (e.g. from
+    /// `withUnsafeTemporaryAllocation`), for callers that cannot keep a fitter.
+    public static func fit(_ peaks: UnsafeBufferPointer<Double>,
+                           censored: UnsafeBufferPointer<Double> = UnsafeBufferPointer(start: nil, count: 0),
+                           minPeaks: Int, scratch: UnsafeMutableBufferPointer<Double>) -> GPDFit {
+        precondition(scratch.count >= scratchCount(for: peaks.count, censored: censored.count), "scratch too small")
+        let k = peaks.count, offset = GrimshawCore.paddedCount(k)
+        for i in 0..<k { scratch[i] = peaks[i] }
+        for i in 0..<censored.count { scratch[offset + i] = censored[i] }
+        return GrimshawCore.fit(scratch: scratch, count: k, censored: censored.count, minPeaks: minPeaks)
+    }
+
+    /// Scratch doubles needed by the static `fit`.
+    public static func scratchCount(for count: Int, censored: Int = 0) -> Int {
+        GrimshawCore.paddedCount(count) + (censored > 0 ? GrimshawCore.paddedCount(censored) : 0)
+    }
 
     /// Points of the sign scan on the negative side `(−1/max Y, 0)`.
     public static var negativeGrid: Int { GrimshawCore.negativeRho.count }
@@ -132,64 +157,83 @@ enum GrimshawCore {
     static let brentTolerance = 1e-9
     static let brentMaxIterations = 60
 
-    static func fit(scratch: UnsafeMutableBufferPointer<Double>, count k: Int, minPeaks: Int,
+    /// Fits on `scratch`, whose first `k` entries hold the peaks and, when `m > 0`, whose
+    /// entries from `paddedCount(k)` on hold `m` right-censored peaks (known only to exceed the
+    /// stored value). Padding is written here.
+    static func fit(scratch: UnsafeMutableBufferPointer<Double>, count k: Int, censored m: Int = 0, minPeaks: Int,
                     denseGrid: Int = 0) -> GPDFit {
         let y = scratch.baseAddress!
-        let padded = paddedCount(k)
+        let pk = paddedCount(k)
+        let pm = m > 0 ? paddedCount(m) : 0
+        precondition(scratch.count >= pk + pm, "scratch too small")
         // Zero padding contributes log(1) = 0 and t·r = 0 to the sums of a pass.
-        for i in k..<padded { y[i] = 0 }
+        for i in k..<pk { y[i] = 0 }
+        for i in (pk + m)..<(pk + pm) { y[i] = 0 }
 
-        var sum = 0.0, minY = Double.infinity, maxY = 0.0
+        var sumY = 0.0, sumC = 0.0, minY = Double.infinity, maxY = 0.0
         for i in 0..<k {
             let v = y[i]
             assert(v >= 0 && v.isFinite, "peaks must be finite and ≥ 0, got \(v)")
-            sum += v
+            sumY += v
+            minY = min(minY, v)
+            maxY = max(maxY, v)
+        }
+        for i in pk..<(pk + m) {
+            let v = y[i]
+            assert(v >= 0 && v.isFinite, "censored peaks must be finite and ≥ 0, got \(v)")
+            sumC += v
             minY = min(minY, v)
             maxY = max(maxY, v)
         }
         let kd = Double(k)
-        let mean = k > 0 ? sum / kd : 0
+        let all = Double(k + m)
+        // Exponential MLE with censoring: σ = (Σy + Σc)/k.
+        let expScale = k > 0 ? (sumY + sumC) / kd : 0
 
-        guard k >= max(minPeaks, 3), mean > 0 else {
-            let scale = mean > 0 ? mean : 1
-            let ll = k > 0 && mean > 0 ? -kd * (Double.log(scale) + 1) : 0
-            return GPDFit(gpd: GPD(shape: 0, scale: scale), logLikelihood: ll, method: .insufficientPeaks, peakCount: k)
+        guard k >= max(minPeaks, 3), expScale > 0 else {
+            let scale = expScale > 0 ? expScale : 1
+            let ll = expScale > 0 ? -kd * (Double.log(scale) + 1) : 0
+            return GPDFit(gpd: GPD(shape: 0, scale: scale), logLikelihood: ll, method: .insufficientPeaks,
+                          peakCount: k, censoredCount: m)
         }
+        // Grid scale: the mean of all values (peaks and censoring points).
+        let mean = (sumY + sumC) / all
 
-        // Exponential candidate, x = 0: ℓ = −k(log mean + 1).
-        var best = GPDFit(gpd: GPD(shape: 0, scale: mean), logLikelihood: -kd * (Double.log(mean) + 1),
-                          method: .exponential, peakCount: k)
+        // Exponential candidate, x = 0: ℓ = −k(log σ + 1).
+        var best = GPDFit(gpd: GPD(shape: 0, scale: expScale), logLikelihood: -kd * (Double.log(expScale) + 1),
+                          method: .exponential, peakCount: k, censoredCount: m)
 
-        let evaluator = Evaluator(y: y, padded: padded, k: kd)
+        let evaluator = Evaluator(y: y, padded: pk, censored: y + pk, censoredPadded: pm, k: kd)
 
-        func consider(x: Double, logMean: Double) {
-            // γ = u − 1 = mean log(1 + xY), σ = γ/x; ℓ = −k(log σ + 1 + γ).
-            let gamma = logMean
+        func consider(x: Double, e: Evaluation) {
+            // γ = (Σ log(1 + xY) + Σ log(1 + xC))/k, σ = γ/x; ℓ = −k(log σ + 1 + Σ log(1 + xY)/k).
+            let gamma = e.gamma
             let sigma = gamma / x
             guard sigma > 0, sigma.isFinite, gamma.isFinite else { return }
             if abs(gamma) < GPD.zeroShapeTolerance { return } // the exponential candidate covers it
-            let ll = -kd * (Double.log(sigma) + 1 + gamma)
+            let ll = -kd * (Double.log(sigma) + 1 + e.logMeanY)
             if ll > best.logLikelihood {
-                best = GPDFit(gpd: GPD(shape: gamma, scale: sigma), logLikelihood: ll, method: .grimshaw, peakCount: k)
+                best = GPDFit(gpd: GPD(shape: gamma, scale: sigma), logLikelihood: ll, method: .grimshaw,
+                              peakCount: k, censoredCount: m)
             }
         }
 
         // Scan one side; refine each + → − sign change.
         func scan(_ xs: (Int) -> Double, count: Int) {
-            var prevX = 0.0, prev = Evaluation(w: 0, logMean: 0)
+            var prevX = 0.0, prev = Evaluation(w: 0, gamma: 0, logMeanY: 0)
             for i in 0..<count {
                 let x = xs(i)
                 let cur = evaluator.evaluate(x)
                 if i > 0, prev.w > 0, cur.w <= 0 {
                     let root = brent(evaluator, a: prevX, fa: prev, b: x, fb: cur)
-                    consider(x: root.x, logMean: root.e.logMean)
+                    consider(x: root.x, e: root.e)
                 }
                 prevX = x
                 prev = cur
             }
         }
 
-        // Negative side (−1/max, 0): only when some peak is positive (always, since mean > 0).
+        // Negative side (−1/max, 0); max > 0 since the mean is.
         if denseGrid > 0 {
             scan({ i in -(1 - (Double(i) + 0.5) / Double(denseGrid)) / maxY }, count: denseGrid)
         } else {
@@ -204,26 +248,31 @@ enum GrimshawCore {
                 let lo = Double.log(positiveXi[0]), hi = Double.log(xiHi)
                 scan({ i in Double.exp(lo + (hi - lo) * Double(i) / Double(denseGrid - 1)) / mean }, count: denseGrid)
             } else {
-                var m = 0
-                while m < positiveXi.count, positiveXi[m] < xiHi { m += 1 }
-                scan({ i in (i < m ? positiveXi[i] : xiHi) / mean }, count: m + 1)
+                var j = 0
+                while j < positiveXi.count, positiveXi[j] < xiHi { j += 1 }
+                scan({ i in (i < j ? positiveXi[i] : xiHi) / mean }, count: j + 1)
             }
         }
 
-        // Method of moments: γ = (1 − mean²/var)/2, σ = mean(1 + mean²/var)/2.
+        // Method of moments on the uncensored peaks: γ = (1 − mean²/var)/2, σ = mean(1 + mean²/var)/2.
+        let meanY = sumY / kd
         var ss = 0.0
-        for i in 0..<k { let d = y[i] - mean; ss += d * d }
+        for i in 0..<k { let d = y[i] - meanY; ss += d * d }
         let variance = ss / (kd - 1)
-        if variance > 0 {
-            let ratio = mean * mean / variance
+        if variance > 0, meanY > 0 {
+            let ratio = meanY * meanY / variance
             let gamma = 0.5 * (1 - ratio)
-            let sigma = 0.5 * mean * (1 + ratio)
+            let sigma = 0.5 * meanY * (1 + ratio)
             let x = gamma / sigma
             if abs(gamma) >= GPD.zeroShapeTolerance, sigma > 0, sigma.isFinite, 1 + x * maxY > 0 {
+                // ℓ = −k log σ − (1 + 1/γ) Σ log(1 + xY) − (1/γ) Σ log(1 + xC)
                 let e = evaluator.evaluate(x)
-                let ll = -kd * Double.log(sigma) - (1 + 1 / gamma) * kd * e.logMean
+                let sumLogY = kd * e.logMeanY
+                let sumLogC = kd * e.gamma - sumLogY
+                let ll = -kd * Double.log(sigma) - (1 + 1 / gamma) * sumLogY - sumLogC / gamma
                 if ll.isFinite, ll > best.logLikelihood {
-                    best = GPDFit(gpd: GPD(shape: gamma, scale: sigma), logLikelihood: ll, method: .moments, peakCount: k)
+                    best = GPDFit(gpd: GPD(shape: gamma, scale: sigma), logLikelihood: ll, method: .moments,
+                                  peakCount: k, censoredCount: m)
                 }
             }
         }
@@ -231,36 +280,62 @@ enum GrimshawCore {
     }
 
     struct Evaluation {
-        /// `w(x) = u v − 1`, computed as `L + V + L·V` with `L = u − 1`, `V = v − 1` so that it
-        /// keeps its relative accuracy near x = 0.
+        /// A function with the sign of `dℓ_p/dx`. Without censoring it is Grimshaw's
+        /// `w(x) = u v − 1`, computed as `L + V + L·V` (`L = u − 1`, `V = v − 1`) so that it keeps
+        /// its relative accuracy near x = 0. With `m` censored values it is
+        /// `γ(1 + V) + V − T_c/k`, `T_c = Σ xC/(1 + xC)`, which reduces to `w` for `m = 0`.
         var w: Double
-        /// `L = mean log(1 + xY) = u − 1` (the shape γ at this x).
-        var logMean: Double
+        /// The profile shape `γ(x) = (Σ log(1 + xY) + Σ log(1 + xC))/k`.
+        var gamma: Double
+        /// `Σ log(1 + xY)/k` over the uncensored peaks (equals `gamma` without censoring).
+        var logMeanY: Double
     }
 
     struct Evaluator {
         let y: UnsafeMutablePointer<Double>
         let padded: Int
+        let censored: UnsafeMutablePointer<Double>
+        let censoredPadded: Int
         let k: Double
 
-        /// One vectorized pass: `Σ log(1 + xY)` and `Σ xY/(1 + xY)`. Requires `1 + x max Y > 0`.
+        init(y: UnsafeMutablePointer<Double>, padded: Int, censored: UnsafeMutablePointer<Double>? = nil,
+             censoredPadded: Int = 0, k: Double) {
+            self.y = y
+            self.padded = padded
+            self.censored = censored ?? y
+            self.censoredPadded = censoredPadded
+            self.k = k
+        }
+
         func evaluate(_ x: Double) -> Evaluation {
+            let (sy, ty) = sums(y, padded, x)
+            let l = sy / k
+            let v = -ty / k
+            if censoredPadded == 0 {
+                return Evaluation(w: l + v + l * v, gamma: l, logMeanY: l)
+            }
+            let (sc, tc) = sums(censored, censoredPadded, x)
+            let gamma = l + sc / k
+            return Evaluation(w: gamma * (1 + v) + v - tc / k, gamma: gamma, logMeanY: l)
+        }
+
+        /// One vectorized pass: `(Σ log(1 + xY), Σ xY/(1 + xY))`. Requires `1 + x max Y > 0`.
+        @inline(__always)
+        private func sums(_ p: UnsafeMutablePointer<Double>, _ count: Int, _ x: Double) -> (Double, Double) {
             let xv = SIMD2<Double>(repeating: x)
             var accL0 = SIMD2<Double>(), accV0 = SIMD2<Double>()
             var accL1 = SIMD2<Double>(), accV1 = SIMD2<Double>()
             var i = 0
-            let raw = UnsafeRawPointer(y)
-            // Two independent 2-lane chains per iteration (padded is a multiple of 4).
-            while i < padded {
+            let raw = UnsafeRawPointer(p)
+            // Two independent 2-lane chains per iteration (count is a multiple of 4).
+            while i < count {
                 let (l0, v0) = term(xv, raw.loadUnaligned(fromByteOffset: i &* 8, as: SIMD2<Double>.self))
                 let (l1, v1) = term(xv, raw.loadUnaligned(fromByteOffset: (i &+ 2) &* 8, as: SIMD2<Double>.self))
                 accL0 += l0; accV0 += v0
                 accL1 += l1; accV1 += v1
                 i &+= 4
             }
-            let l = (accL0 + accL1).sum() / k
-            let v = -(accV0 + accV1).sum() / k
-            return Evaluation(w: l + v + l * v, logMean: l)
+            return ((accL0 + accL1).sum(), (accV0 + accV1).sum())
         }
 
         /// `(log(1 + t), t/(1 + t))` for `t = x y`, lane-wise, with one division for both the

@@ -25,7 +25,8 @@ struct SplitMix64: RandomNumberGenerator {
     /// Student t with 3 degrees of freedom: Z / sqrt(χ²₃/3).
     mutating func studentT3() -> Double {
         let z = normal()
-        let chi2 = normal() * normal() + normal() * normal() + normal() * normal()
+        var chi2 = 0.0
+        for _ in 0..<3 { let a = normal(); chi2 += a * a }
         return z / Foundation.sqrt(chi2 / 3)
     }
     mutating func gpd(_ g: GPD) -> Double { g.quantile(survival: uniform()) }
