@@ -45,17 +45,20 @@ public struct GPDFit: Sendable, Hashable {
 ///    pole `−1/max Y`) and up to `positiveGrid` points in `(0, 2(mean − min)/min²]`
 ///    (geometric in `x·mean Y`, ε = 1e-4/mean Y at both ends near 0, capped at `x·mean ≤ 1e10`);
 /// 2. refines every bracket where `w` goes from + to − (a local maximum of `ℓ_p`) by Brent's
-///    method to a relative tolerance of 1e-9 in `x`. Brackets where `w` goes from − to + are
+///    method to a relative tolerance of 1e-8 in `x`. Brackets where `w` goes from − to + are
 ///    local minima of `ℓ_p`; each is dominated by a maximum or by the exponential candidate next
 ///    to it, so skipping them changes no result;
 /// 3. adds the exponential candidate (`x = 0`: γ = 0, σ = mean) and the method-of-moments
 ///    candidate, and keeps the largest log-likelihood. At a root candidate the log-likelihood
 ///    is `ℓ_p(x) = −k(log σ + 1 + γ)` exactly, so it costs nothing extra.
 ///
-/// One evaluation of `w` is one vectorized pass over the peaks (four lanes, one `log` and one
-/// division per peak; the `log` is an fdlibm-accurate, branch-free polynomial with the
-/// `log1p` correction `(t − (a − 1))/a`). A fit costs at most `negativeGrid + positiveGrid + 1`
-/// passes plus about 6–10 per bracket; see docs/statistics.md for measured times.
+/// Cost. The scan runs in single precision on `Y/mean` (SIMD4<Float>, fdlibm `logf`
+/// polynomial, one division per peak for both the log and the reciprocal); where `|w|` is
+/// within a conservative bound of the single-precision rounding (near roots and near x = 0),
+/// that grid point is re-evaluated in double precision, so every sign the scan acts on is
+/// exact. Brent and the candidates' likelihoods use double-precision passes (fdlibm `log`
+/// polynomial, ~1 ulp, with the `log1p` correction `(t − (a − 1))/a`). A typical fit is ~19
+/// single- plus 8–13 double-precision passes over the peaks; see docs/statistics.md for times.
 ///
 /// - Allocation: none after `init`; the fitter owns a scratch buffer for `capacity` peaks.
 /// - Ownership: `~Copyable`, so one owner at a time; `fit` is `mutating`. It is
@@ -79,7 +82,7 @@ public struct GrimshawFitter: ~Copyable, @unchecked Sendable {
         precondition(capacity >= 0, "capacity must be ≥ 0")
         self.capacity = capacity
         // Room for peaks and censored peaks, each padded to the vector width.
-        self.scratchCount = capacity + 2 * GrimshawCore.lanes
+        self.scratchCount = GrimshawCore.scratchBound(capacity)
         self.scratch = .allocate(capacity: scratchCount)
         self.scratch.initialize(repeating: 0, count: scratchCount)
     }
@@ -129,7 +132,7 @@ public struct GrimshawFitter: ~Copyable, @unchecked Sendable {
 
     /// Scratch doubles needed by the static `fit`.
     public static func scratchCount(for count: Int, censored: Int = 0) -> Int {
-        GrimshawCore.paddedCount(count) + (censored > 0 ? GrimshawCore.paddedCount(censored) : 0)
+        GrimshawCore.scratchCount(count, censored)
     }
 
     /// Points of the sign scan on the negative side `(−1/max Y, 0)`.
@@ -145,6 +148,17 @@ enum GrimshawCore {
     static let lanes = 4
 
     static func paddedCount(_ n: Int) -> Int { max(lanes, (n + lanes - 1) / lanes * lanes) }
+    /// Float lanes per iteration of the single-precision scan (two SIMD4<Float>).
+    static func paddedCount8(_ n: Int) -> Int { max(8, (n + 7) / 8 * 8) }
+
+    /// Doubles of scratch for `k` peaks and `m` censored peaks: the Double copies (padded to 4)
+    /// followed by the normalized Float copies (padded to 8) used by the scan.
+    static func scratchCount(_ k: Int, _ m: Int) -> Int {
+        paddedCount(k) + (m > 0 ? paddedCount(m) : 0) + (paddedCount8(k) + (m > 0 ? paddedCount8(m) : 0)) / 2
+    }
+
+    /// An upper bound of `scratchCount(k, m)` over `k + m ≤ capacity`.
+    static func scratchBound(_ capacity: Int) -> Int { capacity + 8 + (capacity + 16) / 2 + 8 }
 
     /// Negative side: `x = −(1 − ρ)/max Y`, ρ ascending (so x ascending), dense near the pole
     /// ρ → 0 where bounded-tail (γ < 0) maxima live, ending at the ε point `x = −1e-4/max Y`.
@@ -154,7 +168,7 @@ enum GrimshawCore {
     static let positiveXi: [Double] = [1e-4, 0.03, 0.15, 0.5, 1.5, 5, 20, 200, 1e4, 1e6, 1e8, 1e10]
 
     /// Relative tolerance of Brent's method in `x`.
-    static let brentTolerance = 1e-9
+    static let brentTolerance = 1e-8
     static let brentMaxIterations = 60
 
     /// Fits on `scratch`, whose first `k` entries hold the peaks and, when `m > 0`, whose
@@ -205,6 +219,17 @@ enum GrimshawCore {
 
         let evaluator = Evaluator(y: y, padded: pk, censored: y + pk, censoredPadded: pm, k: kd)
 
+        // Single-precision copies of Y/mean (and C/mean) for the sign scan.
+        let fk = paddedCount8(k), fm = m > 0 ? paddedCount8(m) : 0
+        let floatBase = UnsafeMutableRawPointer(y + pk + pm)
+        let yf = floatBase.bindMemory(to: Float.self, capacity: fk + fm)
+        let invMean = 1 / mean
+        for i in 0..<k { yf[i] = Float(y[i] * invMean) }
+        for i in k..<fk { yf[i] = 0 }
+        for i in 0..<m { yf[fk + i] = Float(y[pk + i] * invMean) }
+        for i in (fk + m)..<(fk + fm) { yf[i] = 0 }
+        let scanner = FloatScanner(y: yf, padded: fk, censored: yf + fk, censoredPadded: fm, k: Float(kd))
+
         func consider(x: Double, e: Evaluation) {
             // γ = (Σ log(1 + xY) + Σ log(1 + xC))/k, σ = γ/x; ℓ = −k(log σ + 1 + Σ log(1 + xY)/k).
             let gamma = e.gamma
@@ -218,14 +243,26 @@ enum GrimshawCore {
             }
         }
 
-        // Scan one side; refine each + → − sign change.
+        // Scan one side; refine each + → − sign change. The sign of w at a grid point comes
+        // from the single-precision pass unless |w| is within its error bound, in which case
+        // (and always at the ends of a bracket) the double-precision pass decides.
         func scan(_ xs: (Int) -> Double, count: Int) {
-            var prevX = 0.0, prev = Evaluation(w: 0, gamma: 0, logMeanY: 0)
+            var prevX = 0.0
+            var prev = Evaluation(w: 0, gamma: 0, logMeanY: 0)
             for i in 0..<count {
                 let x = xs(i)
-                let cur = evaluator.evaluate(x)
+                var cur: Evaluation
+                if denseGrid > 0 {
+                    cur = evaluator.evaluate(x)
+                } else {
+                    let f = scanner.evaluate(xi: x * mean)
+                    cur = abs(f.w) <= f.errorBound ? evaluator.evaluate(x) : f.approximate
+                }
                 if i > 0, prev.w > 0, cur.w <= 0 {
-                    let root = brent(evaluator, a: prevX, fa: prev, b: x, fb: cur)
+                    // Only the signs of the ends matter to Brent, and they are exact; every
+                    // point Brent evaluates is double precision.
+                    var root = brent(evaluator, a: prevX, fa: prev, b: x, fb: cur)
+                    if root.x == x || root.x == prevX { root.e = evaluator.evaluate(root.x) }
                     consider(x: root.x, e: root.e)
                 }
                 prevX = x
@@ -350,6 +387,66 @@ enum GrimshawCore {
         }
     }
 
+    /// The single-precision sign scan: the same sums as `Evaluator` on `Y/mean` (so `ξ = x·mean`
+    /// keeps every product in Float range), four lanes per SSE register, with an error bound.
+    struct FloatScanner {
+        let y: UnsafeMutablePointer<Float>
+        let padded: Int
+        let censored: UnsafeMutablePointer<Float>
+        let censoredPadded: Int
+        let k: Float
+
+        struct Result {
+            var w: Double
+            /// |w| at or below this may have the wrong sign (a conservative bound on the
+            /// single-precision rounding of the sums, which are sums of same-signed terms).
+            var errorBound: Double
+            /// The same quantities in single precision, for Brent's interpolation only.
+            var approximate: Evaluation
+        }
+
+        func evaluate(xi: Double) -> Result {
+            let x = Float(xi)
+            let (sy, ty) = sums(y, padded, x)
+            let l = Double(sy) / Double(k)
+            let v = -Double(ty) / Double(k)
+            var w: Double, bound: Double, gammaF = l
+            if censoredPadded == 0 {
+                w = l + v + l * v
+                bound = abs(l) * (1 + abs(v)) + abs(v) * (1 + abs(l))
+            } else {
+                let (sc, tc) = sums(censored, censoredPadded, x)
+                let gamma = l + Double(sc) / Double(k)
+                let c = Double(tc) / Double(k)
+                w = gamma * (1 + v) + v - c
+                bound = abs(gamma) * (1 + abs(v)) + abs(v) * (1 + abs(gamma)) + abs(c)
+                gammaF = gamma
+            }
+            return Result(w: w, errorBound: 2e-5 * bound + 1e-30,
+                          approximate: Evaluation(w: w, gamma: gammaF, logMeanY: l))
+        }
+
+        @inline(__always)
+        private func sums(_ p: UnsafeMutablePointer<Float>, _ count: Int, _ x: Float) -> (Float, Float) {
+            let xv = SIMD4<Float>(repeating: x)
+            var accL0 = SIMD4<Float>(), accV0 = SIMD4<Float>()
+            var accL1 = SIMD4<Float>(), accV1 = SIMD4<Float>()
+            var i = 0
+            let raw = UnsafeRawPointer(p)
+            while i < count {
+                let t0 = xv * raw.loadUnaligned(fromByteOffset: i &* 4, as: SIMD4<Float>.self)
+                let t1 = xv * raw.loadUnaligned(fromByteOffset: (i &+ 4) &* 4, as: SIMD4<Float>.self)
+                let a0 = 1 + t0, a1 = 1 + t1
+                let (g0, r0) = logAndReciprocal(a0)
+                let (g1, r1) = logAndReciprocal(a1)
+                accL0 += g0 + (t0 - (a0 - 1)) * r0; accV0 += t0 * r0
+                accL1 += g1 + (t1 - (a1 - 1)) * r1; accV1 += t1 * r1
+                i &+= 8
+            }
+            return ((accL0 + accL1).sum(), (accV0 + accV1).sum())
+        }
+    }
+
     /// Brent's root finder (zeroin) on `w` in a bracket with `w(a) > 0 ≥ w(b)`.
     static func brent(_ f: Evaluator, a a0: Double, fa fa0: Evaluation, b b0: Double, fb fb0: Evaluation)
         -> (x: Double, e: Evaluation)
@@ -438,4 +535,34 @@ func logAndReciprocal(_ a: SIMD2<Double>) -> (log: SIMD2<Double>, reciprocal: SI
     let r = t2 + t1
     let hfsq = 0.5 * f * f
     return (kd * ln2Hi - ((hfsq - (s * (hfsq + r) + kd * ln2Lo)) - f), reciprocal)
+}
+
+private let lg1f: Float = 6.6666662693e-01
+private let lg2f: Float = 4.0000972152e-01
+private let lg3f: Float = 2.8498786688e-01
+private let lg4f: Float = 2.4279078841e-01
+private let ln2HiF: Float = 6.9313812256e-01
+private let ln2LoF: Float = 9.0580006145e-06
+
+/// Single-precision `(log a, 1/a)`, fdlibm `e_logf.c` polynomial, same reduction as the Double
+/// version. For the sign scan only.
+@inline(__always)
+func logAndReciprocal(_ a: SIMD4<Float>) -> (log: SIMD4<Float>, reciprocal: SIMD4<Float>) {
+    let ix = unsafeBitCast(a, to: SIMD4<UInt32>.self)
+    let tmp = ix &+ 0x004a_fb0d // 0x3f800000 − bits(√½ as Float)
+    let e = tmp &>> 23
+    let m = unsafeBitCast(ix &- ((e &- 127) &<< 23), to: SIMD4<Float>.self)
+    let kf = unsafeBitCast(e | 0x4b00_0000, to: SIMD4<Float>.self) - (8_388_608 + 127)
+    let f = m - 1
+    let g = 2 + f
+    let d = 1 / (a * g)
+    let s = f * a * d
+    let reciprocal = g * d
+    let z = s * s
+    let w = z * z
+    let t1 = w * (lg2f + w * lg4f)
+    let t2 = z * (lg1f + w * lg3f)
+    let r = t2 + t1
+    let hfsq = 0.5 * f * f
+    return (kf * ln2HiF - ((hfsq - (s * (hfsq + r) + kf * ln2LoF)) - f), reciprocal)
 }

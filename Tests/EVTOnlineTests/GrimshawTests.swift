@@ -177,3 +177,47 @@ import Testing
         #expect(truncated.gpd.shape < fit.gpd.shape)
     }
 }
+
+@Suite struct ScanPrecisionTests {
+    /// Wherever the single-precision scan claims a sign (|w| above its error bound), the
+    /// double-precision w has that sign.
+    @Test func floatScanSignsAreExactOutsideTheirErrorBound() {
+        var rng = SplitMix64(seed: 77)
+        for shape in [-0.4, -0.1, 0, 0.2, 0.7] {
+            for n in [16, 100, 256] {
+                var y = (0..<n).map { _ in rng.gpd(GPD(shape: shape, scale: 0.01)) }
+                let mean = y.reduce(0, +) / Double(n), maxY = y.max()!
+                let padded = GrimshawCore.paddedCount8(n)
+                var yf = y.map { Float($0 / mean) } + [Float](repeating: 0, count: padded - n)
+                y += [Double](repeating: 0, count: GrimshawCore.paddedCount(n) - n)
+                y.withUnsafeMutableBufferPointer { yb in
+                    yf.withUnsafeMutableBufferPointer { fb in
+                        let exact = GrimshawCore.Evaluator(y: yb.baseAddress!, padded: yb.count, k: Double(n))
+                        let scan = GrimshawCore.FloatScanner(y: fb.baseAddress!, padded: padded, censored: fb.baseAddress!,
+                                                             censoredPadded: 0, k: Float(n))
+                        var xs = (1..<200).map { -(Double($0) / 200) / maxY }
+                        xs += (0..<200).map { Foundation.pow(10, -4 + 8 * Double($0) / 200) / mean }
+                        for x in xs {
+                            let f = scan.evaluate(xi: x * mean)
+                            let e = exact.evaluate(x)
+                            if abs(f.w) > f.errorBound {
+                                #expect((f.w > 0) == (e.w > 0), "γ=\(shape) n=\(n) x=\(x): float \(f.w) ± \(f.errorBound), double \(e.w)")
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    @Test func floatLogIsAccurateEnoughForTheBound() {
+        var rng = SplitMix64(seed: 6)
+        for _ in 0..<10_000 {
+            let a = Float(Foundation.exp(30 * (rng.uniform() - 0.5)))
+            let (l, r) = logAndReciprocal(SIMD4<Float>(repeating: a))
+            let truth = Foundation.log(Double(a))
+            #expect(abs(Double(l[0]) - truth) <= 3e-7 * max(1, abs(truth)))
+            #expect(relativeError(Double(r[0]), 1 / Double(a)) <= 5e-7)
+        }
+    }
+}
