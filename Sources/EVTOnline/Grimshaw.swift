@@ -117,6 +117,17 @@ public struct GrimshawFitter: ~Copyable, @unchecked Sendable {
         return Self.fit(peaks, censored: censored, minPeaks: minPeaks, scratch: buffer)
     }
 
+    /// The censored fit on Float rings (as the FilterBank stores them). Allocation-free.
+    public mutating func fit(_ peaks: UnsafeBufferPointer<Float>, censored: UnsafeBufferPointer<Float>,
+                             minPeaks: Int) -> GPDFit {
+        precondition(peaks.count + censored.count <= capacity,
+                     "GrimshawFitter capacity \(capacity) exceeded by \(peaks.count + censored.count) peaks")
+        let k = peaks.count, offset = GrimshawCore.paddedCount(k)
+        for i in 0..<k { scratch[i] = Double(peaks[i]) }
+        for i in 0..<censored.count { scratch[offset + i] = Double(censored[i]) }
+        return GrimshawCore.fit(scratch: buffer, count: k, censored: censored.count, minPeaks: minPeaks)
+    }
+
     /// Fits using a caller-provided scratch buffer of at least
     /// `scratchCount(for: peaks.count, censored: censored.count)` doubles (e.g. from
     /// `withUnsafeTemporaryAllocation`), for callers that cannot keep a fitter.
@@ -221,73 +232,74 @@ enum GrimshawCore {
 
         // Single-precision copies of Y/mean (and C/mean) for the sign scan.
         let fk = paddedCount8(k), fm = m > 0 ? paddedCount8(m) : 0
-        let floatBase = UnsafeMutableRawPointer(y + pk + pm)
-        let yf = floatBase.bindMemory(to: Float.self, capacity: fk + fm)
-        let invMean = 1 / mean
-        for i in 0..<k { yf[i] = Float(y[i] * invMean) }
-        for i in k..<fk { yf[i] = 0 }
-        for i in 0..<m { yf[fk + i] = Float(y[pk + i] * invMean) }
-        for i in (fk + m)..<(fk + fm) { yf[i] = 0 }
-        let scanner = FloatScanner(y: yf, padded: fk, censored: yf + fk, censoredPadded: fm, k: Float(kd))
+        // The Float region is bound to Float only for this scope; the Doubles never overlap it.
+        (y + pk + pm).withMemoryRebound(to: Float.self, capacity: fk + fm) { yf in
+            let invMean = 1 / mean
+            for i in 0..<k { yf[i] = Float(y[i] * invMean) }
+            for i in k..<fk { yf[i] = 0 }
+            for i in 0..<m { yf[fk + i] = Float(y[pk + i] * invMean) }
+            for i in (fk + m)..<(fk + fm) { yf[i] = 0 }
+            let scanner = FloatScanner(y: yf, padded: fk, censored: yf + fk, censoredPadded: fm, k: Float(kd))
 
-        func consider(x: Double, e: Evaluation) {
-            // γ = (Σ log(1 + xY) + Σ log(1 + xC))/k, σ = γ/x; ℓ = −k(log σ + 1 + Σ log(1 + xY)/k).
-            let gamma = e.gamma
-            let sigma = gamma / x
-            guard sigma > 0, sigma.isFinite, gamma.isFinite else { return }
-            if abs(gamma) < GPD.zeroShapeTolerance { return } // the exponential candidate covers it
-            let ll = -kd * (Double.log(sigma) + 1 + e.logMeanY)
-            if ll > best.logLikelihood {
-                best = GPDFit(gpd: GPD(shape: gamma, scale: sigma), logLikelihood: ll, method: .grimshaw,
-                              peakCount: k, censoredCount: m)
-            }
-        }
-
-        // Scan one side; refine each + → − sign change. The sign of w at a grid point comes
-        // from the single-precision pass unless |w| is within its error bound, in which case
-        // (and always at the ends of a bracket) the double-precision pass decides.
-        func scan(_ xs: (Int) -> Double, count: Int) {
-            var prevX = 0.0
-            var prev = Evaluation(w: 0, gamma: 0, logMeanY: 0)
-            for i in 0..<count {
-                let x = xs(i)
-                var cur: Evaluation
-                if denseGrid > 0 {
-                    cur = evaluator.evaluate(x)
-                } else {
-                    let f = scanner.evaluate(xi: x * mean)
-                    cur = abs(f.w) <= f.errorBound ? evaluator.evaluate(x) : f.approximate
+            func consider(x: Double, e: Evaluation) {
+                // γ = (Σ log(1 + xY) + Σ log(1 + xC))/k, σ = γ/x; ℓ = −k(log σ + 1 + Σ log(1 + xY)/k).
+                let gamma = e.gamma
+                let sigma = gamma / x
+                guard sigma > 0, sigma.isFinite, gamma.isFinite else { return }
+                if abs(gamma) < GPD.zeroShapeTolerance { return } // the exponential candidate covers it
+                let ll = -kd * (Double.log(sigma) + 1 + e.logMeanY)
+                if ll > best.logLikelihood {
+                    best = GPDFit(gpd: GPD(shape: gamma, scale: sigma), logLikelihood: ll, method: .grimshaw,
+                                  peakCount: k, censoredCount: m)
                 }
-                if i > 0, prev.w > 0, cur.w <= 0 {
-                    // Only the signs of the ends matter to Brent, and they are exact; every
-                    // point Brent evaluates is double precision.
-                    var root = brent(evaluator, a: prevX, fa: prev, b: x, fb: cur)
-                    if root.x == x || root.x == prevX { root.e = evaluator.evaluate(root.x) }
-                    consider(x: root.x, e: root.e)
-                }
-                prevX = x
-                prev = cur
             }
-        }
 
-        // Negative side (−1/max, 0); max > 0 since the mean is.
-        if denseGrid > 0 {
-            scan({ i in -(1 - (Double(i) + 0.5) / Double(denseGrid)) / maxY }, count: denseGrid)
-        } else {
-            scan({ i in -(1 - negativeRho[i]) / maxY }, count: negativeRho.count)
-        }
+            // Scan one side; refine each + → − sign change. The sign of w at a grid point comes
+            // from the single-precision pass unless |w| is within its error bound, in which case
+            // (and always at the ends of a bracket) the double-precision pass decides.
+            func scan(_ xs: (Int) -> Double, count: Int) {
+                var prevX = 0.0
+                var prev = Evaluation(w: 0, gamma: 0, logMeanY: 0)
+                for i in 0..<count {
+                    let x = xs(i)
+                    var cur: Evaluation
+                    if denseGrid > 0 {
+                        cur = evaluator.evaluate(x)
+                    } else {
+                        let f = scanner.evaluate(xi: x * mean)
+                        cur = abs(f.w) <= f.errorBound ? evaluator.evaluate(x) : f.approximate
+                    }
+                    if i > 0, prev.w > 0, cur.w <= 0 {
+                        // Only the signs of the ends matter to Brent, and they are exact; every
+                        // point Brent evaluates is double precision.
+                        var root = brent(evaluator, a: prevX, fa: prev, b: x, fb: cur)
+                        if root.x == x || root.x == prevX { root.e = evaluator.evaluate(root.x) }
+                        consider(x: root.x, e: root.e)
+                    }
+                    prevX = x
+                    prev = cur
+                }
+            }
 
-        // Positive side (ε, 2(mean − min)/min²], in ξ = x·mean.
-        if minY < mean {
-            let xiC = minY > 0 ? 2 * mean * (mean - minY) / (minY * minY) : .infinity
-            let xiHi = min(xiC, positiveXi[positiveXi.count - 1])
+            // Negative side (−1/max, 0); max > 0 since the mean is.
             if denseGrid > 0 {
-                let lo = Double.log(positiveXi[0]), hi = Double.log(xiHi)
-                scan({ i in Double.exp(lo + (hi - lo) * Double(i) / Double(denseGrid - 1)) / mean }, count: denseGrid)
+                scan({ i in -(1 - (Double(i) + 0.5) / Double(denseGrid)) / maxY }, count: denseGrid)
             } else {
-                var j = 0
-                while j < positiveXi.count, positiveXi[j] < xiHi { j += 1 }
-                scan({ i in (i < j ? positiveXi[i] : xiHi) / mean }, count: j + 1)
+                scan({ i in -(1 - negativeRho[i]) / maxY }, count: negativeRho.count)
+            }
+
+            // Positive side (ε, 2(mean − min)/min²], in ξ = x·mean.
+            if minY < mean {
+                let xiC = minY > 0 ? 2 * mean * (mean - minY) / (minY * minY) : .infinity
+                let xiHi = min(xiC, positiveXi[positiveXi.count - 1])
+                if denseGrid > 0 {
+                    let lo = Double.log(positiveXi[0]), hi = Double.log(xiHi)
+                    scan({ i in Double.exp(lo + (hi - lo) * Double(i) / Double(denseGrid - 1)) / mean }, count: denseGrid)
+                } else {
+                    var j = 0
+                    while j < positiveXi.count, positiveXi[j] < xiHi { j += 1 }
+                    scan({ i in (i < j ? positiveXi[i] : xiHi) / mean }, count: j + 1)
+                }
             }
         }
 

@@ -221,3 +221,24 @@ import Testing
         }
     }
 }
+
+@Suite struct GrimshawPreconditionTests {
+    @Test func floatCensoredFitEqualsDoubleCensoredFit() {
+        var rng = SplitMix64(seed: 12)
+        let y = (0..<120).map { _ in Float(rng.gpd(GPD(shape: 0.1, scale: 1))) }
+        let c: [Float] = [4, 5]
+        var fitter = GrimshawFitter(capacity: 128)
+        let a = y.withUnsafeBufferPointer { p in c.withUnsafeBufferPointer { fitter.fit(p, censored: $0, minPeaks: 10) } }
+        let yd = y.map(Double.init), cd = c.map(Double.init)
+        let b = yd.withUnsafeBufferPointer { p in cd.withUnsafeBufferPointer { fitter.fit(p, censored: $0, minPeaks: 10) } }
+        #expect(a == b && a.censoredCount == 2)
+    }
+
+    @Test func capacityOverflowTraps() async {
+        await #expect(processExitsWith: .failure) {
+            var fitter = GrimshawFitter(capacity: 4)
+            let y: [Double] = [1, 2, 3, 4, 5]
+            _ = y.withUnsafeBufferPointer { fitter.fit($0, minPeaks: 3) }
+        }
+    }
+}

@@ -193,3 +193,12 @@ import Testing
         #expect(plain > 20 * drifting)
     }
 }
+
+@Suite struct SPOTPreconditionTests {
+    @Test func nonFiniteValueTraps() async {
+        await #expect(processExitsWith: .failure) {
+            var spot = try SPOT(configuration: POTConfiguration())
+            _ = spot.step(.nan)
+        }
+    }
+}
