@@ -42,7 +42,13 @@ struct Reference: Decodable {
     struct Quantile: Decodable { var p: Double, y: Double }
     struct ClosedForm: Decodable { var shape: Double, scale: Double, points: [Point], quantiles: [Quantile] }
     struct Quantiles: Decodable { var sample: [Double], levels: [Double], values: [Double] }
+    struct Censored: Decodable {
+        var shape: Double, size: Int
+        var peaks: [Double], censored: [Double]
+        var scipy_shape: Double, scipy_scale: Double, scipy_loglik: Double
+    }
     var fits: [Fit]
+    var censored: [Censored]
     var closed_form: [ClosedForm]
     var quantiles: Quantiles
 

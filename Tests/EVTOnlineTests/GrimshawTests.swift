@@ -138,6 +138,24 @@ import Testing
 }
 
 @Suite struct CensoredGrimshawTests {
+    /// Against scipy's `genpareto.fit(CensoredData(uncensored: y, right: c), floc=0)`.
+    @Test func censoredFitAgreesWithScipy() {
+        var fitter = GrimshawFitter(capacity: 1000)
+        for ref in Reference.shared.censored {
+            let fit = ref.peaks.withUnsafeBufferPointer { p in
+                ref.censored.withUnsafeBufferPointer { fitter.fit(p, censored: $0, minPeaks: 10) }
+            }
+            let tolerance = 1e-9 * abs(ref.scipy_loglik)
+            #expect(abs(fit.gpd.shape - ref.scipy_shape) <= 0.01 || fit.logLikelihood >= ref.scipy_loglik - tolerance,
+                    "γ=\(ref.shape) n=\(ref.size): ours \(fit.gpd.shape) \(fit.logLikelihood), scipy \(ref.scipy_shape) \(ref.scipy_loglik)")
+            #expect(fit.logLikelihood >= ref.scipy_loglik - tolerance)
+            let direct = ref.peaks.withUnsafeBufferPointer { p in
+                ref.censored.withUnsafeBufferPointer { fit.gpd.logLikelihood(p, censored: $0) }
+            }
+            #expect(relativeError(direct, fit.logLikelihood) <= 1e-9)
+        }
+    }
+
     /// With no censored values the censored fit is the plain fit, bit for bit.
     @Test func emptyCensoringIsThePlainFit() {
         var rng = SplitMix64(seed: 21)
