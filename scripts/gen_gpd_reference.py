@@ -10,12 +10,16 @@ Deterministic: one numpy Generator with a fixed seed. Contents:
                (sum of genpareto.logpdf at the scipy fit).
   closed_form  sf / logsf / logpdf at points inside the support, ppf(1 - p) at survival p.
   quantiles    a sample and numpy.quantile(sample, level) with the default "linear" method.
+  censored     GPD samples whose values above the 0.95 quantile are right-censored there, with
+               genpareto.fit(CensoredData(uncensored=y, right=c), floc=0) and the censored
+               log-likelihood at scipy's fit (sum of logpdf over y plus sum of logsf over c).
 """
 import json
 import os
 
 import numpy as np
 import scipy
+from scipy import stats
 from scipy.stats import genpareto
 
 SEED = 20250501
@@ -55,9 +59,23 @@ def main():
                  "levels": [0.5, 0.9, 0.98, 0.999],
                  "values": [float(np.quantile(sample, lv)) for lv in [0.5, 0.9, 0.98, 0.999]]}
 
+    censored = []
+    for shape in [-0.2, 0.0, 0.3]:
+        for size in [200, 1000]:
+            x = genpareto.rvs(shape, loc=0, scale=1.0, size=size, random_state=rng)
+            cut = float(genpareto.isf(0.05, shape, scale=1.0))
+            y = x[x <= cut]
+            c = np.full(int(np.sum(x > cut)), cut)
+            data = stats.CensoredData(uncensored=y, right=c)
+            g, loc, sc = genpareto.fit(data, floc=0)
+            ll = float(np.sum(genpareto.logpdf(y, g, scale=sc)) + np.sum(genpareto.logsf(c, g, scale=sc)))
+            censored.append({"shape": shape, "size": size, "peaks": [float(v) for v in y],
+                             "censored": [float(v) for v in c],
+                             "scipy_shape": float(g), "scipy_scale": float(sc), "scipy_loglik": ll})
+
     doc = {"generator": "scripts/gen_gpd_reference.py", "seed": SEED,
            "numpy": np.__version__, "scipy": scipy.__version__,
-           "fits": fits, "closed_form": closed, "quantiles": quantiles}
+           "fits": fits, "closed_form": closed, "quantiles": quantiles, "censored": censored}
     with open(OUT, "w") as f:
         json.dump(doc, f, indent=None, separators=(",", ":"))
         f.write("\n")

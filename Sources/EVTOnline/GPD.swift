@@ -112,6 +112,16 @@ public struct GPD: Sendable, Hashable {
     }
 }
 
+extension GPD {
+    /// Log-likelihood of excesses `y` plus right-censored excesses `c` (known only to exceed
+    /// `c_j`): `Σ log f(y_i) + Σ log P(Y > c_j)`. −∞ if any value is outside the support.
+    public func logLikelihood(_ y: UnsafeBufferPointer<Double>, censored c: UnsafeBufferPointer<Double>) -> Double {
+        var ll = logLikelihood(y)
+        for v in c { ll += logSurvival(excess: v) }
+        return ll
+    }
+}
+
 /// The peaks-over-threshold formulas shared by `SPOT` and the vectorized FilterBank
 /// (method.md §2–§3). Pure functions, O(1), allocation-free.
 ///

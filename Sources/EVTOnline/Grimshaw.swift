@@ -20,13 +20,17 @@ public struct GPDFit: Sendable, Hashable {
     /// Log-likelihood of the peaks under `gpd` (method.md §4, correct sign for γ = 0).
     public var logLikelihood: Double
     public var method: GPDFitMethod
+    /// Uncensored peaks the fit used.
     public var peakCount: Int
+    /// Right-censored peaks the fit used (0 unless the caller passed some; see `SPOT`).
+    public var censoredCount: Int
 
-    public init(gpd: GPD, logLikelihood: Double, method: GPDFitMethod, peakCount: Int) {
+    public init(gpd: GPD, logLikelihood: Double, method: GPDFitMethod, peakCount: Int, censoredCount: Int = 0) {
         self.gpd = gpd
         self.logLikelihood = logLikelihood
         self.method = method
         self.peakCount = peakCount
+        self.censoredCount = censoredCount
     }
 }
 
@@ -41,22 +45,27 @@ public struct GPDFit: Sendable, Hashable {
 ///    pole `−1/max Y`) and up to `positiveGrid` points in `(0, 2(mean − min)/min²]`
 ///    (geometric in `x·mean Y`, ε = 1e-4/mean Y at both ends near 0, capped at `x·mean ≤ 1e10`);
 /// 2. refines every bracket where `w` goes from + to − (a local maximum of `ℓ_p`) by Brent's
-///    method to a relative tolerance of 1e-9 in `x`. Brackets where `w` goes from − to + are
+///    method to a relative tolerance of 1e-8 in `x`. Brackets where `w` goes from − to + are
 ///    local minima of `ℓ_p`; each is dominated by a maximum or by the exponential candidate next
 ///    to it, so skipping them changes no result;
 /// 3. adds the exponential candidate (`x = 0`: γ = 0, σ = mean) and the method-of-moments
 ///    candidate, and keeps the largest log-likelihood. At a root candidate the log-likelihood
 ///    is `ℓ_p(x) = −k(log σ + 1 + γ)` exactly, so it costs nothing extra.
 ///
-/// One evaluation of `w` is one vectorized pass over the peaks (four lanes, one `log` and one
-/// division per peak; the `log` is an fdlibm-accurate, branch-free polynomial with the
-/// `log1p` correction `(t − (a − 1))/a`). A fit costs at most `negativeGrid + positiveGrid + 1`
-/// passes plus about 6–10 per bracket; see docs/statistics.md for measured times.
+/// Cost. The scan runs in single precision on `Y/mean` (SIMD4<Float>, fdlibm `logf`
+/// polynomial, one division per peak for both the log and the reciprocal); where `|w|` is
+/// within a conservative bound of the single-precision rounding (near roots and near x = 0),
+/// that grid point is re-evaluated in double precision, so every sign the scan acts on is
+/// exact. Brent and the candidates' likelihoods use double-precision passes (fdlibm `log`
+/// polynomial, ~1 ulp, with the `log1p` correction `(t − (a − 1))/a`). A typical fit is ~19
+/// single- plus 8–13 double-precision passes over the peaks; see docs/statistics.md for times.
 ///
 /// - Allocation: none after `init`; the fitter owns a scratch buffer for `capacity` peaks.
 /// - Ownership: `~Copyable`, so one owner at a time; `fit` is `mutating`. It is
 ///   `@unchecked Sendable` because its only state is the uniquely owned scratch buffer: moving
 ///   the fitter moves the buffer, and `fit` needs exclusive (`inout`) access.
+/// - Censoring: an optional second sample of right-censored peaks (values known only to exceed
+///   a point) enters as `log P(Y > c)`; `SPOT` uses it for extreme exceedances.
 /// - Input: peaks must be finite and `≥ 0` (asserted in debug builds); `count ≤ capacity`
 ///   (precondition). Fewer than `max(minPeaks, 3)` peaks give `.insufficientPeaks`.
 /// - Output: never NaN; `gpd.scale > 0`.
@@ -72,40 +81,70 @@ public struct GrimshawFitter: ~Copyable, @unchecked Sendable {
     public init(capacity: Int) {
         precondition(capacity >= 0, "capacity must be ≥ 0")
         self.capacity = capacity
-        self.scratchCount = GrimshawCore.paddedCount(capacity)
+        // Room for peaks and censored peaks, each padded to the vector width.
+        self.scratchCount = GrimshawCore.scratchBound(capacity)
         self.scratch = .allocate(capacity: scratchCount)
         self.scratch.initialize(repeating: 0, count: scratchCount)
     }
 
     deinit { scratch.deallocate() }
 
+    private var buffer: UnsafeMutableBufferPointer<Double> { UnsafeMutableBufferPointer(start: scratch, count: scratchCount) }
+
     /// Fits a GPD to `peaks` (excesses over the threshold). O(k · passes), allocation-free.
     public mutating func fit(_ peaks: UnsafeBufferPointer<Double>, minPeaks: Int) -> GPDFit {
         precondition(peaks.count <= capacity, "GrimshawFitter capacity \(capacity) exceeded by \(peaks.count) peaks")
         for i in 0..<peaks.count { scratch[i] = peaks[i] }
-        return GrimshawCore.fit(scratch: UnsafeMutableBufferPointer(start: scratch, count: scratchCount),
-                                count: peaks.count, minPeaks: minPeaks)
+        return GrimshawCore.fit(scratch: buffer, count: peaks.count, minPeaks: minPeaks)
     }
 
     /// Converts `peaks` into the Double scratch buffer, then fits. Allocation-free.
     public mutating func fit(_ peaks: UnsafeBufferPointer<Float>, minPeaks: Int) -> GPDFit {
         precondition(peaks.count <= capacity, "GrimshawFitter capacity \(capacity) exceeded by \(peaks.count) peaks")
         for i in 0..<peaks.count { scratch[i] = Double(peaks[i]) }
-        return GrimshawCore.fit(scratch: UnsafeMutableBufferPointer(start: scratch, count: scratchCount),
-                                count: peaks.count, minPeaks: minPeaks)
+        return GrimshawCore.fit(scratch: buffer, count: peaks.count, minPeaks: minPeaks)
     }
 
-    /// Fits using a caller-provided scratch buffer of at least `scratchCount(for: peaks.count)`
-    /// doubles (e.g. from `withUnsafeTemporaryAllocation`), for callers that cannot keep a fitter.
-    public static func fit(_ peaks: UnsafeBufferPointer<Double>, minPeaks: Int,
-                           scratch: UnsafeMutableBufferPointer<Double>) -> GPDFit {
-        precondition(scratch.count >= scratchCount(for: peaks.count), "scratch too small")
-        for i in 0..<peaks.count { scratch[i] = peaks[i] }
-        return GrimshawCore.fit(scratch: scratch, count: peaks.count, minPeaks: minPeaks)
+    /// Fits with right-censored peaks: each `censored` value `c` is known only to satisfy
+    /// `Y > c` and contributes `log P(Y > c)` to the likelihood instead of a log-density. The
+    /// profile stays one-dimensional (`γ(x) = (Σ log(1 + xY) + Σ log(1 + xC))/k`, `σ = γ/x`), so
+    /// the same scan and Brent apply. `minPeaks` counts uncensored peaks.
+    /// Precondition: `peaks.count + censored.count ≤ capacity`.
+    public mutating func fit(_ peaks: UnsafeBufferPointer<Double>, censored: UnsafeBufferPointer<Double>,
+                             minPeaks: Int) -> GPDFit {
+        precondition(peaks.count + censored.count <= capacity,
+                     "GrimshawFitter capacity \(capacity) exceeded by \(peaks.count + censored.count) peaks")
+        return Self.fit(peaks, censored: censored, minPeaks: minPeaks, scratch: buffer)
     }
 
-    /// Scratch doubles needed to fit `count` peaks with the static `fit`.
-    public static func scratchCount(for count: Int) -> Int { GrimshawCore.paddedCount(count) }
+    /// The censored fit on Float rings (as the FilterBank stores them). Allocation-free.
+    public mutating func fit(_ peaks: UnsafeBufferPointer<Float>, censored: UnsafeBufferPointer<Float>,
+                             minPeaks: Int) -> GPDFit {
+        precondition(peaks.count + censored.count <= capacity,
+                     "GrimshawFitter capacity \(capacity) exceeded by \(peaks.count + censored.count) peaks")
+        let k = peaks.count, offset = GrimshawCore.paddedCount(k)
+        for i in 0..<k { scratch[i] = Double(peaks[i]) }
+        for i in 0..<censored.count { scratch[offset + i] = Double(censored[i]) }
+        return GrimshawCore.fit(scratch: buffer, count: k, censored: censored.count, minPeaks: minPeaks)
+    }
+
+    /// Fits using a caller-provided scratch buffer of at least
+    /// `scratchCount(for: peaks.count, censored: censored.count)` doubles (e.g. from
+    /// `withUnsafeTemporaryAllocation`), for callers that cannot keep a fitter.
+    public static func fit(_ peaks: UnsafeBufferPointer<Double>,
+                           censored: UnsafeBufferPointer<Double> = UnsafeBufferPointer(start: nil, count: 0),
+                           minPeaks: Int, scratch: UnsafeMutableBufferPointer<Double>) -> GPDFit {
+        precondition(scratch.count >= scratchCount(for: peaks.count, censored: censored.count), "scratch too small")
+        let k = peaks.count, offset = GrimshawCore.paddedCount(k)
+        for i in 0..<k { scratch[i] = peaks[i] }
+        for i in 0..<censored.count { scratch[offset + i] = censored[i] }
+        return GrimshawCore.fit(scratch: scratch, count: k, censored: censored.count, minPeaks: minPeaks)
+    }
+
+    /// Scratch doubles needed by the static `fit`.
+    public static func scratchCount(for count: Int, censored: Int = 0) -> Int {
+        GrimshawCore.scratchCount(count, censored)
+    }
 
     /// Points of the sign scan on the negative side `(−1/max Y, 0)`.
     public static var negativeGrid: Int { GrimshawCore.negativeRho.count }
@@ -120,6 +159,17 @@ enum GrimshawCore {
     static let lanes = 4
 
     static func paddedCount(_ n: Int) -> Int { max(lanes, (n + lanes - 1) / lanes * lanes) }
+    /// Float lanes per iteration of the single-precision scan (two SIMD4<Float>).
+    static func paddedCount8(_ n: Int) -> Int { max(8, (n + 7) / 8 * 8) }
+
+    /// Doubles of scratch for `k` peaks and `m` censored peaks: the Double copies (padded to 4)
+    /// followed by the normalized Float copies (padded to 8) used by the scan.
+    static func scratchCount(_ k: Int, _ m: Int) -> Int {
+        paddedCount(k) + (m > 0 ? paddedCount(m) : 0) + (paddedCount8(k) + (m > 0 ? paddedCount8(m) : 0)) / 2
+    }
+
+    /// An upper bound of `scratchCount(k, m)` over `k + m ≤ capacity`.
+    static func scratchBound(_ capacity: Int) -> Int { capacity + 8 + (capacity + 16) / 2 + 8 }
 
     /// Negative side: `x = −(1 − ρ)/max Y`, ρ ascending (so x ascending), dense near the pole
     /// ρ → 0 where bounded-tail (γ < 0) maxima live, ending at the ε point `x = −1e-4/max Y`.
@@ -129,101 +179,149 @@ enum GrimshawCore {
     static let positiveXi: [Double] = [1e-4, 0.03, 0.15, 0.5, 1.5, 5, 20, 200, 1e4, 1e6, 1e8, 1e10]
 
     /// Relative tolerance of Brent's method in `x`.
-    static let brentTolerance = 1e-9
+    static let brentTolerance = 1e-8
     static let brentMaxIterations = 60
 
-    static func fit(scratch: UnsafeMutableBufferPointer<Double>, count k: Int, minPeaks: Int,
+    /// Fits on `scratch`, whose first `k` entries hold the peaks and, when `m > 0`, whose
+    /// entries from `paddedCount(k)` on hold `m` right-censored peaks (known only to exceed the
+    /// stored value). Padding is written here.
+    static func fit(scratch: UnsafeMutableBufferPointer<Double>, count k: Int, censored m: Int = 0, minPeaks: Int,
                     denseGrid: Int = 0) -> GPDFit {
         let y = scratch.baseAddress!
-        let padded = paddedCount(k)
+        let pk = paddedCount(k)
+        let pm = m > 0 ? paddedCount(m) : 0
+        precondition(scratch.count >= pk + pm, "scratch too small")
         // Zero padding contributes log(1) = 0 and t·r = 0 to the sums of a pass.
-        for i in k..<padded { y[i] = 0 }
+        for i in k..<pk { y[i] = 0 }
+        for i in (pk + m)..<(pk + pm) { y[i] = 0 }
 
-        var sum = 0.0, minY = Double.infinity, maxY = 0.0
+        var sumY = 0.0, sumC = 0.0, minY = Double.infinity, maxY = 0.0
         for i in 0..<k {
             let v = y[i]
             assert(v >= 0 && v.isFinite, "peaks must be finite and ≥ 0, got \(v)")
-            sum += v
+            sumY += v
+            minY = min(minY, v)
+            maxY = max(maxY, v)
+        }
+        for i in pk..<(pk + m) {
+            let v = y[i]
+            assert(v >= 0 && v.isFinite, "censored peaks must be finite and ≥ 0, got \(v)")
+            sumC += v
             minY = min(minY, v)
             maxY = max(maxY, v)
         }
         let kd = Double(k)
-        let mean = k > 0 ? sum / kd : 0
+        let all = Double(k + m)
+        // Exponential MLE with censoring: σ = (Σy + Σc)/k.
+        let expScale = k > 0 ? (sumY + sumC) / kd : 0
 
-        guard k >= max(minPeaks, 3), mean > 0 else {
-            let scale = mean > 0 ? mean : 1
-            let ll = k > 0 && mean > 0 ? -kd * (Double.log(scale) + 1) : 0
-            return GPDFit(gpd: GPD(shape: 0, scale: scale), logLikelihood: ll, method: .insufficientPeaks, peakCount: k)
+        guard k >= max(minPeaks, 3), expScale > 0 else {
+            let scale = expScale > 0 ? expScale : 1
+            let ll = expScale > 0 ? -kd * (Double.log(scale) + 1) : 0
+            return GPDFit(gpd: GPD(shape: 0, scale: scale), logLikelihood: ll, method: .insufficientPeaks,
+                          peakCount: k, censoredCount: m)
         }
+        // Grid scale: the mean of all values (peaks and censoring points).
+        let mean = (sumY + sumC) / all
 
-        // Exponential candidate, x = 0: ℓ = −k(log mean + 1).
-        var best = GPDFit(gpd: GPD(shape: 0, scale: mean), logLikelihood: -kd * (Double.log(mean) + 1),
-                          method: .exponential, peakCount: k)
+        // Exponential candidate, x = 0: ℓ = −k(log σ + 1).
+        var best = GPDFit(gpd: GPD(shape: 0, scale: expScale), logLikelihood: -kd * (Double.log(expScale) + 1),
+                          method: .exponential, peakCount: k, censoredCount: m)
 
-        let evaluator = Evaluator(y: y, padded: padded, k: kd)
+        let evaluator = Evaluator(y: y, padded: pk, censored: y + pk, censoredPadded: pm, k: kd)
 
-        func consider(x: Double, logMean: Double) {
-            // γ = u − 1 = mean log(1 + xY), σ = γ/x; ℓ = −k(log σ + 1 + γ).
-            let gamma = logMean
-            let sigma = gamma / x
-            guard sigma > 0, sigma.isFinite, gamma.isFinite else { return }
-            if abs(gamma) < GPD.zeroShapeTolerance { return } // the exponential candidate covers it
-            let ll = -kd * (Double.log(sigma) + 1 + gamma)
-            if ll > best.logLikelihood {
-                best = GPDFit(gpd: GPD(shape: gamma, scale: sigma), logLikelihood: ll, method: .grimshaw, peakCount: k)
-            }
-        }
+        // Single-precision copies of Y/mean (and C/mean) for the sign scan.
+        let fk = paddedCount8(k), fm = m > 0 ? paddedCount8(m) : 0
+        // The Float region is bound to Float only for this scope; the Doubles never overlap it.
+        (y + pk + pm).withMemoryRebound(to: Float.self, capacity: fk + fm) { yf in
+            let invMean = 1 / mean
+            for i in 0..<k { yf[i] = Float(y[i] * invMean) }
+            for i in k..<fk { yf[i] = 0 }
+            for i in 0..<m { yf[fk + i] = Float(y[pk + i] * invMean) }
+            for i in (fk + m)..<(fk + fm) { yf[i] = 0 }
+            let scanner = FloatScanner(y: yf, padded: fk, censored: yf + fk, censoredPadded: fm, k: Float(kd))
 
-        // Scan one side; refine each + → − sign change.
-        func scan(_ xs: (Int) -> Double, count: Int) {
-            var prevX = 0.0, prev = Evaluation(w: 0, logMean: 0)
-            for i in 0..<count {
-                let x = xs(i)
-                let cur = evaluator.evaluate(x)
-                if i > 0, prev.w > 0, cur.w <= 0 {
-                    let root = brent(evaluator, a: prevX, fa: prev, b: x, fb: cur)
-                    consider(x: root.x, logMean: root.e.logMean)
+            func consider(x: Double, e: Evaluation) {
+                // γ = (Σ log(1 + xY) + Σ log(1 + xC))/k, σ = γ/x; ℓ = −k(log σ + 1 + Σ log(1 + xY)/k).
+                let gamma = e.gamma
+                let sigma = gamma / x
+                guard sigma > 0, sigma.isFinite, gamma.isFinite else { return }
+                if abs(gamma) < GPD.zeroShapeTolerance { return } // the exponential candidate covers it
+                let ll = -kd * (Double.log(sigma) + 1 + e.logMeanY)
+                if ll > best.logLikelihood {
+                    best = GPDFit(gpd: GPD(shape: gamma, scale: sigma), logLikelihood: ll, method: .grimshaw,
+                                  peakCount: k, censoredCount: m)
                 }
-                prevX = x
-                prev = cur
             }
-        }
 
-        // Negative side (−1/max, 0): only when some peak is positive (always, since mean > 0).
-        if denseGrid > 0 {
-            scan({ i in -(1 - (Double(i) + 0.5) / Double(denseGrid)) / maxY }, count: denseGrid)
-        } else {
-            scan({ i in -(1 - negativeRho[i]) / maxY }, count: negativeRho.count)
-        }
+            // Scan one side; refine each + → − sign change. The sign of w at a grid point comes
+            // from the single-precision pass unless |w| is within its error bound, in which case
+            // (and always at the ends of a bracket) the double-precision pass decides.
+            func scan(_ xs: (Int) -> Double, count: Int) {
+                var prevX = 0.0
+                var prev = Evaluation(w: 0, gamma: 0, logMeanY: 0)
+                for i in 0..<count {
+                    let x = xs(i)
+                    var cur: Evaluation
+                    if denseGrid > 0 {
+                        cur = evaluator.evaluate(x)
+                    } else {
+                        let f = scanner.evaluate(xi: x * mean)
+                        cur = abs(f.w) <= f.errorBound ? evaluator.evaluate(x) : f.approximate
+                    }
+                    if i > 0, prev.w > 0, cur.w <= 0 {
+                        // Only the signs of the ends matter to Brent, and they are exact; every
+                        // point Brent evaluates is double precision.
+                        var root = brent(evaluator, a: prevX, fa: prev, b: x, fb: cur)
+                        if root.x == x || root.x == prevX { root.e = evaluator.evaluate(root.x) }
+                        consider(x: root.x, e: root.e)
+                    }
+                    prevX = x
+                    prev = cur
+                }
+            }
 
-        // Positive side (ε, 2(mean − min)/min²], in ξ = x·mean.
-        if minY < mean {
-            let xiC = minY > 0 ? 2 * mean * (mean - minY) / (minY * minY) : .infinity
-            let xiHi = min(xiC, positiveXi[positiveXi.count - 1])
+            // Negative side (−1/max, 0); max > 0 since the mean is.
             if denseGrid > 0 {
-                let lo = Double.log(positiveXi[0]), hi = Double.log(xiHi)
-                scan({ i in Double.exp(lo + (hi - lo) * Double(i) / Double(denseGrid - 1)) / mean }, count: denseGrid)
+                scan({ i in -(1 - (Double(i) + 0.5) / Double(denseGrid)) / maxY }, count: denseGrid)
             } else {
-                var m = 0
-                while m < positiveXi.count, positiveXi[m] < xiHi { m += 1 }
-                scan({ i in (i < m ? positiveXi[i] : xiHi) / mean }, count: m + 1)
+                scan({ i in -(1 - negativeRho[i]) / maxY }, count: negativeRho.count)
+            }
+
+            // Positive side (ε, 2(mean − min)/min²], in ξ = x·mean.
+            if minY < mean {
+                let xiC = minY > 0 ? 2 * mean * (mean - minY) / (minY * minY) : .infinity
+                let xiHi = min(xiC, positiveXi[positiveXi.count - 1])
+                if denseGrid > 0 {
+                    let lo = Double.log(positiveXi[0]), hi = Double.log(xiHi)
+                    scan({ i in Double.exp(lo + (hi - lo) * Double(i) / Double(denseGrid - 1)) / mean }, count: denseGrid)
+                } else {
+                    var j = 0
+                    while j < positiveXi.count, positiveXi[j] < xiHi { j += 1 }
+                    scan({ i in (i < j ? positiveXi[i] : xiHi) / mean }, count: j + 1)
+                }
             }
         }
 
-        // Method of moments: γ = (1 − mean²/var)/2, σ = mean(1 + mean²/var)/2.
+        // Method of moments on the uncensored peaks: γ = (1 − mean²/var)/2, σ = mean(1 + mean²/var)/2.
+        let meanY = sumY / kd
         var ss = 0.0
-        for i in 0..<k { let d = y[i] - mean; ss += d * d }
+        for i in 0..<k { let d = y[i] - meanY; ss += d * d }
         let variance = ss / (kd - 1)
-        if variance > 0 {
-            let ratio = mean * mean / variance
+        if variance > 0, meanY > 0 {
+            let ratio = meanY * meanY / variance
             let gamma = 0.5 * (1 - ratio)
-            let sigma = 0.5 * mean * (1 + ratio)
+            let sigma = 0.5 * meanY * (1 + ratio)
             let x = gamma / sigma
             if abs(gamma) >= GPD.zeroShapeTolerance, sigma > 0, sigma.isFinite, 1 + x * maxY > 0 {
+                // ℓ = −k log σ − (1 + 1/γ) Σ log(1 + xY) − (1/γ) Σ log(1 + xC)
                 let e = evaluator.evaluate(x)
-                let ll = -kd * Double.log(sigma) - (1 + 1 / gamma) * kd * e.logMean
+                let sumLogY = kd * e.logMeanY
+                let sumLogC = kd * e.gamma - sumLogY
+                let ll = -kd * Double.log(sigma) - (1 + 1 / gamma) * sumLogY - sumLogC / gamma
                 if ll.isFinite, ll > best.logLikelihood {
-                    best = GPDFit(gpd: GPD(shape: gamma, scale: sigma), logLikelihood: ll, method: .moments, peakCount: k)
+                    best = GPDFit(gpd: GPD(shape: gamma, scale: sigma), logLikelihood: ll, method: .moments,
+                                  peakCount: k, censoredCount: m)
                 }
             }
         }
@@ -231,36 +329,62 @@ enum GrimshawCore {
     }
 
     struct Evaluation {
-        /// `w(x) = u v − 1`, computed as `L + V + L·V` with `L = u − 1`, `V = v − 1` so that it
-        /// keeps its relative accuracy near x = 0.
+        /// A function with the sign of `dℓ_p/dx`. Without censoring it is Grimshaw's
+        /// `w(x) = u v − 1`, computed as `L + V + L·V` (`L = u − 1`, `V = v − 1`) so that it keeps
+        /// its relative accuracy near x = 0. With `m` censored values it is
+        /// `γ(1 + V) + V − T_c/k`, `T_c = Σ xC/(1 + xC)`, which reduces to `w` for `m = 0`.
         var w: Double
-        /// `L = mean log(1 + xY) = u − 1` (the shape γ at this x).
-        var logMean: Double
+        /// The profile shape `γ(x) = (Σ log(1 + xY) + Σ log(1 + xC))/k`.
+        var gamma: Double
+        /// `Σ log(1 + xY)/k` over the uncensored peaks (equals `gamma` without censoring).
+        var logMeanY: Double
     }
 
     struct Evaluator {
         let y: UnsafeMutablePointer<Double>
         let padded: Int
+        let censored: UnsafeMutablePointer<Double>
+        let censoredPadded: Int
         let k: Double
 
-        /// One vectorized pass: `Σ log(1 + xY)` and `Σ xY/(1 + xY)`. Requires `1 + x max Y > 0`.
+        init(y: UnsafeMutablePointer<Double>, padded: Int, censored: UnsafeMutablePointer<Double>? = nil,
+             censoredPadded: Int = 0, k: Double) {
+            self.y = y
+            self.padded = padded
+            self.censored = censored ?? y
+            self.censoredPadded = censoredPadded
+            self.k = k
+        }
+
         func evaluate(_ x: Double) -> Evaluation {
+            let (sy, ty) = sums(y, padded, x)
+            let l = sy / k
+            let v = -ty / k
+            if censoredPadded == 0 {
+                return Evaluation(w: l + v + l * v, gamma: l, logMeanY: l)
+            }
+            let (sc, tc) = sums(censored, censoredPadded, x)
+            let gamma = l + sc / k
+            return Evaluation(w: gamma * (1 + v) + v - tc / k, gamma: gamma, logMeanY: l)
+        }
+
+        /// One vectorized pass: `(Σ log(1 + xY), Σ xY/(1 + xY))`. Requires `1 + x max Y > 0`.
+        @inline(__always)
+        private func sums(_ p: UnsafeMutablePointer<Double>, _ count: Int, _ x: Double) -> (Double, Double) {
             let xv = SIMD2<Double>(repeating: x)
             var accL0 = SIMD2<Double>(), accV0 = SIMD2<Double>()
             var accL1 = SIMD2<Double>(), accV1 = SIMD2<Double>()
             var i = 0
-            let raw = UnsafeRawPointer(y)
-            // Two independent 2-lane chains per iteration (padded is a multiple of 4).
-            while i < padded {
+            let raw = UnsafeRawPointer(p)
+            // Two independent 2-lane chains per iteration (count is a multiple of 4).
+            while i < count {
                 let (l0, v0) = term(xv, raw.loadUnaligned(fromByteOffset: i &* 8, as: SIMD2<Double>.self))
                 let (l1, v1) = term(xv, raw.loadUnaligned(fromByteOffset: (i &+ 2) &* 8, as: SIMD2<Double>.self))
                 accL0 += l0; accV0 += v0
                 accL1 += l1; accV1 += v1
                 i &+= 4
             }
-            let l = (accL0 + accL1).sum() / k
-            let v = -(accV0 + accV1).sum() / k
-            return Evaluation(w: l + v + l * v, logMean: l)
+            return ((accL0 + accL1).sum(), (accV0 + accV1).sum())
         }
 
         /// `(log(1 + t), t/(1 + t))` for `t = x y`, lane-wise, with one division for both the
@@ -272,6 +396,66 @@ enum GrimshawCore {
             let (logA, r) = logAndReciprocal(a)
             // log1p(t) = log(a) + (t − (a − 1))/a: the second term restores what rounding 1 + t lost.
             return (logA + (t - (a - 1)) * r, t * r)
+        }
+    }
+
+    /// The single-precision sign scan: the same sums as `Evaluator` on `Y/mean` (so `ξ = x·mean`
+    /// keeps every product in Float range), four lanes per SSE register, with an error bound.
+    struct FloatScanner {
+        let y: UnsafeMutablePointer<Float>
+        let padded: Int
+        let censored: UnsafeMutablePointer<Float>
+        let censoredPadded: Int
+        let k: Float
+
+        struct Result {
+            var w: Double
+            /// |w| at or below this may have the wrong sign (a conservative bound on the
+            /// single-precision rounding of the sums, which are sums of same-signed terms).
+            var errorBound: Double
+            /// The same quantities in single precision, for Brent's interpolation only.
+            var approximate: Evaluation
+        }
+
+        func evaluate(xi: Double) -> Result {
+            let x = Float(xi)
+            let (sy, ty) = sums(y, padded, x)
+            let l = Double(sy) / Double(k)
+            let v = -Double(ty) / Double(k)
+            var w: Double, bound: Double, gammaF = l
+            if censoredPadded == 0 {
+                w = l + v + l * v
+                bound = abs(l) * (1 + abs(v)) + abs(v) * (1 + abs(l))
+            } else {
+                let (sc, tc) = sums(censored, censoredPadded, x)
+                let gamma = l + Double(sc) / Double(k)
+                let c = Double(tc) / Double(k)
+                w = gamma * (1 + v) + v - c
+                bound = abs(gamma) * (1 + abs(v)) + abs(v) * (1 + abs(gamma)) + abs(c)
+                gammaF = gamma
+            }
+            return Result(w: w, errorBound: 2e-5 * bound + 1e-30,
+                          approximate: Evaluation(w: w, gamma: gammaF, logMeanY: l))
+        }
+
+        @inline(__always)
+        private func sums(_ p: UnsafeMutablePointer<Float>, _ count: Int, _ x: Float) -> (Float, Float) {
+            let xv = SIMD4<Float>(repeating: x)
+            var accL0 = SIMD4<Float>(), accV0 = SIMD4<Float>()
+            var accL1 = SIMD4<Float>(), accV1 = SIMD4<Float>()
+            var i = 0
+            let raw = UnsafeRawPointer(p)
+            while i < count {
+                let t0 = xv * raw.loadUnaligned(fromByteOffset: i &* 4, as: SIMD4<Float>.self)
+                let t1 = xv * raw.loadUnaligned(fromByteOffset: (i &+ 4) &* 4, as: SIMD4<Float>.self)
+                let a0 = 1 + t0, a1 = 1 + t1
+                let (g0, r0) = logAndReciprocal(a0)
+                let (g1, r1) = logAndReciprocal(a1)
+                accL0 += g0 + (t0 - (a0 - 1)) * r0; accV0 += t0 * r0
+                accL1 += g1 + (t1 - (a1 - 1)) * r1; accV1 += t1 * r1
+                i &+= 8
+            }
+            return ((accL0 + accL1).sum(), (accV0 + accV1).sum())
         }
     }
 
@@ -363,4 +547,34 @@ func logAndReciprocal(_ a: SIMD2<Double>) -> (log: SIMD2<Double>, reciprocal: SI
     let r = t2 + t1
     let hfsq = 0.5 * f * f
     return (kd * ln2Hi - ((hfsq - (s * (hfsq + r) + kd * ln2Lo)) - f), reciprocal)
+}
+
+private let lg1f: Float = 6.6666662693e-01
+private let lg2f: Float = 4.0000972152e-01
+private let lg3f: Float = 2.8498786688e-01
+private let lg4f: Float = 2.4279078841e-01
+private let ln2HiF: Float = 6.9313812256e-01
+private let ln2LoF: Float = 9.0580006145e-06
+
+/// Single-precision `(log a, 1/a)`, fdlibm `e_logf.c` polynomial, same reduction as the Double
+/// version. For the sign scan only.
+@inline(__always)
+func logAndReciprocal(_ a: SIMD4<Float>) -> (log: SIMD4<Float>, reciprocal: SIMD4<Float>) {
+    let ix = unsafeBitCast(a, to: SIMD4<UInt32>.self)
+    let tmp = ix &+ 0x004a_fb0d // 0x3f800000 − bits(√½ as Float)
+    let e = tmp &>> 23
+    let m = unsafeBitCast(ix &- ((e &- 127) &<< 23), to: SIMD4<Float>.self)
+    let kf = unsafeBitCast(e | 0x4b00_0000, to: SIMD4<Float>.self) - (8_388_608 + 127)
+    let f = m - 1
+    let g = 2 + f
+    let d = 1 / (a * g)
+    let s = f * a * d
+    let reciprocal = g * d
+    let z = s * s
+    let w = z * z
+    let t1 = w * (lg2f + w * lg4f)
+    let t2 = z * (lg1f + w * lg3f)
+    let r = t2 + t1
+    let hfsq = 0.5 * f * f
+    return (kf * ln2HiF - ((hfsq - (s * (hfsq + r) + kf * ln2LoF)) - f), reciprocal)
 }

@@ -25,7 +25,8 @@ struct SplitMix64: RandomNumberGenerator {
     /// Student t with 3 degrees of freedom: Z / sqrt(χ²₃/3).
     mutating func studentT3() -> Double {
         let z = normal()
-        let chi2 = normal() * normal() + normal() * normal() + normal() * normal()
+        var chi2 = 0.0
+        for _ in 0..<3 { let a = normal(); chi2 += a * a }
         return z / Foundation.sqrt(chi2 / 3)
     }
     mutating func gpd(_ g: GPD) -> Double { g.quantile(survival: uniform()) }
@@ -41,7 +42,13 @@ struct Reference: Decodable {
     struct Quantile: Decodable { var p: Double, y: Double }
     struct ClosedForm: Decodable { var shape: Double, scale: Double, points: [Point], quantiles: [Quantile] }
     struct Quantiles: Decodable { var sample: [Double], levels: [Double], values: [Double] }
+    struct Censored: Decodable {
+        var shape: Double, size: Int
+        var peaks: [Double], censored: [Double]
+        var scipy_shape: Double, scipy_scale: Double, scipy_loglik: Double
+    }
     var fits: [Fit]
+    var censored: [Censored]
     var closed_form: [ClosedForm]
     var quantiles: Quantiles
 

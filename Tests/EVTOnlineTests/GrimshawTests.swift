@@ -136,3 +136,127 @@ import Testing
         #expect(worst <= 1e-14)
     }
 }
+
+@Suite struct CensoredGrimshawTests {
+    /// Against scipy's `genpareto.fit(CensoredData(uncensored: y, right: c), floc=0)`.
+    @Test func censoredFitAgreesWithScipy() {
+        var fitter = GrimshawFitter(capacity: 1000)
+        for ref in Reference.shared.censored {
+            let fit = ref.peaks.withUnsafeBufferPointer { p in
+                ref.censored.withUnsafeBufferPointer { fitter.fit(p, censored: $0, minPeaks: 10) }
+            }
+            let tolerance = 1e-9 * abs(ref.scipy_loglik)
+            #expect(abs(fit.gpd.shape - ref.scipy_shape) <= 0.01 || fit.logLikelihood >= ref.scipy_loglik - tolerance,
+                    "γ=\(ref.shape) n=\(ref.size): ours \(fit.gpd.shape) \(fit.logLikelihood), scipy \(ref.scipy_shape) \(ref.scipy_loglik)")
+            #expect(fit.logLikelihood >= ref.scipy_loglik - tolerance)
+            let direct = ref.peaks.withUnsafeBufferPointer { p in
+                ref.censored.withUnsafeBufferPointer { fit.gpd.logLikelihood(p, censored: $0) }
+            }
+            #expect(relativeError(direct, fit.logLikelihood) <= 1e-9)
+        }
+    }
+
+    /// With no censored values the censored fit is the plain fit, bit for bit.
+    @Test func emptyCensoringIsThePlainFit() {
+        var rng = SplitMix64(seed: 21)
+        var fitter = GrimshawFitter(capacity: 300)
+        for shape in [-0.3, 0, 0.4] {
+            let y = (0..<200).map { _ in rng.gpd(GPD(shape: shape, scale: 1)) }
+            let plain = y.withUnsafeBufferPointer { fitter.fit($0, minPeaks: 10) }
+            let censored = y.withUnsafeBufferPointer { p in [Double]().withUnsafeBufferPointer { fitter.fit(p, censored: $0, minPeaks: 10) } }
+            #expect(plain == censored)
+        }
+    }
+
+    /// The censored fit is a maximum of the censored likelihood Σ log f(y) + Σ log S(c), and
+    /// reports that likelihood; censoring the top values at a point recovers the shape.
+    @Test(arguments: [-0.2, 0.0, 0.3])
+    func censoredFitMaximizesTheCensoredLikelihood(shape: Double) {
+        var rng = SplitMix64(seed: 40 + UInt64(shape * 10 + 5))
+        let g = GPD(shape: shape, scale: 1)
+        let c0 = g.quantile(survival: 0.05)
+        let all = (0..<2000).map { _ in rng.gpd(g) }
+        let y = all.filter { $0 <= c0 }
+        let c = [Double](repeating: c0, count: all.count - y.count)
+        var fitter = GrimshawFitter(capacity: 2000)
+        let fit = y.withUnsafeBufferPointer { p in c.withUnsafeBufferPointer { fitter.fit(p, censored: $0, minPeaks: 10) } }
+        #expect(fit.censoredCount == c.count && fit.peakCount == y.count)
+        func ll(_ s: Double, _ sc: Double) -> Double {
+            y.withUnsafeBufferPointer { p in c.withUnsafeBufferPointer { GPD(shape: s, scale: sc).logLikelihood(p, censored: $0) } }
+        }
+        let best = ll(fit.gpd.shape, fit.gpd.scale)
+        #expect(relativeError(best, fit.logLikelihood) <= 1e-9)
+        for ds in [-0.01, 0.01] { for f in [0.99, 1.01] {
+            #expect(ll(fit.gpd.shape + ds, fit.gpd.scale * f) <= best)
+        } }
+        #expect(abs(fit.gpd.shape - shape) <= 0.15, "censored fit γ \(fit.gpd.shape) for true \(shape)")
+        // Dropping the censored values instead (truncation) biases the shape down.
+        let truncated = y.withUnsafeBufferPointer { fitter.fit($0, minPeaks: 10) }
+        #expect(truncated.gpd.shape < fit.gpd.shape)
+    }
+}
+
+@Suite struct ScanPrecisionTests {
+    /// Wherever the single-precision scan claims a sign (|w| above its error bound), the
+    /// double-precision w has that sign.
+    @Test func floatScanSignsAreExactOutsideTheirErrorBound() {
+        var rng = SplitMix64(seed: 77)
+        for shape in [-0.4, -0.1, 0, 0.2, 0.7] {
+            for n in [16, 100, 256] {
+                var y = (0..<n).map { _ in rng.gpd(GPD(shape: shape, scale: 0.01)) }
+                let mean = y.reduce(0, +) / Double(n), maxY = y.max()!
+                let padded = GrimshawCore.paddedCount8(n)
+                var yf = y.map { Float($0 / mean) } + [Float](repeating: 0, count: padded - n)
+                y += [Double](repeating: 0, count: GrimshawCore.paddedCount(n) - n)
+                y.withUnsafeMutableBufferPointer { yb in
+                    yf.withUnsafeMutableBufferPointer { fb in
+                        let exact = GrimshawCore.Evaluator(y: yb.baseAddress!, padded: yb.count, k: Double(n))
+                        let scan = GrimshawCore.FloatScanner(y: fb.baseAddress!, padded: padded, censored: fb.baseAddress!,
+                                                             censoredPadded: 0, k: Float(n))
+                        var xs = (1..<200).map { -(Double($0) / 200) / maxY }
+                        xs += (0..<200).map { Foundation.pow(10, -4 + 8 * Double($0) / 200) / mean }
+                        for x in xs {
+                            let f = scan.evaluate(xi: x * mean)
+                            let e = exact.evaluate(x)
+                            if abs(f.w) > f.errorBound {
+                                #expect((f.w > 0) == (e.w > 0), "γ=\(shape) n=\(n) x=\(x): float \(f.w) ± \(f.errorBound), double \(e.w)")
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    @Test func floatLogIsAccurateEnoughForTheBound() {
+        var rng = SplitMix64(seed: 6)
+        for _ in 0..<10_000 {
+            let a = Float(Foundation.exp(30 * (rng.uniform() - 0.5)))
+            let (l, r) = logAndReciprocal(SIMD4<Float>(repeating: a))
+            let truth = Foundation.log(Double(a))
+            #expect(abs(Double(l[0]) - truth) <= 3e-7 * max(1, abs(truth)))
+            #expect(relativeError(Double(r[0]), 1 / Double(a)) <= 5e-7)
+        }
+    }
+}
+
+@Suite struct GrimshawPreconditionTests {
+    @Test func floatCensoredFitEqualsDoubleCensoredFit() {
+        var rng = SplitMix64(seed: 12)
+        let y = (0..<120).map { _ in Float(rng.gpd(GPD(shape: 0.1, scale: 1))) }
+        let c: [Float] = [4, 5]
+        var fitter = GrimshawFitter(capacity: 128)
+        let a = y.withUnsafeBufferPointer { p in c.withUnsafeBufferPointer { fitter.fit(p, censored: $0, minPeaks: 10) } }
+        let yd = y.map(Double.init), cd = c.map(Double.init)
+        let b = yd.withUnsafeBufferPointer { p in cd.withUnsafeBufferPointer { fitter.fit(p, censored: $0, minPeaks: 10) } }
+        #expect(a == b && a.censoredCount == 2)
+    }
+
+    @Test func capacityOverflowTraps() async {
+        await #expect(processExitsWith: .failure) {
+            var fitter = GrimshawFitter(capacity: 4)
+            let y: [Double] = [1, 2, 3, 4, 5]
+            _ = y.withUnsafeBufferPointer { fitter.fit($0, minPeaks: 3) }
+        }
+    }
+}
