@@ -131,3 +131,15 @@ def save_fig(fig, name):
 def load_json(path):
     with open(path) as f:
         return json.load(f)
+
+
+class LowerTail:
+    """Wraps a scorer to score the LOWER tail: a filter is salient when its saliency is unusually small
+    (the scorer is fitted on -ref and applied to -rows). Not part of the method; a diagnostic."""
+
+    def __init__(self, cls, ref, **kw):
+        self.inner = cls(-np.asarray(ref, dtype=np.float64), **kw)
+        self.name = cls.name + " (lower tail)"
+
+    def rank_keys(self, rows):
+        return self.inner.rank_keys(-np.asarray(rows, dtype=np.float64))
