@@ -12,8 +12,13 @@ import SaliencyCore
 ///    Grimshaw GPD fit, the extreme threshold `z_j`, the Welford moments `μ_j`, `σ_j`, and a
 ///    17-point quantile sketch of its body for ranking below-threshold values.
 /// 2. **Monitoring**: for every value `s` of a row:
-///    - `s > z_j`: an *extreme exceedance*; reported, counted, and NOT absorbed (neither `n_j`,
-///      the peaks nor the moments change: an anomaly must not teach the model it is normal);
+///    - `s > z_j`: an *extreme exceedance*; reported and counted. Its size is never learned: it
+///      enters the peaks ring as a peak right-censored at `z_j − t_j` (`n_j` and `N_t,j` grow) and
+///      stays out of the z-score moments. Dropping extremes outright (method.md §3 as first
+///      written) truncates the peak sample at `z`, pushes each refit's shape negative and lowers
+///      `z`, so the exceedance rate runs away to 6–11·q (measured: docs/statistics.md); censoring
+///      keeps it within [0.5, 2]·q while an extreme 10⁶ above `z` moves the model no more than one
+///      just above it;
 ///    - `t_j < s ≤ z_j`: a peak `s − t_j` enters the ring, `N_t,j` and `n_j` grow;
 ///    - otherwise `n_j` grows. Moments absorb every non-extreme value.
 ///
@@ -146,6 +151,7 @@ public final class FilterBank {
     var fitter: GrimshawFitter
     let scores: UnsafeMutablePointer<Double>
     let fitScratch: UnsafeMutablePointer<Float>
+    let censorScratch: UnsafeMutablePointer<Float>
 
     /// - Throws: `SaliencyError(.invalidConfiguration)` when `configuration` is invalid or `filterCount < 1`.
     public init(filterCount: Int, configuration: POTConfiguration = .init()) throws(SaliencyError) {
@@ -170,13 +176,13 @@ public final class FilterBank {
         extremesTotal = col(0); blockExtremes = col(0)
         ntAtFit = col(0); shape = col(0); scale = col(1); extD = col(.infinity); method = col(255)
         wCount = col(0); wMean = col(0); wM2 = col(0); sketch = col(0, k * Self.sketchPoints)
-        isDue = col(false); inQueue = col(false); queue = col(0); extremeOut = col(0); scores = col(0); fitScratch = col(0, configuration.maxPeaks)
+        isDue = col(false); inQueue = col(false); queue = col(0); extremeOut = col(0); scores = col(0); fitScratch = col(0, configuration.maxPeaks); censorScratch = col(0, configuration.maxPeaks)
         calib = col(0, k * configuration.calibration)
         fitter = GrimshawFitter(capacity: max(configuration.maxPeaks, configuration.calibration))
     }
 
     deinit {
-        for p in [thr, ext, shift, bsum, bsumsq, ring, sketch, fitScratch] as [UnsafeMutablePointer<Float>] { p.deallocate() }
+        for p in [thr, ext, shift, bsum, bsumsq, ring, sketch, fitScratch, censorScratch] as [UnsafeMutablePointer<Float>] { p.deallocate() }
         for p in [thrD, shape, scale, extD, wCount, wMean, wM2, scores] as [UnsafeMutablePointer<Double>] { p.deallocate() }
         for p in [head, ringCount, sinceFit] as [UnsafeMutablePointer<UInt32>] { p.deallocate() }
         extremesTotal.deallocate(); ntAtFit.deallocate(); blockExtremes.deallocate(); method.deallocate()
@@ -305,22 +311,27 @@ public final class FilterBank {
 
     @inline(__always)
     private func handleExceedance(_ j: Int, _ s: Float, extreme: Bool) -> Int {
+        let excess: Float
         if extreme {
             extremesTotal[j] &+= 1
             blockExtremes[j] &+= 1
             extremeOut[extremeCount] = Int32(truncatingIfNeeded: j)
             extremeCount &+= 1
-            return 0
+            // Right-censored at z − t: the tail learns that *something* exceeded z, never how far.
+            // Stored negated (sign bit = censored), so the ring needs no extra flag.
+            excess = -Float(extD[j] - thrD[j])
+        } else {
+            excess = Float(Double(s) - thrD[j])
         }
         let h = Int(head[j])
-        ring[j &* cap &+ h] = Float(Double(s) - thrD[j])
+        ring[j &* cap &+ h] = excess
         head[j] = h &+ 1 == cap ? 0 : UInt32(h &+ 1)
         if Int(ringCount[j]) < cap { ringCount[j] &+= 1 }
         let since = sinceFit[j] &+ 1
         sinceFit[j] = since
         if since == UInt32(configuration.refitAfterPeaks) { markDue(j) }
         if since == UInt32.max { ntAtFit[j] &+= UInt64(since); sinceFit[j] = 0 }  // never reached in practice
-        return 1
+        return extreme ? 0 : 1
     }
 
     @inline(__always)
@@ -456,17 +467,19 @@ public final class FilterBank {
     /// Full Grimshaw fit on filter j's ring; recomputes z_j. Clears its due flag.
     private func fitFilter(_ j: Int) {
         let count = Int(ringCount[j])
-        // Oldest first, so a refit is bit-identical to a batch fit on the same peaks in arrival order.
+        // Oldest first, split into observed and censored excesses, so a refit is bit-identical to a
+        // batch fit on the same peaks in arrival order.
         let base = ring + j * cap
-        let fit: GPDFit
-        if count == cap && head[j] != 0 {
-            let h = Int(head[j])
-            (fitScratch).update(from: base + h, count: cap - h)
-            (fitScratch + (cap - h)).update(from: base, count: h)
-            fit = fitter.fit(UnsafeBufferPointer(start: fitScratch, count: count), minPeaks: configuration.minPeaks)
-        } else {
-            fit = fitter.fit(UnsafeBufferPointer(start: base, count: count), minPeaks: configuration.minPeaks)
+        let start = count == cap ? Int(head[j]) : 0
+        var nObs = 0, nCens = 0
+        for i in 0..<count {
+            var idx = start + i
+            if idx >= cap { idx -= cap }
+            let v = base[idx]
+            if v.sign == .minus { censorScratch[nCens] = -v; nCens += 1 } else { fitScratch[nObs] = v; nObs += 1 }
         }
+        let fit = fitter.fit(UnsafeBufferPointer(start: fitScratch, count: nObs),
+                             censored: UnsafeBufferPointer(start: censorScratch, count: nCens), minPeaks: configuration.minPeaks)
         refitCount &+= 1
         ntAtFit[j] &+= UInt64(sinceFit[j])
         sinceFit[j] = 0
@@ -486,8 +499,8 @@ public final class FilterBank {
         }
     }
 
-    /// `n_j`: valid rows minus this filter's extreme exceedances.
-    @inline(__always) func nPOT(_ j: Int) -> UInt64 { rows - extremesTotal[j] }
+    /// `n_j`: valid rows (extremes count: they enter the tail as censored peaks).
+    @inline(__always) func nPOT(_ j: Int) -> UInt64 { rows }
     @inline(__always) func nt(_ j: Int) -> UInt64 { ntAtFit[j] + UInt64(sinceFit[j]) }
 
     // MARK: - Scores and ranking

@@ -279,7 +279,7 @@ struct Replay: ParsableCommand {
         guard from >= 0, from <= end else { throw ValidationError("--from \(from) is outside 0...\(end)") }
         let ctx = try ZMQContext()
         // XPUB: we see the daemon's subscription arrive, so no message is lost to the slow-joiner.
-        let pub = try ctx.socket(.xpub)
+        let pub = try ctx.socket(.xpub, linger: 30_000)   // closing waits (≤ 30 s) until queued rows are sent
         try endpoints.secure(pub)
         try pub.setSendHighWaterMark(0)
         try pub.connect(endpoints.feed)
@@ -330,7 +330,6 @@ struct Replay: ParsableCommand {
             _ = try pub.send(payload)
         }
         let secs = Date().timeIntervalSince(start)
-        Thread.sleep(forTimeInterval: 0.2)   // let libzmq flush before the context closes (linger 0)
         let n = end - from
         if output.json {
             try IO.printJSON(["published": Double(n), "seconds": secs, "rows_per_second": Double(n) / max(secs, 1e-9)])

@@ -178,8 +178,17 @@ func feed(_ bank: FilterBank, _ row: [Float]) -> FilterBank.RowResult {
         #expect(ex.contains(4) && ex.contains(7))
         let after4 = bank.report(filter: 4)
         #expect(after4.extremes == 1)
-        #expect(after4.n == before[4].n)              // not absorbed
-        #expect(after4.peaks == before[4].peaks)
+        #expect(after4.n == before[4].n + 1)          // counted, as a censored peak
+        #expect(after4.peaks == before[4].peaks + 1)
+        // Its size is not learned: a 10⁶× larger extreme leaves the same state.
+        let twin = try FilterBank(filterCount: k, configuration: config(calibration: 300))
+        var f2 = SyntheticFeed(seed: 6, filters: k)
+        for r in f2.rows(300) { feed(twin, r) }
+        var row2 = row
+        row2[4] = row[4] * 1e6
+        feed(twin, row2)
+        twin.refit(filter: 4); bank.refit(filter: 4)
+        #expect(twin.report(filter: 4) == bank.report(filter: 4))
         let m = bank.moments(4)
         #expect(abs(m.mean - before[4].mean) < 1e-6 * max(1, abs(before[4].mean)))
     }
@@ -205,7 +214,7 @@ func feed(_ bank: FilterBank, _ row: [Float]) -> FilterBank.RowResult {
             let m = bank.moments(j)
             #expect(abs(m.mean - mean) <= 2e-6 * abs(mean), "filter \(j)")
             #expect(abs(m.standardDeviation - sd) <= 2e-5 * sd, "filter \(j)")
-            #expect(bank.report(filter: j).n == UInt64(xs.count))
+            #expect(bank.report(filter: j).n == UInt64(n + 777))   // every valid row counts in n
         }
     }
 
@@ -240,12 +249,14 @@ func feed(_ bank: FilterBank, _ row: [Float]) -> FilterBank.RowResult {
         for i in 0..<3000 {
             let row = f.row()
             let before = (0..<k).map { bank.report(filter: $0).peaksSinceFit }
+            let censorAt = (0..<k).map { j -> Double in let r = bank.report(filter: j); return r.extremeThreshold - r.threshold }
             feed(bank, row)
             let ex = Set(bank.lastExtremes.map(Int.init))
             for j in 0..<k {
                 let rep = bank.report(filter: j)
                 let t = rep.threshold
-                if Double(row[j]) > t && !ex.contains(j) { peaks[j].append(Float(Double(row[j]) - t)) }
+                if ex.contains(j) { peaks[j].append(-Float(censorAt[j])) }
+                else if Double(row[j]) > t { peaks[j].append(Float(Double(row[j]) - t)) }
                 if rep.due, dueSince[j] == nil { dueSince[j] = i }
                 if !rep.due, let s = dueSince[j] {
                     maxLag = max(maxLag, i - s)
@@ -253,7 +264,8 @@ func feed(_ bank: FilterBank, _ row: [Float]) -> FilterBank.RowResult {
                 }
                 if rep.peaksSinceFit == 0 && before[j] > 0 {   // refit in this row: compare with a full refit
                     let last = Array(peaks[j].suffix(32))
-                    let fit = last.withUnsafeBufferPointer { fitter.fit($0, minPeaks: cfg.minPeaks) }
+                    let obs = last.filter { $0.sign == .plus }, cens = last.filter { $0.sign == .minus }.map { -$0 }
+                    let fit = obs.withUnsafeBufferPointer { o in cens.withUnsafeBufferPointer { c in fitter.fit(o, censored: c, minPeaks: cfg.minPeaks) } }
                     #expect(rep.shape == fit.gpd.shape && rep.scale == fit.gpd.scale, "filter \(j) row \(i)")
                     checkedRefits += 1
                 }

@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# The whole test suite, on a fresh machine: installs what it needs, builds, runs every test.
+# Usage: scripts/test.sh            (CI calls exactly this through .ci/run)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$PWD
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "system packages (libzmq3-dev, systemd for unit checks)"
+need=()
+pkg-config --exists libzmq 2>/dev/null || need+=(libzmq3-dev pkg-config)
+command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
+if ((${#need[@]})); then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+
+step "python packages (tap, reference scripts, tests)"
+python3 -m pip install -q --disable-pip-version-check numpy scipy pyzmq pytest 'torch==2.13.0' 2>&1 | grep -v "WARNING: Running pip as the 'root'" || true
+python3 -m pip install -q --disable-pip-version-check --no-deps -e clients/python 2>&1 | grep -v "WARNING: Running pip as the 'root'" || true
+
+step "swift build (debug, with tests)"
+swift build --build-tests 2>&1 | grep -vE "^\[[0-9]+/[0-9]+\]|prohibited flag" || true
+test -x .build/debug/saliencyd && test -x .build/debug/saliencyctl
+
+step "swift test"
+export SALIENCYD_BIN="$root/.build/debug/saliencyd" SALIENCYCTL="$root/.build/debug/saliencyctl"
+swift test --skip-build 2>&1 | grep -vE "^(✔ Test .* (passed|started)|◇ Test .* started)" 
+
+step "python tests (tap, daemon round trip, synthetic evaluation)"
+pytest_dirs=(clients/python/tests)
+[ -d tests/python ] && pytest_dirs+=(tests/python)
+python3 -m pytest -q "${pytest_dirs[@]}"
+
+step "systemd unit and example configuration"
+bash scripts/check_systemd.sh "$root/.build/debug/saliencyd"
+
+step "all checks passed"
