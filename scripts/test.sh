@@ -19,7 +19,7 @@ fi
 
 step "python packages (tap, reference scripts, tests)"
 python3 -m pip install -q --disable-pip-version-check numpy scipy pyzmq pytest 'torch==2.13.0' 2>&1 | grep -v "WARNING: Running pip as the 'root'" || true
-python3 -m pip install -q --disable-pip-version-check --no-deps -e clients/python 2>&1 | grep -v "WARNING: Running pip as the 'root'" || true
+python3 -m pip install -q --disable-pip-version-check --no-build-isolation --no-deps -e clients/python 2>&1 | grep -v "WARNING: Running pip as the 'root'" || true
 
 step "swift build (debug, with tests)"
 swift build --build-tests 2>&1 | grep -vE "^\[[0-9]+/[0-9]+\]|prohibited flag" || true
