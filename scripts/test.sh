@@ -27,7 +27,9 @@ test -x .build/debug/saliencyd && test -x .build/debug/saliencyctl
 
 step "swift test"
 export SALIENCYD_BIN="$root/.build/debug/saliencyd" SALIENCYCTL="$root/.build/debug/saliencyctl"
-swift test --skip-build 2>&1 | grep -vE "^(✔ Test .* (passed|started)|◇ Test .* started)" 
+# Per-test "passed"/"started" lines are dropped; failures, suites and the closing line stay.
+set -o pipefail
+swift test --skip-build 2>&1 | awk '/^✔ Test run with/ || !(/^✔ Test / || /^◇ Test .* started/)' 
 
 step "python tests (tap, daemon round trip, synthetic evaluation)"
 pytest_dirs=(clients/python/tests)

@@ -28,7 +28,7 @@ extension FilterBank {
         w.write(raw: extD, count: k); w.write(raw: method, count: k)
         w.write(raw: wCount, count: k); w.write(raw: wMean, count: k); w.write(raw: wM2, count: k)
         w.write(raw: sketch, count: k * Self.sketchPoints)
-        w.write(raw: isDue, count: k); w.write(raw: inQueue, count: k); w.write(raw: queue, count: k)
+        w.write(raw: isDue, count: k); w.write(raw: inQueue, count: k); w.write(raw: frozen, count: k); w.write(raw: queue, count: k)
         w.write(Int64(queueHead)); w.write(Int64(queueCount)); w.write(Int64(blockFill)); w.write(refitCredit)
         w.write(UInt32(rejected.count))
         for (r, n) in rejected.sorted(by: { $0.key.rawValue < $1.key.rawValue }) {
@@ -58,7 +58,7 @@ extension FilterBank {
         var live = expected
         live.refitsPerRow = expected.refitsPerRow
         // Cheap size check before allocating: the fixed part alone must be present.
-        let fixed = k * (5 * 4 + 3 * 4 + cap * 4 + 8 + 8 + 2 + 8 + 8 + 8 + 8 + 1 + 8 + 8 + 8 + Self.sketchPoints * 4 + 1 + 1 + 4)
+        let fixed = k * (5 * 4 + 3 * 4 + cap * 4 + 8 + 8 + 2 + 8 + 8 + 8 + 8 + 1 + 8 + 8 + 8 + Self.sketchPoints * 4 + 1 + 1 + 1 + 4)
         guard r.remaining >= fixed else { throw bad("truncated: \(r.remaining) bytes left, the state of \(k) filters needs at least \(fixed)") }
         try self.init(filterCount: k, configuration: live)
         rows = try r.read(UInt64.self, "rows")
@@ -84,11 +84,11 @@ extension FilterBank {
         try r.read(raw: wCount, count: k, "moment counts"); try r.read(raw: wMean, count: k, "means"); try r.read(raw: wM2, count: k, "M2")
         try r.read(raw: sketch, count: k * Self.sketchPoints, "sketches")
         // Bool columns: validate bytes before trusting them as Bool.
-        let flags = UnsafeMutablePointer<UInt8>.allocate(capacity: 2 * k)
+        let flags = UnsafeMutablePointer<UInt8>.allocate(capacity: 3 * k)
         defer { flags.deallocate() }
-        try r.read(raw: flags, count: 2 * k, "due flags")
-        for j in 0..<(2 * k) where flags[j] > 1 { throw bad("due flag \(flags[j]) at \(j)") }
-        for j in 0..<k { isDue[j] = flags[j] == 1; inQueue[j] = flags[k + j] == 1 }
+        try r.read(raw: flags, count: 3 * k, "due/queue/frozen flags")
+        for j in 0..<(3 * k) where flags[j] > 1 { throw bad("flag \(flags[j]) at \(j)") }
+        for j in 0..<k { isDue[j] = flags[j] == 1; inQueue[j] = flags[k + j] == 1; frozen[j] = flags[2 * k + j] == 1 }
         try r.read(raw: queue, count: k, "refit queue")
         queueHead = Int(try r.read(Int64.self, "queue head")); queueCount = Int(try r.read(Int64.self, "queue count"))
         blockFill = Int(try r.read(Int64.self, "block fill")); refitCredit = try r.readDouble("refit credit")

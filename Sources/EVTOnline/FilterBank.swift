@@ -137,6 +137,10 @@ public final class FilterBank {
     let wM2: UnsafeMutablePointer<Double>
     let sketch: UnsafeMutablePointer<Float>    // K × 17 quantiles of the calibration body
     let isDue: UnsafeMutablePointer<Bool>
+    /// Filters whose tail model is held fixed (their alert is firing): peaks and extremes are
+    /// counted and reported but do not enter the ring, so a persistent shift cannot teach the
+    /// model that it is normal. n still grows for every row.
+    let frozen: UnsafeMutablePointer<Bool>
     let inQueue: UnsafeMutablePointer<Bool>
     let queue: UnsafeMutablePointer<Int32>     // FIFO of due filters (capacity K)
     var queueHead = 0
@@ -176,7 +180,7 @@ public final class FilterBank {
         extremesTotal = col(0); blockExtremes = col(0)
         ntAtFit = col(0); shape = col(0); scale = col(1); extD = col(.infinity); method = col(255)
         wCount = col(0); wMean = col(0); wM2 = col(0); sketch = col(0, k * Self.sketchPoints)
-        isDue = col(false); inQueue = col(false); queue = col(0); extremeOut = col(0); scores = col(0); fitScratch = col(0, configuration.maxPeaks); censorScratch = col(0, configuration.maxPeaks)
+        isDue = col(false); frozen = col(false); inQueue = col(false); queue = col(0); extremeOut = col(0); scores = col(0); fitScratch = col(0, configuration.maxPeaks); censorScratch = col(0, configuration.maxPeaks)
         calib = col(0, k * configuration.calibration)
         fitter = GrimshawFitter(capacity: max(configuration.maxPeaks, configuration.calibration))
     }
@@ -186,7 +190,7 @@ public final class FilterBank {
         for p in [thrD, shape, scale, extD, wCount, wMean, wM2, scores] as [UnsafeMutablePointer<Double>] { p.deallocate() }
         for p in [head, ringCount, sinceFit] as [UnsafeMutablePointer<UInt32>] { p.deallocate() }
         extremesTotal.deallocate(); ntAtFit.deallocate(); blockExtremes.deallocate(); method.deallocate()
-        isDue.deallocate(); inQueue.deallocate(); queue.deallocate(); extremeOut.deallocate()
+        isDue.deallocate(); frozen.deallocate(); inQueue.deallocate(); queue.deallocate(); extremeOut.deallocate()
         calib?.deallocate()
     }
 
@@ -322,6 +326,10 @@ public final class FilterBank {
             excess = -Float(extD[j] - thrD[j])
         } else {
             excess = Float(Double(s) - thrD[j])
+        }
+        if frozen[j] {   // an alerting filter learns nothing until it resolves; N_t still counts
+            ntAtFit[j] &+= 1
+            return extreme ? 0 : 1
         }
         let h = Int(head[j])
         ring[j &* cap &+ h] = excess
@@ -663,6 +671,17 @@ public final class FilterBank {
             return RankedFilter(filter: key.2, score: key.0, p: p)
         }
     }
+
+    // MARK: - Freezing
+
+    /// Holds filter `j`'s tail model fixed (`true`) or lets it learn again (`false`). The daemon
+    /// freezes a filter while its alert fires. O(1).
+    public func setFrozen(_ j: Int, _ on: Bool) {
+        precondition(j >= 0 && j < filterCount)
+        frozen[j] = on
+    }
+
+    public func isFrozen(_ j: Int) -> Bool { frozen[j] }
 
     // MARK: - Introspection
 

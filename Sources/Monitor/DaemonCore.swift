@@ -195,7 +195,9 @@ final class DaemonCore {
                 window: engine.tracker.rule.window, value: Double(row[j]), resent: nil)
             publish(&rec, layer: layer, status: .firing)
             engine.active[j] = rec
+            bank.setFrozen(j, true)
         case .resolved(let j):
+            bank.setFrozen(j, false)
             guard var rec = engine.active.removeValue(forKey: j) else { return }
             rec.status = "resolved"
             rec.endsAt = AlertRecord.timestamp()

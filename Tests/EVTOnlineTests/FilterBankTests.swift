@@ -305,6 +305,24 @@ func feed(_ bank: FilterBank, _ row: [Float]) -> FilterBank.RowResult {
         }
     }
 
+    /// A frozen (alerting) filter keeps its tail model through a persistent shift; unfrozen, it learns again.
+    @Test func frozenFiltersDoNotLearnTheShift() throws {
+        let k = 6
+        let bank = try FilterBank(filterCount: k, configuration: config(calibration: 300, refits: 1e6))
+        var f = SyntheticFeed(seed: 30, filters: k)
+        for r in f.rows(300) { feed(bank, r) }
+        bank.setFrozen(2, true)
+        let before = bank.report(filter: 2)
+        for _ in 0..<400 { var r = f.row(); r[2] *= 5; r[3] *= 5; feed(bank, r) }
+        let frozen = bank.report(filter: 2), learning = bank.report(filter: 3)
+        #expect(frozen.shape == before.shape && frozen.scale == before.scale && frozen.extremeThreshold == before.extremeThreshold)
+        #expect(frozen.peaks > before.peaks && frozen.n == before.n + 400)   // counted, not learned
+        #expect(learning.peaksSinceFit < 32 && bank.refitCount > UInt64(k))
+        bank.setFrozen(2, false)
+        for _ in 0..<200 { var r = f.row(); r[2] *= 5; feed(bank, r) }
+        #expect(bank.report(filter: 2).extremeThreshold != before.extremeThreshold)
+    }
+
     @Test func stateIsBoundedAtDefaults() throws {
         let bank = try FilterBank(filterCount: 8)
         #expect(bank.bytesPerFilter <= 2048)
