@@ -39,7 +39,8 @@ extension FilterBank {
 
     /// Restores a bank from `serializedState()`. The configuration stored must match `configuration`
     /// in everything that shapes the state (level, q, calibration, peaks); refit budget may differ.
-    public convenience init(restoring bytes: [UInt8], configuration expected: POTConfiguration) throws(SaliencyError) {
+    /// `expected == nil` accepts the stored settings (inspection tools).
+    public convenience init(restoring bytes: [UInt8], configuration expectedOrNil: POTConfiguration?) throws(SaliencyError) {
         var r = ByteReader(bytes)
         func bad(_ m: String) -> SaliencyError { SaliencyError(.corruptState, m) }
         let version = try r.read(UInt32.self, "version")
@@ -51,6 +52,8 @@ extension FilterBank {
         c.calibration = Int(try r.read(Int64.self)); c.maxPeaks = Int(try r.read(Int64.self)); c.minPeaks = Int(try r.read(Int64.self))
         c.refitAfterPeaks = Int(try r.read(Int64.self)); c.refitsPerRow = try r.readDouble(); c.driftWindow = Int(try r.read(Int64.self))
         guard cap == c.maxPeaks, k >= 1, k <= 1 << 24 else { throw bad("inconsistent header: K=\(k), ring=\(cap), max_peaks=\(c.maxPeaks)") }
+        do { try c.validate() } catch { throw bad("stored settings are invalid: \(error.message)") }
+        let expected = expectedOrNil ?? c
         guard c.level == expected.level, c.q == expected.q, c.calibration == expected.calibration, c.maxPeaks == expected.maxPeaks,
               c.minPeaks == expected.minPeaks, c.refitAfterPeaks == expected.refitAfterPeaks, c.driftWindow == expected.driftWindow else {
             throw SaliencyError(.invalidConfiguration, "snapshot was learned with pot settings level=\(c.level) q=\(c.q) calibration=\(c.calibration) max_peaks=\(c.maxPeaks) min_peaks=\(c.minPeaks) refit_after_peaks=\(c.refitAfterPeaks); the configuration now says level=\(expected.level) q=\(expected.q) calibration=\(expected.calibration) max_peaks=\(expected.maxPeaks) min_peaks=\(expected.minPeaks) refit_after_peaks=\(expected.refitAfterPeaks)")

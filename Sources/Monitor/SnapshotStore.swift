@@ -71,7 +71,7 @@ final class SnapshotStore {
     }
 
     /// Decodes and checks a snapshot against the running configuration. Throws with the reason.
-    static func decode(_ bytes: [UInt8], configuration: DaemonConfiguration) throws(SaliencyError) -> Restored {
+    static func decode(_ bytes: [UInt8], configuration: DaemonConfiguration, acceptStoredSettings: Bool = false) throws(SaliencyError) -> Restored {
         func bad(_ m: String) -> SaliencyError { SaliencyError(.corruptState, m) }
         var r = ByteReader(bytes)
         var m: [UInt8] = []
@@ -102,7 +102,7 @@ final class SnapshotStore {
             let active = try decodeJSON([AlertRecord].self, "active alerts")
             let modelAlert = try decodeJSON([AlertRecord].self, "model alert")
             let layerExtremes = try decodeJSON([UInt64].self, "layer extremes")
-            let bank = try FilterBank(restoring: bankBytes, configuration: configuration.pot)
+            let bank = try FilterBank(restoring: bankBytes, configuration: acceptStoredSettings ? nil : configuration.pot)
             guard bank.filterCount == schema.filterCount else { throw bad("model '\(schema.model)': bank has \(bank.filterCount) filters, schema \(schema.filterCount)") }
             let tracker = try AlertTracker(state: trackerState)
             guard tracker.filterCount == schema.filterCount, layerExtremes.count == schema.layers.count else { throw bad("model '\(schema.model)': alert state does not match the schema") }
@@ -183,17 +183,19 @@ public enum SnapshotInspector {
         public var model: String; public var fingerprint: String; public var filters: Int; public var layers: Int
         public var phase: String; public var rows: UInt64; public var refits: UInt64; public var firing: Int
         public var tails: [String: Int]; public var extremes: UInt64
+        public var level: Double; public var q: Double; public var calibration: Int; public var max_peaks: Int
     }
     public struct Summary: Codable, Sendable {
         public var file: String; public var bytes: Int; public var version: UInt32; public var checksum_ok: Bool
         public var next_alert_seq: UInt64; public var producers: Int; public var models: [ModelSummary]
     }
 
-    /// Decodes and checks `path` with the given pot settings (they must match the ones it was learned with).
-    public static func inspect(path: String, configuration: DaemonConfiguration = DaemonConfiguration()) throws(SaliencyError) -> Summary {
+    /// Decodes and checks `path`. With a configuration, its [pot] settings must match the ones the
+    /// snapshot was learned with (as the daemon requires); without, the stored settings are reported.
+    public static func inspect(path: String, configuration: DaemonConfiguration? = nil) throws(SaliencyError) -> Summary {
         guard let data = FileManager.default.contents(atPath: path) else { throw SaliencyError(.io, "cannot read '\(path)'") }
         let bytes = [UInt8](data)
-        let r = try SnapshotStore.decode(bytes, configuration: configuration)
+        let r = try SnapshotStore.decode(bytes, configuration: configuration ?? DaemonConfiguration(), acceptStoredSettings: configuration == nil)
         let models = r.engines.sorted { $0.schema.model < $1.schema.model }.map { e -> ModelSummary in
             var tails: [String: Int] = [:]
             var extremes: UInt64 = 0
@@ -204,7 +206,8 @@ public enum SnapshotInspector {
             }
             return ModelSummary(model: e.schema.model, fingerprint: SchemaMessage.hex(e.fingerprint), filters: e.filterCount, layers: e.schema.layers.count,
                                 phase: e.bank.isCalibrated ? "monitoring" : "calibrating", rows: e.bank.rows, refits: e.bank.refitCount,
-                                firing: e.active.count, tails: tails, extremes: extremes)
+                                firing: e.active.count, tails: tails, extremes: extremes, level: e.bank.configuration.level,
+                                q: e.bank.configuration.q, calibration: e.bank.configuration.calibration, max_peaks: e.bank.configuration.maxPeaks)
         }
         return Summary(file: path, bytes: bytes.count, version: SnapshotStore.version, checksum_ok: true, next_alert_seq: r.nextAlertSeq,
                        producers: r.producers.count, models: models)

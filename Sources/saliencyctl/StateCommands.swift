@@ -10,20 +10,20 @@ struct State: ParsableCommand {
     struct Inspect: ParsableCommand {
         static let configuration = CommandConfiguration(
             abstract: "Check a snapshot file (magic, version, length, checksum, structure) and summarize it.",
-            discussion: "Exit 0: the daemon would load it. Exit 1: it would refuse it, with the reason. Pass --config when the daemon runs with non-default [pot] settings.")
+            discussion: "Exit 0: the daemon would load it. Exit 1: it would refuse it, with the reason. With --config, also checks that the daemon's [pot] settings match the snapshot's.")
         @Argument(help: "Snapshot file (e.g. /var/lib/saliencyd/snapshot.bin).") var file: String
         @Option(help: "The daemon's configuration file (its [pot] settings must match the snapshot's).") var config: String?
         @OptionGroup var output: OutputOptions
 
         func run() throws {
             do {
-                let cfg = try config.map { (p: String) throws(SaliencyError) in try DaemonConfiguration.load(path: p) } ?? DaemonConfiguration()
+                let cfg = try config.map { (p: String) throws(SaliencyError) in try DaemonConfiguration.load(path: p) }
                 let s = try SnapshotInspector.inspect(path: file, configuration: cfg)
                 if output.json { try IO.printJSON(s); return }
                 print("\(s.file): \(s.bytes) bytes, version \(s.version), checksum OK; next alert seq \(s.next_alert_seq); \(s.producers) producer(s)")
-                var t = Table(headers: ["model", "fingerprint", "filters", "layers", "phase", "rows", "refits", "firing", "extremes", "tails"])
+                var t = Table(headers: ["model", "fingerprint", "filters", "layers", "phase", "rows", "refits", "firing", "extremes", "level/q/n_cal", "tails"])
                 for m in s.models {
-                    t.rows.append([m.model, m.fingerprint, String(m.filters), String(m.layers), m.phase, String(m.rows), String(m.refits), String(m.firing), String(m.extremes),
+                    t.rows.append([m.model, m.fingerprint, String(m.filters), String(m.layers), m.phase, String(m.rows), String(m.refits), String(m.firing), String(m.extremes), "\(m.level)/\(m.q)/\(m.calibration)",
                                    m.tails.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: " ")])
                 }
                 print(t.rows.isEmpty ? "no models" : t.render())
