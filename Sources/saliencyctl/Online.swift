@@ -208,7 +208,7 @@ struct Alerts: ParsableCommand {
             let what = a["filter"] != nil ? "\(str(a["layer"]))[\(str(a["channel"]))] filter \(str(a["filter"]))" : "model-level shift"
             print("#\(str(a["seq"])) \(str(a["status"]).uppercased()) \(str(labels["model"])) \(what) score=\(fmt(num(a["score"]), 4)) exceedances=\(str(a["exceedances"]))/\(str(a["window"])) at \(a["status"] as? String == "resolved" ? str(a["endsAt"]) : str(a["startsAt"]))")
         }
-        FileHandle.standardOutput.synchronizeFile()
+        fflush(nil)   // line by line even when stdout is a pipe or file
     }
 
     func run() throws {
