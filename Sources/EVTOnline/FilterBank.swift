@@ -706,7 +706,7 @@ public final class FilterBank {
         let hot = 5 * MemoryLayout<Float>.size
         let peak = 3 * MemoryLayout<UInt32>.size + cap * MemoryLayout<Float>.size + MemoryLayout<Double>.size
         let rare = MemoryLayout<UInt64>.size + MemoryLayout<UInt16>.size
-        let cold = 7 * MemoryLayout<Double>.size + 1 + Self.sketchPoints * MemoryLayout<Float>.size + 1 + MemoryLayout<Int32>.size
+        let cold = 7 * MemoryLayout<Double>.size + 1 + Self.sketchPoints * MemoryLayout<Float>.size + 3 + MemoryLayout<Int32>.size  // + due/queued/frozen flags
         let scratch = MemoryLayout<Int32>.size + MemoryLayout<Double>.size
         return hot + peak + rare + cold + scratch
     }
