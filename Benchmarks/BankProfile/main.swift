@@ -1,0 +1,155 @@
+// BankProfile: a plain (non-async) driver for FilterBank, for profiling where `update` spends
+// its time (perf has no hardware counters on this VM; valgrind dies on async binaries).
+//
+//   BankProfile profile [K ...]            breakdown table (default K = 26560 4800; levels 0.90, 0.98)
+//   BankProfile npy FILE.npy CAL LEVEL      calibrate on the first CAL rows of a [rows, K] float32
+//                                           .npy, then time `update` on the rest; prints JSON
+//
+// Times are per row, best of 3 interleaved rounds, as thread CPU time (robust on a loaded
+// machine) and wall time. Built in release by the Benchmarks package.
+import BenchSupport
+import EVTOnline
+import Foundation
+import SaliencyCore
+
+struct Timing { var cpu = Double.infinity; var wall = Double.infinity }   // ns per row
+
+@inline(never)
+func timeRows(_ n: Int, _ body: (Int) -> Int) -> (Timing, Int) {
+    var acc = 0
+    let c0 = threadCPUNanoseconds(), w0 = nowNanoseconds()
+    for i in 0..<n { acc &+= body(i) }
+    let c1 = threadCPUNanoseconds(), w1 = nowNanoseconds()
+    return (Timing(cpu: Double(c1 - c0) / Double(n), wall: Double(w1 - w0) / Double(n)), acc)
+}
+
+func fmt(_ x: Double, _ d: Int = 1) -> String { String(format: "%.\(d)f", x) }
+
+func makeBank(_ pool: RowPool, level: Double, refitsPerRow: Double) -> FilterBank {
+    var cfg = POTConfiguration()
+    cfg.level = level
+    cfg.refitsPerRow = refitsPerRow
+    let bank = try! FilterBank(filterCount: pool.filters, configuration: cfg)
+    for i in 0..<(cfg.calibration + 2_000) { bank.updateValidated(pool.row(i)) }   // steady state
+    return bank
+}
+
+func profile(k: Int, level: Double, rowsPerRound: Int) {
+    let pool = RowPool(filters: k, poolRows: 64, seed: 1)
+    let cal = RowPool(filters: k, poolRows: 1000, seed: 1)   // same first 64 rows as `pool`
+    let banks: [(String, FilterBank)] = [
+        ("FilterBank.update, default budget 0.25 refits/row (stub fitter)", makeBank(pool, level: level, refitsPerRow: 0.25)),
+        ("FilterBank.update, refitsPerRow = 0 (no refits)", makeBank(pool, level: level, refitsPerRow: 0)),
+    ]
+    let protos = Variant.allCases.map { ($0, ProtoBank(pool: cal, level: level)) }
+    var results = [String: Timing]()
+    var peaksPerRow = [String: Double]()
+    func record(_ name: String, _ t: Timing) {
+        var r = results[name, default: Timing()]
+        r.cpu = min(r.cpu, t.cpu); r.wall = min(r.wall, t.wall); results[name] = r
+    }
+    var order: [String] = []
+    for round in 0..<3 {
+        var next = 5_000 + round * rowsPerRound
+        let (tv, _) = timeRows(rowsPerRound) { i in banks[0].1.validate(pool.row(next + i)) == nil ? 0 : 1 }
+        record("validate (read + check the row)", tv)
+        if round == 0 { order.append("validate (read + check the row)") }
+        for (name, bank) in banks {
+            let r0 = bank.refitCount
+            let (t, peaks) = timeRows(rowsPerRound) { i in bank.update(pool.row(next + i)).peaks }
+            record(name, t)
+            peaksPerRow[name] = Double(peaks) / Double(rowsPerRound)
+            if round == 0 { order.append(name); peaksPerRow[name + "#refits"] = Double(bank.refitCount - r0) / Double(rowsPerRound) }
+        }
+        for (v, p) in protos {
+            var credit = 0.0
+            let (t, peaks) = timeRows(rowsPerRound) { i in
+                let n = p.scan(pool.row(next + i).baseAddress!, v)
+                credit += 0.25; if credit >= 1 { credit -= 1; p.popDue() }
+                return n
+            }
+            let name = "proto scan: \(v.rawValue)"
+            record(name, t)
+            peaksPerRow[name] = Double(peaks) / Double(rowsPerRound)
+            if round == 0 { order.append(name) }
+        }
+        next += rowsPerRound
+    }
+    // Fit costs on real rings: 256 peaks of filter j (from the calibrated bank's data).
+    var stub = GrimshawFitter(capacity: 256)
+    var ref = RefGrimshaw()
+    let fits = 200
+    var peaksBuf = [Float](repeating: 0, count: 256)
+    let t = (0..<64).map { j in Double(banks[0].1.report(filter: j).threshold) }
+    var tStub = Double.infinity, tRef = Double.infinity
+    for _ in 0..<3 {
+        var c0 = threadCPUNanoseconds(); var sink = 0.0
+        for f in 0..<fits {
+            let j = f % 64; var n = 0
+            var r = 0
+            while n < 256 { let s = Double(cal.row(r)[j]); if s > t[j] { peaksBuf[n] = Float(s - t[j]); n += 1 }; r = (r + 1) % 1000 }
+            sink += peaksBuf.withUnsafeBufferPointer { stub.fit($0, minPeaks: 10).gpd.scale }
+        }
+        let prep = Double(threadCPUNanoseconds() - c0)
+        c0 = threadCPUNanoseconds()
+        for f in 0..<fits {
+            let j = f % 64; var n = 0
+            var r = 0
+            while n < 256 { let s = Double(cal.row(r)[j]); if s > t[j] { peaksBuf[n] = Float(s - t[j]); n += 1 }; r = (r + 1) % 1000 }
+            sink += peaksBuf.withUnsafeBufferPointer { ref.fit($0).1 }
+        }
+        let refT = Double(threadCPUNanoseconds() - c0)
+        tStub = min(tStub, prep / Double(fits)); tRef = min(tRef, (refT - prep) / Double(fits))
+        if sink.isNaN { print("nan") }
+    }
+    // Stub cost measured with its own copy loop; subtract nothing (upper bound).
+    let bpf = banks[0].1.bytesPerFilter
+    print("\n### K = \(k), level = \(level)   (bytes/filter = \(bpf); ring = \(k * 256 * 4 / 1_048_576) MiB)")
+    print("| path | ns/row CPU | ns/row wall | rows/s (CPU) | peaks/row |")
+    print("|---|---:|---:|---:|---:|")
+    for name in order {
+        let r = results[name]!
+        print("| \(name) | \(fmt(r.cpu, 0)) | \(fmt(r.wall, 0)) | \(fmt(1e9 / r.cpu, 0)) | \(peaksPerRow[name].map { fmt($0, 1) } ?? "") |")
+    }
+    let refits = peaksPerRow[banks[0].0 + "#refits"] ?? 0
+    let noRefit = results[banks[1].0]!.cpu
+    let demand = (peaksPerRow[banks[1].0] ?? 0) / Double(POTConfiguration().refitAfterPeaks)
+    print("")
+    print("- refits/row done in the timed loop: \(fmt(refits, 3)); refit DEMAND = peaks/row ÷ refitAfterPeaks = \(fmt(demand, 1)) filters/row become due")
+    print("- fit cost on 256 peaks (incl. gathering them): stub \(fmt(tStub / 1000, 2)) µs; representative Grimshaw (Brent, libspot-style) \(fmt(tRef / 1000, 1)) µs (\(ref.evaluations / (3 * fits)) w(x) evaluations/fit)")
+    print("- projected with the real fitter at 0.25 refits/row: \(fmt(noRefit + 0.25 * tRef, 0)) ns/row → \(fmt(1e9 / (noRefit + 0.25 * tRef), 0)) rows/s; keeping up with demand (\(fmt(demand, 1)) fits/row) would cost \(fmt(demand * tRef / 1000, 0)) µs/row → \(fmt(1e9 / (noRefit + demand * tRef), 0)) rows/s")
+}
+
+func npyMode(path: String, calibration: Int, level: Double) throws {
+    let data = try Data(contentsOf: URL(fileURLWithPath: path))
+    let arr = try NPYArray.parse([UInt8](data))
+    let k = arr.columns, rows = arr.rows
+    precondition(rows > calibration, "need more rows than calibration")
+    let pool = RowPool(filters: k, values: arr.values)
+    var cfg = POTConfiguration()
+    cfg.level = level
+    cfg.calibration = calibration
+    let bank = try FilterBank(filterCount: k, configuration: cfg)
+    for r in 0..<calibration { bank.update(pool.row(r)) }
+    var extremes = 0, peaks = 0
+    let w0 = nowNanoseconds(), c0 = threadCPUNanoseconds()
+    for r in calibration..<rows {
+        let res = bank.update(pool.row(r))
+        extremes += res.extremes; peaks += res.peaks
+    }
+    let wall = Double(nowNanoseconds() - w0) * 1e-9, cpu = Double(threadCPUNanoseconds() - c0) * 1e-9
+    let n = rows - calibration
+    print("{\"filters\": \(k), \"rows\": \(n), \"level\": \(level), \"seconds_wall\": \(wall), \"seconds_cpu\": \(cpu), \"rows_per_second_wall\": \(Double(n) / wall), \"rows_per_second_cpu\": \(Double(n) / cpu), \"extremes\": \(extremes), \"peaks\": \(peaks), \"refits\": \(bank.refitCount)}")
+}
+
+let args = CommandLine.arguments
+if args.count >= 2 && args[1] == "npy" && args.count == 5 {
+    try npyMode(path: args[2], calibration: Int(args[3])!, level: Double(args[4])!)
+} else if args.count >= 2 && args[1] == "profile" {
+    let ks = args.count > 2 ? args[2...].map { Int($0)! } : [26_560, 4_800]
+    for k in ks {
+        for level in [0.90, 0.98] { profile(k: k, level: level, rowsPerRound: k > 10_000 ? 1_500 : 6_000) }
+    }
+} else {
+    print("usage: BankProfile profile [K ...] | BankProfile npy FILE.npy CALIBRATION LEVEL")
+}
