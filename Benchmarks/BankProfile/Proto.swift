@@ -13,6 +13,9 @@ enum Variant: String, CaseIterable {
     case bitmask          // current, lanes visited via a movemask-style bitmask + trailingZeroBitCount
     case packed           // bitmask + per-filter peak state packed in one 16-byte record
     case packedFloatExcess// packed + excess computed in Float against the Float threshold (no Double)
+    case inbox4           // bitmask + a 16-byte per-filter inbox: the ring gets one aligned 16-byte
+                          // store per 4 peaks (refits flush the ≤ 3 pending peaks first)
+    case inbox4Float      // inbox4 + Float excess
 }
 
 final class ProtoBank {
@@ -27,6 +30,7 @@ final class ProtoBank {
     // packed variant: (head:UInt16, count:UInt16, sinceFit:UInt32, thrD: Double) per filter
     struct PeakState { var head: UInt16; var count: UInt16; var since: UInt32; var t: Double }
     let packed: UnsafeMutablePointer<PeakState>
+    let inbox: UnsafeMutablePointer<SIMD4<Float>>
     var queueHead = 0, queueCount = 0, extremeCount = 0
 
     /// Thresholds from the quantile of `calibRows` pool rows, exactly as FilterBank (ext = +∞ would
@@ -38,6 +42,7 @@ final class ProtoBank {
         head = col(0, k); ringCount = col(0, k); sinceFit = col(0, k); ring = col(0, k * cap); thrD = col(0, k)
         extremesTotal = col(0, k); blockExtremes = col(0, k); isDue = col(false, k); inQueue = col(false, k); queue = col(0, k)
         extremeOut = col(0, k); packed = col(PeakState(head: 0, count: 0, since: 0, t: 0), k)
+        inbox = col(SIMD4<Float>(), k)
         var colv = [Float](repeating: 0, count: calibration)
         for j in 0..<k {
             for r in 0..<calibration { colv[r] = pool.row(r)[j] }
@@ -99,6 +104,23 @@ final class ProtoBank {
         return 1
     }
 
+    @inline(__always) func exceedInbox(_ j: Int, _ s: Float, extreme isExt: Bool, floatExcess: Bool) -> Int {
+        if isExt { return extreme(j) }
+        let h = Int(head[j])
+        let x = floatExcess ? s - thr[j] : Float(Double(s) - thrD[j])
+        let lane = h & 3
+        inbox[j][lane] = x
+        if lane == 3 {   // cap % 4 == 0, so the 4 slots are contiguous and 16-byte aligned
+            UnsafeMutableRawPointer(ring + (j &* cap &+ h &- 3)).storeBytes(of: inbox[j], as: SIMD4<Float>.self)
+        }
+        head[j] = h &+ 1 == cap ? 0 : UInt32(h &+ 1)
+        if Int(ringCount[j]) < cap { ringCount[j] &+= 1 }
+        let since = sinceFit[j] &+ 1
+        sinceFit[j] = since
+        if since == refitAfter { markDue(j) }
+        return 1
+    }
+
     @inline(__always) static func mask(_ m: SIMDMask<SIMD8<Int32>>) -> UInt32 {
         // Branch-free bitmask of the 8 lanes (the compiler lowers this to vmovmskps on x86-64-v3).
         let bits = SIMD8<Int32>(1, 2, 4, 8, 16, 32, 64, 128)
@@ -130,7 +152,7 @@ final class ProtoBank {
                         peaks &+= exceedCurrent(i + lane, s[lane], extreme: isExt[lane], ringStore: v == .current)
                     }
                 }
-            case .bitmask, .packed, .packedFloatExcess:
+            case .bitmask, .packed, .packedFloatExcess, .inbox4, .inbox4Float:
                 var m = Self.mask(unsafeBitCast(isPeak, to: SIMDMask<SIMD8<Int32>>.self))
                 if m != 0 {
                     let e = Self.mask(unsafeBitCast(isExt, to: SIMDMask<SIMD8<Int32>>.self))
@@ -140,6 +162,7 @@ final class ProtoBank {
                         let ex = (e >> UInt32(lane)) & 1 != 0
                         let sv = (row + i)[lane]
                         if v == .bitmask { peaks &+= exceedCurrent(i + lane, sv, extreme: ex, ringStore: true) }
+                        else if v == .inbox4 || v == .inbox4Float { peaks &+= exceedInbox(i + lane, sv, extreme: ex, floatExcess: v == .inbox4Float) }
                         else { peaks &+= exceedPacked(i + lane, sv, extreme: ex, floatExcess: v == .packedFloatExcess) }
                     } while m != 0
                 }

@@ -25,21 +25,24 @@ func timeRows(_ n: Int, _ body: (Int) -> Int) -> (Timing, Int) {
 
 func fmt(_ x: Double, _ d: Int = 1) -> String { String(format: "%.\(d)f", x) }
 
-func makeBank(_ pool: RowPool, level: Double, refitsPerRow: Double) -> FilterBank {
+func makeBank(_ pool: RowPool, level: Double, refitsPerRow: Double, maxPeaks: Int = 256) -> FilterBank {
     var cfg = POTConfiguration()
     cfg.level = level
+    cfg.maxPeaks = maxPeaks
     cfg.refitsPerRow = refitsPerRow
     let bank = try! FilterBank(filterCount: pool.filters, configuration: cfg)
     for i in 0..<(cfg.calibration + 2_000) { bank.updateValidated(pool.row(i)) }   // steady state
     return bank
 }
 
-func profile(k: Int, level: Double, rowsPerRound: Int) {
+func profile(k: Int, level: Double, rowsPerRound: Int, rounds: Int = 4) {
     let pool = RowPool(filters: k, poolRows: 64, seed: 1)
     let cal = RowPool(filters: k, poolRows: 1000, seed: 1)   // same first 64 rows as `pool`
     let banks: [(String, FilterBank)] = [
         ("FilterBank.update, default budget 0.25 refits/row (stub fitter)", makeBank(pool, level: level, refitsPerRow: 0.25)),
         ("FilterBank.update, refitsPerRow = 0 (no refits)", makeBank(pool, level: level, refitsPerRow: 0)),
+        ("FilterBank.update, no refits, maxPeaks = 128", makeBank(pool, level: level, refitsPerRow: 0, maxPeaks: 128)),
+        ("FilterBank.update, no refits, maxPeaks = 64", makeBank(pool, level: level, refitsPerRow: 0, maxPeaks: 64)),
     ]
     let protos = Variant.allCases.map { ($0, ProtoBank(pool: cal, level: level)) }
     var results = [String: Timing]()
@@ -49,7 +52,7 @@ func profile(k: Int, level: Double, rowsPerRound: Int) {
         r.cpu = min(r.cpu, t.cpu); r.wall = min(r.wall, t.wall); results[name] = r
     }
     var order: [String] = []
-    for round in 0..<3 {
+    for round in 0..<rounds {
         var next = 5_000 + round * rowsPerRound
         let (tv, _) = timeRows(rowsPerRound) { i in banks[0].1.validate(pool.row(next + i)) == nil ? 0 : 1 }
         record("validate (read + check the row)", tv)
@@ -75,33 +78,39 @@ func profile(k: Int, level: Double, rowsPerRound: Int) {
         }
         next += rowsPerRound
     }
-    // Fit costs on real rings: 256 peaks of filter j (from the calibrated bank's data).
+    // Fit costs on 256-peak sets gathered (untimed) from the calibration rows of 64 filters.
+    let sets = 64
+    var peakSets = [Float](repeating: 0, count: sets * 256)
+    for j in 0..<sets {
+        var col = (0..<1000).map { Double(cal.row($0)[j]) }
+        let sorted = col.sorted()
+        let pos = level * 999, lo = Int(pos)
+        let tj = sorted[lo] + (pos - Double(lo)) * (sorted[lo + 1] - sorted[lo])
+        col = col.filter { $0 > tj }.map { $0 - tj }
+        for n in 0..<256 { peakSets[j * 256 + n] = Float(col[n % col.count] * (1 + 1e-3 * Double(n / col.count))) }
+    }
     var stub = GrimshawFitter(capacity: 256)
     var ref = RefGrimshaw()
-    let fits = 200
-    var peaksBuf = [Float](repeating: 0, count: 256)
-    let t = (0..<64).map { j in Double(banks[0].1.report(filter: j).threshold) }
-    var tStub = Double.infinity, tRef = Double.infinity
-    for _ in 0..<3 {
-        var c0 = threadCPUNanoseconds(); var sink = 0.0
-        for f in 0..<fits {
-            let j = f % 64; var n = 0
-            var r = 0
-            while n < 256 { let s = Double(cal.row(r)[j]); if s > t[j] { peaksBuf[n] = Float(s - t[j]); n += 1 }; r = (r + 1) % 1000 }
-            sink += peaksBuf.withUnsafeBufferPointer { stub.fit($0, minPeaks: 10).gpd.scale }
+    let fits = 400
+    var tStub = Double.infinity, tRef = Double.infinity, tEval = Double.infinity
+    var sink = 0.0
+    peakSets.withUnsafeBufferPointer { all in
+        func set(_ f: Int) -> UnsafeBufferPointer<Float> { UnsafeBufferPointer(rebasing: all[((f % sets) * 256)..<((f % sets + 1) * 256)]) }
+        for _ in 0..<3 {
+            var c0 = threadCPUNanoseconds()
+            for f in 0..<fits { sink += stub.fit(set(f), minPeaks: 10).gpd.scale }
+            tStub = min(tStub, Double(threadCPUNanoseconds() - c0) / Double(fits))
+            ref.evaluations = 0
+            c0 = threadCPUNanoseconds()
+            for f in 0..<fits { sink += ref.fit(set(f)).1 }
+            tRef = min(tRef, Double(threadCPUNanoseconds() - c0) / Double(fits))
+            c0 = threadCPUNanoseconds()
+            for f in 0..<fits { sink += ref.w(set(f), 0.1) }
+            tEval = min(tEval, Double(threadCPUNanoseconds() - c0) / Double(fits))
         }
-        let prep = Double(threadCPUNanoseconds() - c0)
-        c0 = threadCPUNanoseconds()
-        for f in 0..<fits {
-            let j = f % 64; var n = 0
-            var r = 0
-            while n < 256 { let s = Double(cal.row(r)[j]); if s > t[j] { peaksBuf[n] = Float(s - t[j]); n += 1 }; r = (r + 1) % 1000 }
-            sink += peaksBuf.withUnsafeBufferPointer { ref.fit($0).1 }
-        }
-        let refT = Double(threadCPUNanoseconds() - c0)
-        tStub = min(tStub, prep / Double(fits)); tRef = min(tRef, (refT - prep) / Double(fits))
-        if sink.isNaN { print("nan") }
     }
+    if sink.isNaN { print("nan") }
+    let evalsPerFit = Double(ref.evaluations - fits) / Double(fits)
     // Stub cost measured with its own copy loop; subtract nothing (upper bound).
     let bpf = banks[0].1.bytesPerFilter
     print("\n### K = \(k), level = \(level)   (bytes/filter = \(bpf); ring = \(k * 256 * 4 / 1_048_576) MiB)")
@@ -116,7 +125,7 @@ func profile(k: Int, level: Double, rowsPerRound: Int) {
     let demand = (peaksPerRow[banks[1].0] ?? 0) / Double(POTConfiguration().refitAfterPeaks)
     print("")
     print("- refits/row done in the timed loop: \(fmt(refits, 3)); refit DEMAND = peaks/row ÷ refitAfterPeaks = \(fmt(demand, 1)) filters/row become due")
-    print("- fit cost on 256 peaks (incl. gathering them): stub \(fmt(tStub / 1000, 2)) µs; representative Grimshaw (Brent, libspot-style) \(fmt(tRef / 1000, 1)) µs (\(ref.evaluations / (3 * fits)) w(x) evaluations/fit)")
+    print("- fit cost on 256 peaks: stub \(fmt(tStub / 1000, 2)) µs; representative Grimshaw (Brent, libspot-style) \(fmt(tRef / 1000, 1)) µs (\(fmt(evalsPerFit, 1)) w(x) evaluations/fit; one evaluation = \(fmt(tEval / 1000, 2)) µs, so a 50-evaluation fitter ≈ \(fmt(50 * tEval / 1000, 0)) µs)")
     print("- projected with the real fitter at 0.25 refits/row: \(fmt(noRefit + 0.25 * tRef, 0)) ns/row → \(fmt(1e9 / (noRefit + 0.25 * tRef), 0)) rows/s; keeping up with demand (\(fmt(demand, 1)) fits/row) would cost \(fmt(demand * tRef / 1000, 0)) µs/row → \(fmt(1e9 / (noRefit + demand * tRef), 0)) rows/s")
 }
 

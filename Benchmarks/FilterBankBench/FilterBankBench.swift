@@ -36,12 +36,16 @@ final class BankState: @unchecked Sendable {
 
 let benchmarks: @Sendable () -> Void = {
     Benchmark.defaultConfiguration = .init(
-        metrics: [.wallClock, .throughput, .cpuTotal, .mallocCountTotal],
+        metrics: [.wallClock, .throughput, .mallocCountTotal],
         warmupIterations: 50,
         scalingFactor: .one,
         maxDuration: .seconds(3),
         maxIterations: 100_000
     )
+
+    Benchmark("baseline: empty body") { benchmark in
+        for i in benchmark.scaledIterations { blackHole(i) }
+    }
 
     for (k, model) in [(26_560, "ResNet50"), (4_800, "ResNet18")] {
         for level in [0.90, 0.98] {
@@ -93,3 +97,4 @@ let benchmarks: @Sendable () -> Void = {
         BankState(filters: 26_560, level: 0.90)
     }
 }
+
