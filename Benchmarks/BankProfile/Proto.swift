@@ -16,6 +16,11 @@ enum Variant: String, CaseIterable {
     case inbox4           // bitmask + a 16-byte per-filter inbox: the ring gets one aligned 16-byte
                           // store per 4 peaks (refits flush the ≤ 3 pending peaks first)
     case inbox4Float      // inbox4 + Float excess
+    case compact          // two passes, no data-dependent branch in either: (1) the vector pass
+                          // appends the indices of its peak lanes to a list via a 256-entry lane
+                          // table (one 32-byte store + popcount per 8 filters); (2) a loop over
+                          // the list does the per-peak work. No lane branch mispredicts, so the
+                          // ring stores' cache misses overlap.
 }
 
 final class ProtoBank {
@@ -31,6 +36,17 @@ final class ProtoBank {
     struct PeakState { var head: UInt16; var count: UInt16; var since: UInt32; var t: Double }
     let packed: UnsafeMutablePointer<PeakState>
     let inbox: UnsafeMutablePointer<SIMD4<Float>>
+    let peakList: UnsafeMutablePointer<Int32>         // K + 8 entries
+    // Written once by the lazy initializer, read-only afterwards.
+    nonisolated(unsafe) static let laneTable: UnsafeMutablePointer<SIMD8<Int32>> = {
+        let t = UnsafeMutablePointer<SIMD8<Int32>>.allocate(capacity: 256)
+        for m in 0..<256 {
+            var v = SIMD8<Int32>(repeating: 0); var n = 0
+            for lane in 0..<8 where (m >> lane) & 1 != 0 { v[n] = Int32(lane); n += 1 }
+            t[m] = v
+        }
+        return t
+    }()
     var queueHead = 0, queueCount = 0, extremeCount = 0
 
     /// Thresholds from the quantile of `calibRows` pool rows, exactly as FilterBank (ext = +∞ would
@@ -43,6 +59,7 @@ final class ProtoBank {
         extremesTotal = col(0, k); blockExtremes = col(0, k); isDue = col(false, k); inQueue = col(false, k); queue = col(0, k)
         extremeOut = col(0, k); packed = col(PeakState(head: 0, count: 0, since: 0, t: 0), k)
         inbox = col(SIMD4<Float>(), k)
+        peakList = col(0, k + 8)
         var colv = [Float](repeating: 0, count: calibration)
         for j in 0..<k {
             for r in 0..<calibration { colv[r] = pool.row(r)[j] }
@@ -152,6 +169,11 @@ final class ProtoBank {
                         peaks &+= exceedCurrent(i + lane, s[lane], extreme: isExt[lane], ringStore: v == .current)
                     }
                 }
+            case .compact:
+                let m = Self.mask(unsafeBitCast(isPeak, to: SIMDMask<SIMD8<Int32>>.self))
+                let idx = Self.laneTable[Int(m)] &+ SIMD8<Int32>(repeating: Int32(truncatingIfNeeded: i))
+                UnsafeMutableRawPointer(peakList + peaks).storeBytes(of: idx, as: SIMD8<Int32>.self)
+                peaks &+= m.nonzeroBitCount
             case .bitmask, .packed, .packedFloatExcess, .inbox4, .inbox4Float:
                 var m = Self.mask(unsafeBitCast(isPeak, to: SIMDMask<SIMD8<Int32>>.self))
                 if m != 0 {
@@ -170,6 +192,15 @@ final class ProtoBank {
             i += 8
         }
         precondition(i == k, "prototype assumes K % 8 == 0")
+        if v == .compact {
+            let listed = peaks
+            peaks = 0
+            for p in 0..<listed {
+                let j = Int(peakList[p])
+                let sv = row[j]
+                peaks &+= exceedCurrent(j, sv, extreme: sv > ext[j], ringStore: true)
+            }
+        }
         return peaks
     }
 }

@@ -1,7 +1,8 @@
 // BankProfile: a plain (non-async) driver for FilterBank, for profiling where `update` spends
 // its time (perf has no hardware counters on this VM; valgrind dies on async binaries).
 //
-//   BankProfile profile [K ...]            breakdown table (default K = 26560 4800; levels 0.90, 0.98)
+//   BankProfile profile [K ...]            breakdown table (default K = 26560 4800; levels 0.90, 0.98);
+//                                           env PROFILE_VARIANTS=current,compact limits the prototypes
 //   BankProfile npy FILE.npy CAL LEVEL      calibrate on the first CAL rows of a [rows, K] float32
 //                                           .npy, then time `update` on the rest; prints JSON
 //
@@ -44,7 +45,9 @@ func profile(k: Int, level: Double, rowsPerRound: Int, rounds: Int = 4) {
         ("FilterBank.update, no refits, maxPeaks = 128", makeBank(pool, level: level, refitsPerRow: 0, maxPeaks: 128)),
         ("FilterBank.update, no refits, maxPeaks = 64", makeBank(pool, level: level, refitsPerRow: 0, maxPeaks: 64)),
     ]
-    let protos = Variant.allCases.map { ($0, ProtoBank(pool: cal, level: level)) }
+    // PROFILE_VARIANTS=current,compact limits the prototype variants (default: all).
+    let only = ProcessInfo.processInfo.environment["PROFILE_VARIANTS"].map { Set($0.split(separator: ",").map(String.init)) }
+    let protos = Variant.allCases.filter { only?.contains($0.rawValue) ?? true }.map { ($0, ProtoBank(pool: cal, level: level)) }
     var results = [String: Timing]()
     var peaksPerRow = [String: Double]()
     func record(_ name: String, _ t: Timing) {
@@ -157,7 +160,7 @@ if args.count >= 2 && args[1] == "npy" && args.count == 5 {
 } else if args.count >= 2 && args[1] == "profile" {
     let ks = args.count > 2 ? args[2...].map { Int($0)! } : [26_560, 4_800]
     for k in ks {
-        for level in [0.90, 0.98] { profile(k: k, level: level, rowsPerRound: k > 10_000 ? 1_500 : 6_000) }
+        for level in [0.90, 0.98] { profile(k: k, level: level, rowsPerRound: k > 10_000 ? 1_000 : 5_000, rounds: 5) }
     }
 } else {
     print("usage: BankProfile profile [K ...] | BankProfile npy FILE.npy CALIBRATION LEVEL")
