@@ -84,7 +84,7 @@ def main():
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         for k in a.filters:
-            swift_rows = a.swift_rows or max(1000, min(20000, 40_000_000 // k))
+            swift_rows = a.swift_rows or max(1000, min(20000, 80_000_000 // k))
             data = make_data(k, a.calibration + swift_rows, a.seed)
             full = os.path.join(tmp, f"sal_{k}.npy")
             np.save(full, data)

@@ -3,8 +3,11 @@
 // Every benchmark gets a bank that is already calibrated (1,000 rows) and warmed up (2,000 rows,
 // so that the refit queue is in steady state) in `setup`, i.e. outside the measured body. One
 // iteration = one row, taken from a pool of 64 pregenerated rows; the result is checked and
-// black-holed. The bank's refits (default budget refitsPerRow = 0.25, FIFO) run inside the timed
-// `update`, exactly as in the daemon. mallocCountTotal must stay 0 for update/validate.
+// black-holed. Benchmark names contain no spaces: package-benchmark 1.38.1 writes threshold files
+// with spaces replaced by "_" but reads them back by the raw name, so a name with a space can
+// never pass `thresholds check` ("Could not find any matching absolute thresholds").
+// The bank's refits (default budget refitsPerRow = 0.25, FIFO) run inside the timed `update`,
+// exactly as in the daemon. mallocCountTotal must stay 0 for update/validate.
 import Benchmark
 import BenchSupport
 import EVTOnline
@@ -43,13 +46,13 @@ let benchmarks: @Sendable () -> Void = {
         maxIterations: 100_000
     )
 
-    Benchmark("baseline: empty body") { benchmark in
+    Benchmark("baseline.emptyBody") { benchmark in
         for i in benchmark.scaledIterations { blackHole(i) }
     }
 
-    for (k, model) in [(26_560, "ResNet50"), (4_800, "ResNet18")] {
+    for (k, model) in [(26_560, "ResNet50"), (4_800, "ResNet18")] {   // model named in the benchmark id
         for level in [0.90, 0.98] {
-            Benchmark("update K=\(k) (\(model)) level=\(level)") { benchmark, state in
+            Benchmark("update.\(model).K\(k).level\(level == 0.90 ? "0.90" : "0.98")") { benchmark, state in
                 var peaks = 0
                 for _ in benchmark.scaledIterations {
                     let r = state.bank.update(state.nextRow())
@@ -66,7 +69,7 @@ let benchmarks: @Sendable () -> Void = {
 
     // The scan alone: in-line refits disabled (refitsPerRow = 0), so the difference to the
     // benchmark above is the refit share of `update`.
-    Benchmark("update K=26560 level=0.9 no-refits") { benchmark, state in
+    Benchmark("update.ResNet50.K26560.level0.90.noRefits") { benchmark, state in
         for _ in benchmark.scaledIterations {
             let r = state.bank.updateValidated(state.nextRow())
             precondition(r.refits == 0)
@@ -76,7 +79,7 @@ let benchmarks: @Sendable () -> Void = {
         BankState(filters: 26_560, level: 0.90, refitsPerRow: 0)
     }
 
-    Benchmark("validate K=26560") { benchmark, state in
+    Benchmark("validate.K26560") { benchmark, state in
         for _ in benchmark.scaledIterations {
             let v = state.bank.validate(state.nextRow())
             precondition(v == nil)
@@ -87,7 +90,7 @@ let benchmarks: @Sendable () -> Void = {
     }
 
     // top(k: 20) allocates its result (and a small heap): its malloc threshold is > 0 by design.
-    Benchmark("top k=20 pot K=26560") { benchmark, state in
+    Benchmark("top20.pot.K26560") { benchmark, state in
         for _ in benchmark.scaledIterations {
             let t = state.bank.top(state.nextRow(), k: 20, by: .pot)
             precondition(t.count == 20)
