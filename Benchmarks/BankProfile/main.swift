@@ -3,6 +3,7 @@
 //
 //   BankProfile profile [K ...]            breakdown table (default K = 26560 4800; levels 0.90, 0.98);
 //                                           env PROFILE_VARIANTS=current,compact limits the prototypes
+//   BankProfile check                      prototype variants must leave identical state
 //   BankProfile npy FILE.npy CAL LEVEL      calibrate on the first CAL rows of a [rows, K] float32
 //                                           .npy, then time `update` on the rest; prints JSON
 //
@@ -154,6 +155,31 @@ func npyMode(path: String, calibration: Int, level: Double) throws {
     print("{\"filters\": \(k), \"rows\": \(n), \"level\": \(level), \"seconds_wall\": \(wall), \"seconds_cpu\": \(cpu), \"rows_per_second_wall\": \(Double(n) / wall), \"rows_per_second_cpu\": \(Double(n) / cpu), \"extremes\": \(extremes), \"peaks\": \(peaks), \"refits\": \(bank.refitCount)}")
 }
 
+/// Runs the `current` and `compact` (and `bitmask`) prototypes on the same rows and compares their
+/// whole state: they must agree exactly (same peaks, same order, same arithmetic).
+func check(k: Int, level: Double) -> Bool {
+    let cal = RowPool(filters: k, poolRows: 1000, seed: 1)
+    let rows = RowPool(filters: k, poolRows: 2000, seed: 9)
+    let a = ProtoBank(pool: cal, level: level), b = ProtoBank(pool: cal, level: level), c = ProtoBank(pool: cal, level: level)
+    var ok = true
+    for r in 0..<2000 {
+        let pa = a.scan(rows.row(r).baseAddress!, .current)
+        let pb = b.scan(rows.row(r).baseAddress!, .compact)
+        let pc = c.scan(rows.row(r).baseAddress!, .bitmask)
+        if pa != pb || pa != pc || a.extremeCount != b.extremeCount || a.queueCount != b.queueCount { ok = false }
+        for e in 0..<a.extremeCount where a.extremeOut[e] != b.extremeOut[e] { ok = false }
+        if r % 4 == 3 { a.popDue(); b.popDue(); c.popDue() }
+    }
+    for j in 0..<k {
+        if a.head[j] != b.head[j] || a.ringCount[j] != b.ringCount[j] || a.sinceFit[j] != b.sinceFit[j] || a.bsum[j] != b.bsum[j] || a.bsumsq[j] != b.bsumsq[j] { ok = false }
+        if a.head[j] != c.head[j] || a.sinceFit[j] != c.sinceFit[j] { ok = false }
+    }
+    for i in 0..<(k * a.cap) where a.ring[i].bitPattern != b.ring[i].bitPattern || a.ring[i].bitPattern != c.ring[i].bitPattern { ok = false; break }
+    for q in 0..<a.queueCount where a.queue[(a.queueHead + q) % k] != b.queue[(b.queueHead + q) % k] { ok = false; break }
+    print("check K=\(k) level=\(level): current vs compact vs bitmask after 2000 rows: \(ok ? "IDENTICAL" : "DIFFERENT")")
+    return ok
+}
+
 let args = CommandLine.arguments
 if args.count >= 2 && args[1] == "npy" && args.count == 5 {
     try npyMode(path: args[2], calibration: Int(args[3])!, level: Double(args[4])!)
@@ -162,6 +188,10 @@ if args.count >= 2 && args[1] == "npy" && args.count == 5 {
     for k in ks {
         for level in [0.90, 0.98] { profile(k: k, level: level, rowsPerRound: k > 10_000 ? 1_000 : 5_000, rounds: 5) }
     }
+} else if args.count >= 2 && args[1] == "check" {
+    var ok = true
+    for k in [26_560, 4_800] { for level in [0.90, 0.98] { ok = check(k: k, level: level) && ok } }
+    if !ok { exit(1) }
 } else {
     print("usage: BankProfile profile [K ...] | BankProfile npy FILE.npy CALIBRATION LEVEL")
 }
