@@ -21,6 +21,9 @@ enum Variant: String, CaseIterable {
                           // table (one 32-byte store + popcount per 8 filters); (2) a loop over
                           // the list does the per-peak work. No lane branch mispredicts, so the
                           // ring stores' cache misses overlap.
+    case compactGuard     // compact, with the list store skipped when no lane is a peak
+    case compactPacked    // compact + the per-peak state (head, count, sinceFit, exact t) in one
+                          // 16-byte record: one cache line per peak instead of four
 }
 
 final class ProtoBank {
@@ -169,7 +172,14 @@ final class ProtoBank {
                         peaks &+= exceedCurrent(i + lane, s[lane], extreme: isExt[lane], ringStore: v == .current)
                     }
                 }
-            case .compact:
+            case .compactGuard:
+                let m = Self.mask(unsafeBitCast(isPeak, to: SIMDMask<SIMD8<Int32>>.self))
+                if m != 0 {
+                    let idx = Self.laneTable[Int(m)] &+ SIMD8<Int32>(repeating: Int32(truncatingIfNeeded: i))
+                    UnsafeMutableRawPointer(peakList + peaks).storeBytes(of: idx, as: SIMD8<Int32>.self)
+                    peaks &+= m.nonzeroBitCount
+                }
+            case .compact, .compactPacked:
                 let m = Self.mask(unsafeBitCast(isPeak, to: SIMDMask<SIMD8<Int32>>.self))
                 let idx = Self.laneTable[Int(m)] &+ SIMD8<Int32>(repeating: Int32(truncatingIfNeeded: i))
                 UnsafeMutableRawPointer(peakList + peaks).storeBytes(of: idx, as: SIMD8<Int32>.self)
@@ -192,13 +202,21 @@ final class ProtoBank {
             i += 8
         }
         precondition(i == k, "prototype assumes K % 8 == 0")
-        if v == .compact {
+        if v == .compact || v == .compactGuard {
             let listed = peaks
             peaks = 0
             for p in 0..<listed {
                 let j = Int(peakList[p])
                 let sv = row[j]
                 peaks &+= exceedCurrent(j, sv, extreme: sv > ext[j], ringStore: true)
+            }
+        } else if v == .compactPacked {
+            let listed = peaks
+            peaks = 0
+            for p in 0..<listed {
+                let j = Int(peakList[p])
+                let sv = row[j]
+                peaks &+= exceedPacked(j, sv, extreme: sv > ext[j], floatExcess: false)
             }
         }
         return peaks

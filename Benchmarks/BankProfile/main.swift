@@ -161,22 +161,27 @@ func check(k: Int, level: Double) -> Bool {
     let cal = RowPool(filters: k, poolRows: 1000, seed: 1)
     let rows = RowPool(filters: k, poolRows: 2000, seed: 9)
     let a = ProtoBank(pool: cal, level: level), b = ProtoBank(pool: cal, level: level), c = ProtoBank(pool: cal, level: level)
+    let d = ProtoBank(pool: cal, level: level), g = ProtoBank(pool: cal, level: level)
     var ok = true
     for r in 0..<2000 {
         let pa = a.scan(rows.row(r).baseAddress!, .current)
         let pb = b.scan(rows.row(r).baseAddress!, .compact)
         let pc = c.scan(rows.row(r).baseAddress!, .bitmask)
-        if pa != pb || pa != pc || a.extremeCount != b.extremeCount || a.queueCount != b.queueCount { ok = false }
+        let pd = d.scan(rows.row(r).baseAddress!, .compactPacked)
+        let pg = g.scan(rows.row(r).baseAddress!, .compactGuard)
+        if pa != pb || pa != pc || pa != pd || pa != pg || a.extremeCount != b.extremeCount || a.queueCount != b.queueCount { ok = false }
         for e in 0..<a.extremeCount where a.extremeOut[e] != b.extremeOut[e] { ok = false }
-        if r % 4 == 3 { a.popDue(); b.popDue(); c.popDue() }
+        if r % 4 == 3 { a.popDue(); b.popDue(); c.popDue(); d.popDue(); g.popDue() }
     }
     for j in 0..<k {
         if a.head[j] != b.head[j] || a.ringCount[j] != b.ringCount[j] || a.sinceFit[j] != b.sinceFit[j] || a.bsum[j] != b.bsum[j] || a.bsumsq[j] != b.bsumsq[j] { ok = false }
-        if a.head[j] != c.head[j] || a.sinceFit[j] != c.sinceFit[j] { ok = false }
+        if a.head[j] != c.head[j] || a.sinceFit[j] != c.sinceFit[j] || a.head[j] != g.head[j] { ok = false }
+        if a.head[j] != UInt32(d.packed[j].head) || a.ringCount[j] != UInt32(d.packed[j].count) || a.sinceFit[j] != d.packed[j].since { ok = false }
     }
-    for i in 0..<(k * a.cap) where a.ring[i].bitPattern != b.ring[i].bitPattern || a.ring[i].bitPattern != c.ring[i].bitPattern { ok = false; break }
+    for i in 0..<(k * a.cap) where a.ring[i].bitPattern != b.ring[i].bitPattern || a.ring[i].bitPattern != c.ring[i].bitPattern
+        || a.ring[i].bitPattern != d.ring[i].bitPattern || a.ring[i].bitPattern != g.ring[i].bitPattern { ok = false; break }
     for q in 0..<a.queueCount where a.queue[(a.queueHead + q) % k] != b.queue[(b.queueHead + q) % k] { ok = false; break }
-    print("check K=\(k) level=\(level): current vs compact vs bitmask after 2000 rows: \(ok ? "IDENTICAL" : "DIFFERENT")")
+    print("check K=\(k) level=\(level): current vs bitmask/compact/compactGuard/compactPacked after 2000 rows: \(ok ? "IDENTICAL" : "DIFFERENT")")
     return ok
 }
 
