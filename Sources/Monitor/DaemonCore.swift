@@ -28,6 +28,13 @@ final class DaemonCore {
     let alertLog: AlertLog
     var lastResend = ContinuousClock.now
     let scratch: UnsafeMutableBufferPointer<Float>
+    /// Arrival-to-publish latency of the last alert-carrying messages, in microseconds (ring of 4096).
+    var alertLatencies: [Double] = []
+    var alertLatencyNext = 0
+    func recordAlertLatency(_ us: Double) {
+        if alertLatencies.count < 4096 { alertLatencies.append(us) } else { alertLatencies[alertLatencyNext] = us }
+        alertLatencyNext = (alertLatencyNext + 1) % 4096
+    }
     /// Called when calibration progress or phase changes, for the systemd STATUS line.
     var statusDirty = true
 

@@ -123,8 +123,13 @@ final class EngineLoop: @unchecked Sendable {
                         core.reject("malformed_frame", "message with \(message.totalCount) frames; at most 3 expected")
                         continue
                     }
+                    let arrived = clock.now
                     core.handleFeed(count: message.count) { message.frame($0) }
-                    if !core.outbox.isEmpty { flushOutbox() }
+                    if !core.outbox.isEmpty {
+                        flushOutbox()
+                        let d = clock.now - arrived
+                        core.recordAlertLatency(Double(d.components.seconds) * 1e6 + Double(d.components.attoseconds) * 1e-12)
+                    }
                 }
             }
             if poll.ready(repIndex).contains(.pollIn) {

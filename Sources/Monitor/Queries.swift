@@ -22,6 +22,8 @@ extension DaemonCore {
         var rejected: [String: UInt64]; var gaps: UInt64; var producers: [ProducerStatus]
         var firing: Int; var alert_seq: UInt64; var queries: UInt64
         var state_directory: String; var last_snapshot: String?
+        /// Arrival of an alert-triggering prediction → its alerts sent on PUB, µs (last ≤ 4096 such messages).
+        var alert_latency_us: [String: Double]
     }
     struct RecentScore: Codable { var value: Double; var score: Double; var p: Double; var zscore: Double }
     struct FilterReply: Codable {
@@ -111,7 +113,15 @@ extension DaemonCore {
         return StatusReply(version: Self.version, uptime_s: secs, models: models, rejected: rejected, gaps: gapsTotal, producers: prods,
                            firing: engines.values.reduce(0) { $0 + $1.active.count + ($1.modelAlert == nil ? 0 : 1) },
                            alert_seq: alertLog.nextSequence - 1, queries: queries,
-                           state_directory: configuration.resolvedStateDirectory, last_snapshot: lastSnapshot)
+                           state_directory: configuration.resolvedStateDirectory, last_snapshot: lastSnapshot,
+                           alert_latency_us: latencySummary())
+    }
+
+    func latencySummary() -> [String: Double] {
+        guard !alertLatencies.isEmpty else { return [:] }
+        let v = alertLatencies.sorted()
+        func q(_ p: Double) -> Double { v[min(v.count - 1, Int((p * Double(v.count)).rounded(.up)) - 1)] }
+        return ["count": Double(v.count), "p50": q(0.5), "p99": q(0.99), "max": v.last!]
     }
 
     func top(model: String, k: Int, by: ScoreKind, window: QueryRequest.Window) throws(SaliencyError) -> TopReply {

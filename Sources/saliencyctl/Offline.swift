@@ -188,8 +188,12 @@ struct Bench: ParsableCommand {
             for r in 0..<pool { for j in 0..<filters { rows[r * filters + j] = scales[j] * Float(exp(0.6 * rng.normal())) } }
         }
         fill()
-        rows.withUnsafeBufferPointer { all in
-            for r in 0..<calibration { bank.updateValidated(UnsafeBufferPointer(rebasing: all[((r % pool) * filters)..<((r % pool + 1) * filters)])) }
+        // Calibrate on `calibration` distinct rows (a fresh pool every 64), as a real feed would.
+        for start in stride(from: 0, to: calibration, by: pool) {
+            if start > 0 { fill() }
+            rows.withUnsafeBufferPointer { all in
+                for r in 0..<min(pool, calibration - start) { bank.updateValidated(UnsafeBufferPointer(rebasing: all[(r * filters)..<((r + 1) * filters)])) }
+            }
         }
         fill()   // fresh rows for the timed part
         let refitsBefore = bank.refitCount

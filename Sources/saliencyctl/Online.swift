@@ -263,6 +263,7 @@ struct Replay: ParsableCommand {
     @Option(name: .customLong("target"), help: "Loss target recorded in the header: predicted or true.") var target = "true"
     @Option(name: .customLong("producer-id"), help: "Producer id (default: random).") var producerID: UInt64?
     @Option(name: .customLong("wait-subscriber"), help: "Seconds to wait for the daemon's subscription before sending.") var waitSubscriber: Double = 5
+    @Option(help: "Publish the selected rows this many times over (sequence numbers keep counting).") var `repeat` = 1
     @OptionGroup var endpoints: EndpointOptions
     @OptionGroup var output: OutputOptions
 
@@ -306,9 +307,11 @@ struct Replay: ParsableCommand {
         let start = Date()
         var lastSchema = start
         var payload = [UInt8](repeating: 0, count: 4 * k)
-        for r in from..<end {
+        var sent = 0
+        for pass in 0..<max(1, `repeat`) { for r in from..<end {
+            let seq = pass * (end - from) + (r - from)
             if rate > 0 {
-                let due = start.addingTimeInterval(Double(r - from) / rate)
+                let due = start.addingTimeInterval(Double(seq) / rate)
                 let wait = due.timeIntervalSinceNow
                 if wait > 0 { Thread.sleep(forTimeInterval: wait) }
             }
@@ -317,7 +320,7 @@ struct Replay: ParsableCommand {
                 _ = try pub.send(schemaBody)
                 lastSchema = Date()
             }
-            header.sequence = UInt64(r - from + 1)
+            header.sequence = UInt64(seq + 1)
             header.timestampNanos = Int64(Date().timeIntervalSince1970 * 1e9)
             hbuf.withUnsafeMutableBytes { header.encode(into: $0) }
             x.values.withUnsafeBufferPointer { v in
@@ -328,9 +331,10 @@ struct Replay: ParsableCommand {
             _ = try pub.send(predTopic, more: true)
             _ = try pub.send(hbuf, more: true)
             _ = try pub.send(payload)
-        }
+            sent += 1
+        } }
         let secs = Date().timeIntervalSince(start)
-        let n = end - from
+        let n = sent
         if output.json {
             try IO.printJSON(["published": Double(n), "seconds": secs, "rows_per_second": Double(n) / max(secs, 1e-9)])
         } else {
@@ -351,5 +355,42 @@ struct Keygen: ParsableCommand {
         try pair.save(to: file)
         try pair.savePublic(to: file + ".pub")
         print("public key: \(pair.publicKey)\nsecret key written to \(file) (mode 0600), public key to \(file).pub")
+    }
+}
+
+
+struct Sink: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Transport baseline: bind a SUB socket where saliencyd's feed would be, count messages, no processing.",
+        discussion: "Run `saliencyctl replay` against it to measure the raw ZeroMQ rate for the same message size (BENCHMARKS.md).")
+    @Option(help: "Endpoint to bind.") var feed = "tcp://127.0.0.1:5560"
+    @Option(help: "Stop after this many prediction messages.") var count: Int
+    @Option(help: "Give up after this many seconds.") var timeout: Double = 120
+    @OptionGroup var output: OutputOptions
+
+    func run() throws {
+        let ctx = try ZMQContext()
+        let sub = try ctx.socket(.sub)
+        try sub.setReceiveHighWaterMark(100_000)
+        try sub.subscribe(Topic.predictionPrefix)
+        try sub.subscribe(Topic.schemaPrefix)
+        try sub.bind(feed)
+        let m = ZMQMultipart(maxFrames: 4)
+        var got = 0, bytes = 0
+        var first: Date?
+        let deadline = Date().addingTimeInterval(timeout)
+        while got < count && Date() < deadline {
+            guard try sub.poll(timeout: 100).contains(.pollIn) else { continue }
+            while got < count, try sub.receive(into: m, dontWait: true) {
+                guard m.count == 3 else { continue }
+                if first == nil { first = Date() }
+                got += 1
+                bytes += m.frame(1).count + m.frame(2).count
+            }
+        }
+        let secs = first.map { Date().timeIntervalSince($0) } ?? 0
+        let r: [String: Double] = ["received": Double(got), "seconds": secs, "messages_per_second": Double(max(got - 1, 0)) / max(secs, 1e-9), "bytes_per_message": Double(bytes) / Double(max(got, 1))]
+        if output.json { try IO.printJSON(r) } else { print("received \(got) messages in \(fmt(secs, 4)) s: \(fmt(r["messages_per_second"]!, 5)) msg/s") }
+        if got < count { throw ExitCode.failure }
     }
 }

@@ -1,0 +1,119 @@
+#!/usr/bin/env python3
+"""End-to-end daemon throughput vs raw ZeroMQ transport, same message size, same run (BENCHMARKS.md).
+
+1. transport: `saliencyctl sink` (bind SUB, count, no processing) ← `saliencyctl replay`
+2. daemon:    `saliencyd` ← `saliencyctl replay` (calibration first, then timed rows)
+Both use the same K-float rows and the same replay command. Reports msgs/s for each, the ratio,
+drops (sequence gaps), and the daemon's arrival→alert-publish latency (p50/p99 from `status`).
+
+    python3 scripts/bench_daemon.py [--filters 26560] [--rows 512] [--repeat 10] [--bin .build/release]
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+import zmq
+
+
+def query(ep, req, timeout=5.0):
+    ctx = zmq.Context.instance()
+    s = ctx.socket(zmq.REQ)
+    s.setsockopt(zmq.LINGER, 0)
+    s.connect(ep)
+    s.send(json.dumps(req).encode())
+    if not s.poll(int(timeout * 1000)):
+        s.close()
+        raise TimeoutError(req)
+    r = json.loads(s.recv())
+    s.close()
+    return r
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--filters", type=int, default=26560)
+    ap.add_argument("--rows", type=int, default=512, help="distinct rows in the pool")
+    ap.add_argument("--repeat", type=int, default=10)
+    ap.add_argument("--calibration", type=int, default=300)
+    ap.add_argument("--bin", default=".build/release")
+    ap.add_argument("--level", type=float, default=0.9)
+    a = ap.parse_args()
+    ctl, daemon = os.path.join(a.bin, "saliencyctl"), os.path.join(a.bin, "saliencyd")
+    K = a.filters
+    tmp = tempfile.mkdtemp(prefix="bench-daemon-")
+    rng = np.random.default_rng(1)
+    scale = (0.5 + rng.random(K)).astype(np.float32)
+    def rows(n):
+        return (scale * np.exp(0.6 * rng.standard_normal((n, K)))).astype(np.float32)
+    calib = rows(a.calibration)
+    pool = rows(a.rows)
+    # Every 64-row block ends with 16 rows in which a fresh set of 3 filters is far in its tail,
+    # so alerts keep firing through the run (for the latency figures).
+    for b in range(a.rows // 64):
+        planted = rng.choice(K, 3, replace=False)
+        pool[b * 64 + 48:(b + 1) * 64, planted] *= 80
+    np.save(f"{tmp}/calib.npy", calib)
+    np.save(f"{tmp}/pool.npy", pool)
+    layers, left, i = [], K, 0
+    while left:
+        n = min(512, left); layers.append({"name": f"layer{i}", "filters": n}); left -= n; i += 1
+    json.dump({"model": "bench", "layers": layers}, open(f"{tmp}/schema.json", "w"))
+    n_timed = a.rows * a.repeat
+    feed, q = "tcp://127.0.0.1:5760", "tcp://127.0.0.1:5762"
+    replay = [ctl, "replay", f"{tmp}/pool.npy", "--schema", f"{tmp}/schema.json", "--feed", feed, "--repeat", str(a.repeat), "--json"]
+
+    # 1. transport baseline
+    sink = subprocess.Popen([ctl, "sink", "--feed", feed, "--count", str(n_timed), "--json"], stdout=subprocess.PIPE, text=True)
+    time.sleep(0.5)
+    subprocess.run(replay, check=True, stdout=subprocess.DEVNULL)
+    out, _ = sink.communicate(timeout=600)
+    transport = json.loads(out)
+
+    # 2. the daemon
+    state = f"{tmp}/state"
+    d = subprocess.Popen([daemon, "--feed", feed, "--alerts", "tcp://127.0.0.1:5761", "--query", q, "--state-dir", state,
+                          "--metrics", "", "--calibration", str(a.calibration), "--log-level", "warning"],
+                         stderr=open(f"{tmp}/daemon.log", "w"))
+    for _ in range(100):
+        try:
+            query(q, {"op": "status"}, 0.2); break
+        except Exception:
+            time.sleep(0.1)
+    subprocess.run([ctl, "replay", f"{tmp}/calib.npy", "--schema", f"{tmp}/schema.json", "--feed", feed], check=True, stdout=subprocess.DEVNULL)
+    while True:
+        m = query(q, {"op": "status"})["models"]
+        if m and m[0]["phase"] == "monitoring":
+            break
+        time.sleep(0.1)
+    base = m[0]["rows"]
+    t0 = time.monotonic()
+    rp = subprocess.Popen(replay, stdout=subprocess.DEVNULL)
+    while True:
+        s = query(q, {"op": "status"})
+        if s["models"][0]["rows"] >= base + n_timed:
+            t1 = time.monotonic(); break
+        if time.monotonic() - t0 > 600:
+            print("timeout", s, file=sys.stderr); break
+        time.sleep(0.01)
+    rp.wait()
+    s = query(q, {"op": "status"})
+    d.terminate(); rc = d.wait(timeout=60)
+    daemon_rate = n_timed / (t1 - t0)
+    result = {
+        "filters": K, "message_bytes": int(transport["bytes_per_message"]), "timed_rows": n_timed,
+        "transport_msgs_per_s": round(transport["messages_per_second"], 1),
+        "daemon_rows_per_s": round(daemon_rate, 1),
+        "ratio": round(daemon_rate / transport["messages_per_second"], 3),
+        "gaps": s["gaps"], "rejected": s["rejected"], "alerts": s["alert_seq"],
+        "alert_latency_us": s.get("alert_latency_us", {}), "daemon_exit": rc,
+    }
+    print(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()
