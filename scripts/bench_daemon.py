@@ -39,9 +39,11 @@ def main():
     ap.add_argument("--filters", type=int, default=26560)
     ap.add_argument("--rows", type=int, default=512, help="distinct rows in the pool")
     ap.add_argument("--repeat", type=int, default=10)
-    ap.add_argument("--calibration", type=int, default=300)
+    ap.add_argument("--calibration", type=int, default=1000)
     ap.add_argument("--bin", default=".build/release")
     ap.add_argument("--level", type=float, default=0.9)
+    ap.add_argument("--no-shift", action="store_true", help="no planted shifts (no alerts)")
+    ap.add_argument("--latency-rate", type=float, default=500, help="rows/s of the separate latency run (0 = skip)")
     a = ap.parse_args()
     ctl, daemon = os.path.join(a.bin, "saliencyctl"), os.path.join(a.bin, "saliencyd")
     K = a.filters
@@ -54,7 +56,7 @@ def main():
     pool = rows(a.rows)
     # Every 64-row block ends with 16 rows in which a fresh set of 3 filters is far in its tail,
     # so alerts keep firing through the run (for the latency figures).
-    for b in range(a.rows // 64):
+    for b in range(0 if a.no_shift else a.rows // 64):
         planted = rng.choice(K, 3, replace=False)
         pool[b * 64 + 48:(b + 1) * 64, planted] *= 80
     np.save(f"{tmp}/calib.npy", calib)
@@ -74,35 +76,40 @@ def main():
     out, _ = sink.communicate(timeout=600)
     transport = json.loads(out)
 
-    # 2. the daemon
-    state = f"{tmp}/state"
-    d = subprocess.Popen([daemon, "--feed", feed, "--alerts", "tcp://127.0.0.1:5761", "--query", q, "--state-dir", state,
-                          "--metrics", "", "--calibration", str(a.calibration), "--log-level", "warning"],
-                         stderr=open(f"{tmp}/daemon.log", "w"))
-    for _ in range(100):
-        try:
-            query(q, {"op": "status"}, 0.2); break
-        except Exception:
+    # 2. the daemon (unthrottled: throughput), then a fresh daemon at a steady rate (latency)
+    def run_daemon(rate, tag):
+        state = f"{tmp}/state-{tag}"
+        d = subprocess.Popen([daemon, "--feed", feed, "--alerts", "tcp://127.0.0.1:5761", "--query", q, "--state-dir", state,
+                              "--metrics", "", "--calibration", str(a.calibration), "--log-level", "warning"],
+                             stderr=open(f"{tmp}/daemon-{tag}.log", "w"))
+        for _ in range(100):
+            try:
+                query(q, {"op": "status"}, 0.2); break
+            except Exception:
+                time.sleep(0.1)
+        subprocess.run([ctl, "replay", f"{tmp}/calib.npy", "--schema", f"{tmp}/schema.json", "--feed", feed], check=True, stdout=subprocess.DEVNULL)
+        while True:
+            m = query(q, {"op": "status"})["models"]
+            if m and m[0]["phase"] == "monitoring":
+                break
             time.sleep(0.1)
-    subprocess.run([ctl, "replay", f"{tmp}/calib.npy", "--schema", f"{tmp}/schema.json", "--feed", feed], check=True, stdout=subprocess.DEVNULL)
-    while True:
-        m = query(q, {"op": "status"})["models"]
-        if m and m[0]["phase"] == "monitoring":
-            break
-        time.sleep(0.1)
-    base = m[0]["rows"]
-    t0 = time.monotonic()
-    rp = subprocess.Popen(replay, stdout=subprocess.DEVNULL)
-    while True:
+        base = m[0]["rows"]
+        t0 = time.monotonic()
+        rp = subprocess.Popen(replay + (["--rate", str(rate)] if rate else []), stdout=subprocess.DEVNULL)
+        while True:
+            s = query(q, {"op": "status"})
+            if s["models"][0]["rows"] >= base + n_timed:
+                t1 = time.monotonic(); break
+            if time.monotonic() - t0 > 900:
+                print("timeout", s, file=sys.stderr); t1 = time.monotonic(); break
+            time.sleep(0.01)
+        rp.wait()
         s = query(q, {"op": "status"})
-        if s["models"][0]["rows"] >= base + n_timed:
-            t1 = time.monotonic(); break
-        if time.monotonic() - t0 > 600:
-            print("timeout", s, file=sys.stderr); break
-        time.sleep(0.01)
-    rp.wait()
-    s = query(q, {"op": "status"})
-    d.terminate(); rc = d.wait(timeout=60)
+        d.terminate()
+        return s, t0, t1, d.wait(timeout=60)
+
+    s, t0, t1, rc = run_daemon(0, "throughput")
+    lat = run_daemon(a.latency_rate, "latency")[0] if a.latency_rate > 0 else {}
     daemon_rate = n_timed / (t1 - t0)
     result = {
         "filters": K, "message_bytes": int(transport["bytes_per_message"]), "timed_rows": n_timed,
@@ -110,7 +117,10 @@ def main():
         "daemon_rows_per_s": round(daemon_rate, 1),
         "ratio": round(daemon_rate / transport["messages_per_second"], 3),
         "gaps": s["gaps"], "rejected": s["rejected"], "alerts": s["alert_seq"],
-        "alert_latency_us": s.get("alert_latency_us", {}), "daemon_exit": rc,
+        "alert_latency_us_unthrottled": s.get("alert_latency_us", {}),
+        "latency_run": {"rate": a.latency_rate, "alerts": lat.get("alert_seq"), "gaps": lat.get("gaps"),
+                        "alert_latency_us": lat.get("alert_latency_us", {})},
+        "daemon_exit": rc,
     }
     print(json.dumps(result, indent=1))
 

@@ -14,7 +14,7 @@ public struct DaemonConfiguration: Sendable, Hashable {
         /// ZMQ_MAXMSGSIZE: larger frames are dropped by libzmq before they reach the daemon.
         public var maxMessageBytes = 16 << 20
         /// ZMQ_RCVHWM per producer: beyond it libzmq drops (PUB/SUB); drops show as sequence gaps.
-        public var receiveHighWaterMark = 100_000
+        public var receiveHighWaterMark = 2000
     }
     public struct Alerts: Sendable, Hashable {
         public var endpoint = "tcp://127.0.0.1:5561"

@@ -194,9 +194,9 @@ final class DaemonCore {
                 seq: 0, status: "firing", labels: labels,
                 annotations: [
                     "summary": "\(layer)[\(channel)] (filter \(j)) exceeded its extreme threshold in \(count) of the last \(engine.tracker.rule.window) predictions",
-                    "description": "Saliency \(row[j]) vs extreme threshold \(fmt(rep.extremeThreshold)) (tail p = \(fmt(p))). Inspect with: saliencyctl filter --model \(model) \(j)",
+                    "description": "Saliency \(row[j]) vs extreme threshold \(Float(rep.extremeThreshold)) (tail p = \(Float(p))). Inspect with: saliencyctl filter --model \(model) \(j)",
                 ],
-                startsAt: AlertRecord.timestamp(), endsAt: AlertRecord.zeroTime, fingerprint: AlertRecord.fingerprint(of: labels),
+                startsAt: AlertRecord.now(), endsAt: AlertRecord.zeroTime, fingerprint: AlertRecord.fingerprint(of: labels),
                 model: model, filter: j, layer: layer, channel: channel, score: POT.score(p: p), p: p,
                 threshold: rep.threshold, extreme_threshold: rep.extremeThreshold, exceedances: count,
                 window: engine.tracker.rule.window, value: Double(row[j]), resent: nil)
@@ -207,7 +207,7 @@ final class DaemonCore {
             bank.setFrozen(j, false)
             guard var rec = engine.active.removeValue(forKey: j) else { return }
             rec.status = "resolved"
-            rec.endsAt = AlertRecord.timestamp()
+            rec.endsAt = AlertRecord.now()
             rec.resent = nil
             rec.exceedances = engine.tracker.exceedances(inLastWindowOf: j, at: bank.rows)
             publish(&rec, layer: rec.layer, status: .resolved)
@@ -216,10 +216,10 @@ final class DaemonCore {
             var rec = AlertRecord(
                 seq: 0, status: "firing", labels: labels,
                 annotations: [
-                    "summary": "\(model): predictions with many extreme filters became more frequent than under the reference (CUSUM \(fmt(statistic)))",
+                    "summary": "\(model): predictions with many extreme filters became more frequent than under the reference (CUSUM \(Float(statistic)))",
                     "description": "Domain shift suspected. Top filters: saliencyctl top --model \(model)",
                 ],
-                startsAt: AlertRecord.timestamp(), endsAt: AlertRecord.zeroTime, fingerprint: AlertRecord.fingerprint(of: labels),
+                startsAt: AlertRecord.now(), endsAt: AlertRecord.zeroTime, fingerprint: AlertRecord.fingerprint(of: labels),
                 model: model, filter: nil, layer: Topic.modelLevelLayer, channel: nil, score: statistic, p: nil, threshold: nil,
                 extreme_threshold: nil, exceedances: nil, window: nil, value: nil, resent: nil)
             publish(&rec, layer: Topic.modelLevelLayer, status: .firing)
@@ -228,7 +228,7 @@ final class DaemonCore {
             guard var rec = engine.modelAlert else { return }
             engine.modelAlert = nil
             rec.status = "resolved"
-            rec.endsAt = AlertRecord.timestamp()
+            rec.endsAt = AlertRecord.now()
             publish(&rec, layer: Topic.modelLevelLayer, status: .resolved)
         case .modelCalibrated(let c):
             logger.info("model-level shift rule calibrated", metadata: ["model": "\(model)", "row_threshold": "\(c.rowThreshold)", "null_rate": "\(c.nullRate)"])
@@ -238,7 +238,7 @@ final class DaemonCore {
     /// Assigns the next sequence number, appends to the durable log, then queues for the PUB socket.
     func publish(_ rec: inout AlertRecord, layer: String, status: Topic.AlertStatus) {
         rec.seq = alertLog.nextSequence
-        let body = (try? Self.encoder.encode(rec)).map { [UInt8]($0) } ?? []
+        let body = rec.json()
         do {
             try alertLog.append(seq: rec.seq, json: body)
         } catch {
@@ -257,9 +257,7 @@ final class DaemonCore {
             for rec in engine.active.values.sorted(by: { $0.seq < $1.seq }) + (engine.modelAlert.map { [$0] } ?? []) {
                 var r = rec
                 r.resent = true
-                if let body = try? Self.encoder.encode(r) {
-                    outbox.append((Topic.alert(status: .firing, model: r.model, layer: r.layer), [UInt8](body)))
-                }
+                outbox.append((Topic.alert(status: .firing, model: r.model, layer: r.layer), r.json()))
             }
         }
     }

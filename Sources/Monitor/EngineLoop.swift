@@ -152,8 +152,9 @@ final class EngineLoop: @unchecked Sendable {
                     logger.error("query socket error", metadata: ["error": "\(error)"])
                 }
             }
-            if !busy { _ = core.idleRefits(limit: 256) }
+            if !busy { _ = core.idleRefits(limit: 16) }   // ≈ 0.4 ms at K-filter banks: keeps alert latency low
             let now = clock.now
+            alertLog.syncIfDue(now: now)
             core.resendIfDue(now: now)
             if !core.outbox.isEmpty { flushOutbox() }
             if let w = notifier.watchdogInterval, now >= nextWatchdog {
@@ -184,6 +185,7 @@ final class EngineLoop: @unchecked Sendable {
         notifier.notify("STOPPING=1\nSTATUS=stopping: writing state")
         logger.notice("stopping: writing final snapshot")
         _ = snapshotNow()
+        alertLog.syncNow()
         zap?.stop()
         logger.notice("stopped", metadata: ["alert_seq": "\(alertLog.nextSequence - 1)"])
     }

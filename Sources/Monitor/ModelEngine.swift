@@ -113,10 +113,45 @@ struct AlertRecord: Codable, Sendable, Hashable {
 
     static let zeroTime = "0001-01-01T00:00:00Z"
 
-    static func timestamp(_ d: Date = Date()) -> String {
+    /// ISO8601DateFormatter is thread-safe; building one per alert cost more than the rest of the alert.
+    nonisolated(unsafe) static let formatter: ISO8601DateFormatter = {
         let f = ISO8601DateFormatter()
         f.formatOptions = [.withInternetDateTime, .withFractionalSeconds]
-        return f.string(from: d)
+        return f
+    }()
+
+    static func timestamp(_ d: Date = Date()) -> String { formatter.string(from: d) }
+
+    /// Now, as RFC 3339 UTC with milliseconds, without Foundation formatters (hot alert path).
+    static func now() -> String { DaemonLogHandler.timestamp() }
+
+    /// The alert as JSON (sorted keys; ±∞/NaN as the strings "inf"/"-inf"/"nan", like the snapshot
+    /// encoder). Hand-written: Foundation's JSONEncoder cost ~100 µs per alert, most of the
+    /// arrival→publish budget.
+    func json() -> [UInt8] {
+        var o = JSONWriter()
+        o.open()
+        o.key("annotations"); o.object(annotations)
+        if let v = channel { o.key("channel"); o.int(v) }
+        o.key("endsAt"); o.string(endsAt)
+        if let v = exceedances { o.key("exceedances"); o.int(v) }
+        if let v = extreme_threshold { o.key("extreme_threshold"); o.double(v) }
+        if let v = filter { o.key("filter"); o.int(v) }
+        o.key("fingerprint"); o.string(fingerprint)
+        o.key("labels"); o.object(labels)
+        o.key("layer"); o.string(layer)
+        o.key("model"); o.string(model)
+        if let v = p { o.key("p"); o.double(v) }
+        if let v = resent { o.key("resent"); o.raw(v ? "true" : "false") }
+        if let v = score { o.key("score"); o.double(v) }
+        o.key("seq"); o.raw(String(seq))
+        o.key("startsAt"); o.string(startsAt)
+        o.key("status"); o.string(status)
+        if let v = threshold { o.key("threshold"); o.double(v) }
+        if let v = value { o.key("value"); o.double(v) }
+        if let v = window { o.key("window"); o.int(v) }
+        o.close()
+        return o.bytes
     }
 
     /// Alertmanager-style fingerprint: FNV-1a of the sorted labels.
@@ -130,5 +165,49 @@ struct AlertRecord: Codable, Sendable, Hashable {
         }
         let s = String(h, radix: 16)
         return String(repeating: "0", count: 16 - s.count) + s
+    }
+}
+
+/// A minimal JSON writer for flat objects (alerts).
+struct JSONWriter {
+    var bytes: [UInt8] = []
+    var first = true
+    init() { bytes.reserveCapacity(768) }
+    mutating func open() { bytes.append(UInt8(ascii: "{")); first = true }
+    mutating func close() { bytes.append(UInt8(ascii: "}")) }
+    mutating func key(_ k: String) {
+        if !first { bytes.append(UInt8(ascii: ",")) }
+        first = false
+        string(k)
+        bytes.append(UInt8(ascii: ":"))
+    }
+    mutating func raw(_ s: String) { bytes.append(contentsOf: s.utf8) }
+    mutating func int(_ v: Int) { raw(String(v)) }
+    mutating func double(_ v: Double) {
+        if v.isNaN { string("nan") } else if v.isInfinite { string(v > 0 ? "inf" : "-inf") } else { raw("\(v)") }
+    }
+    mutating func string(_ s: String) {
+        bytes.append(UInt8(ascii: "\""))
+        for u in s.utf8 {
+            switch u {
+            case UInt8(ascii: "\""): bytes.append(contentsOf: [92, 34])
+            case UInt8(ascii: "\\"): bytes.append(contentsOf: [92, 92])
+            case 0x0A: bytes.append(contentsOf: [92, 110])
+            case 0x0D: bytes.append(contentsOf: [92, 114])
+            case 0x09: bytes.append(contentsOf: [92, 116])
+            case 0..<0x20:
+                let hex = Array("0123456789abcdef".utf8)
+                bytes.append(contentsOf: [92, 117, 48, 48, hex[Int(u >> 4)], hex[Int(u & 15)]])
+            default: bytes.append(u)
+            }
+        }
+        bytes.append(UInt8(ascii: "\""))
+    }
+    mutating func object(_ d: [String: String]) {
+        let saved = first
+        open()
+        for (k, v) in d.sorted(by: { $0.key < $1.key }) { key(k); string(v) }
+        close()
+        first = saved
     }
 }

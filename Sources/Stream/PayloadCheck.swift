@@ -2,7 +2,7 @@ import SaliencyCore
 
 /// Validation of a prediction payload: `K` little-endian float32 saliencies (docs/protocol.md §2).
 ///
-/// Works on the bit patterns in one branch-free pass (the loop auto-vectorizes in release builds),
+/// Works on the bit patterns in one branch-free SIMD pass (8 values per step),
 /// reads with `loadUnaligned` so any frame alignment is fine, and allocates nothing.
 ///
 /// Rules, in order of precedence when a row breaks several:
@@ -18,14 +18,23 @@ public enum PayloadCheck {
     @inlinable
     public static func validate(_ raw: UnsafeRawBufferPointer, expectedCount: Int) -> RowRejection? {
         guard expectedCount >= 0, raw.count == expectedCount &* 4 else { return .wrongWidth }
-        var nonFinite = false
-        var negative = false
+        // 8 lanes at a time (SIMD masks accumulate without branches), then the tail.
+        let expBits = SIMD8<UInt32>(repeating: 0x7F80_0000), signOnly = SIMD8<UInt32>(repeating: 0x8000_0000)
+        var nf = SIMDMask<SIMD8<Int32>>(repeating: false), ng = SIMDMask<SIMD8<Int32>>(repeating: false)
         var offset = 0
+        let vectorEnd = raw.count & ~31
+        while offset < vectorEnd {
+            let v = raw.loadUnaligned(fromByteOffset: offset, as: SIMD8<UInt32>.self)
+            nf = nf .| ((v & expBits) .== expBits)
+            ng = ng .| (v .> signOnly)
+            offset &+= 32
+        }
+        var nonFinite = any(nf)
+        var negative = any(ng)
         while offset < raw.count {
             let bits = UInt32(littleEndian: raw.loadUnaligned(fromByteOffset: offset, as: UInt32.self))
-            nonFinite = nonFinite || (bits & 0x7F80_0000 == 0x7F80_0000)
-            // Sign bit set and not exactly −0.0 (0x8000_0000).
-            negative = negative || (bits > 0x8000_0000)
+            if bits & 0x7F80_0000 == 0x7F80_0000 { nonFinite = true }
+            if bits > 0x8000_0000 { negative = true }   // sign bit set and not exactly −0.0
             offset &+= 4
         }
         if nonFinite { return .nonFinite }

@@ -264,6 +264,7 @@ struct Replay: ParsableCommand {
     @Option(name: .customLong("producer-id"), help: "Producer id (default: random).") var producerID: UInt64?
     @Option(name: .customLong("wait-subscriber"), help: "Seconds to wait for the daemon's subscription before sending.") var waitSubscriber: Double = 5
     @Option(help: "Publish the selected rows this many times over (sequence numbers keep counting).") var `repeat` = 1
+    @Option(help: "Send high-water mark: messages queued before the socket drops (0 = never drop; memory grows if the daemon is slower).") var hwm: Int32 = 0
     @OptionGroup var endpoints: EndpointOptions
     @OptionGroup var output: OutputOptions
 
@@ -282,7 +283,7 @@ struct Replay: ParsableCommand {
         // XPUB: we see the daemon's subscription arrive, so no message is lost to the slow-joiner.
         let pub = try ctx.socket(.xpub, linger: 30_000)   // closing waits (≤ 30 s) until queued rows are sent
         try endpoints.secure(pub)
-        try pub.setSendHighWaterMark(0)
+        try pub.setSendHighWaterMark(hwm)
         try pub.connect(endpoints.feed)
         let sub = ZMQMultipart(maxFrames: 1)
         let deadline = Date().addingTimeInterval(waitSubscriber)
