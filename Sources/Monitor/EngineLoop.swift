@@ -256,8 +256,12 @@ final class EngineLoop: @unchecked Sendable {
         }
         var keys: [String] = []
         for (i, raw) in String(decoding: d, as: UTF8.self).split(separator: "\n").enumerated() {
-            let line = raw.trimmingCharacters(in: .whitespaces)
+            var line = raw.trimmingCharacters(in: .whitespaces)
             if line.isEmpty || line.hasPrefix("#") { continue }
+            // Accept `saliencyctl keygen`'s .pub lines ("public = KEY") as well as bare keys.
+            if line.hasPrefix("public"), let eq = line.firstIndex(of: "=") {
+                line = line[line.index(after: eq)...].trimmingCharacters(in: .whitespaces)
+            }
             guard Z85.isKey(line) else {
                 throw SaliencyError(.invalidConfiguration, "'\(path)' line \(i + 1) is not a 40-character Z85 public key")
             }
