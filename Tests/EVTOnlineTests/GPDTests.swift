@@ -1,27 +1,13 @@
 import Foundation
 import Testing
+import SaliencyCore
 @testable import EVTOnline
 
 // MARK: - Test support: seeded generators and the scipy fixture
 
-/// SplitMix64 (Steele, Lea & Flood 2014): tiny, seedable, good enough for test streams.
-struct SplitMix64: RandomNumberGenerator {
-    var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-    /// Uniform in (0, 1), never 0 or 1.
-    mutating func uniform() -> Double { (Double(next() >> 11) + 0.5) * 0x1p-53 }
+/// Test draws on SaliencyCore's SplitMix64 (seeded, reproducible; `uniform()` in (0, 1), `normal()` Box–Muller).
+extension SplitMix64 {
     mutating func exponential() -> Double { -Foundation.log(uniform()) }
-    /// Box–Muller (one of the pair).
-    mutating func normal() -> Double {
-        Foundation.sqrt(-2 * Foundation.log(uniform())) * Foundation.cos(2 * Double.pi * uniform())
-    }
     /// Student t with 3 degrees of freedom: Z / sqrt(χ²₃/3).
     mutating func studentT3() -> Double {
         let z = normal()

@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+import SaliencyCore
 @testable import EVTOnline
 
 @Suite struct GrimshawTests {

@@ -1,4 +1,5 @@
 import Testing
+import SaliencyCore
 @testable import EVTOnline
 
 @Suite struct WelfordTests {
