@@ -52,13 +52,19 @@ def run_shifts(shift_names):
     results = {}
     for sh in shift_names:
         rows, meta = shift_rows(model, sh)
-        results[sh] = {s.name: shares(s.rank_keys(rows), layer, L) for s in scorers}
+        keys = {s.name: s.rank_keys(rows) for s in scorers}
+        results[sh] = {n: shares(k, layer, L) for n, k in keys.items()}
+        # per-row share of the top-20 in the three deepest layers (conv4, conv5, down); paired POT - z-score
+        deep = {n: (layer[top_k(k, K_TOP)] >= 3).mean(1) for n, k in keys.items()}
+        d = deep["POT"] - deep["z-score"]
+        ci = 1.96 * d.std(ddof=1) / np.sqrt(len(d))
         tgt = DIGITS_TARGETS.get(sh, "true label")
         acc = f"accuracy {meta['accuracy']:.3f}" if not sh.startswith("digits") else \
             f"identity-mapping agreement {meta['accuracy']:.3f} (chance)"
         print_table(f"{sh} ({rows.shape[0]} rows, loss target: {tgt}, {acc}, "
                     f"median confidence {np.median(meta['confidence']):.2f}, mean saliency {rows.mean():.3f})",
                     results[sh], names, filt_share)
+        print(f"deep3 share, POT - z-score, paired over rows: {d.mean():+.3f} +/- {ci:.3f} (95% normal CI)")
     print(f"\n(reference mean saliency {ref.mean():.3f})")
     cols = min(3, len(shift_names))
     nr = (len(shift_names) + cols - 1) // cols
