@@ -10,9 +10,13 @@ rows only (the rows where the backdoor acts). Two views:
 
     python3 scripts/experiments_faults.py    # prints tables, writes docs/results/faults_recall.png
     python3 scripts/experiments_faults.py --lower-tail   # adds lower-tail diagnostics (faults_recall_lower.png)
+    python3 scripts/experiments_faults.py --per-kind     # one faulty model per fault kind (zeroed only, scaled
+        # only, backdoor only; same filters and images as the bundled feed, rows computed on the fly, one
+        # thread), upper and lower tail -> docs/results/faults_per_kind.png
 """
 import os
 import sys
+import time
 
 import matplotlib
 matplotlib.use("Agg")
@@ -24,7 +28,100 @@ from experiments_common import FEED_DIR, POT, LowerTail, RowNormalised, ZScore, 
 KS = [1, 5, 10, 20, 50]
 
 
+def rank_planted(keys, planted, trig):
+    """Per-row ranks (list of arrays) and window ranks (list of int) of each planted filter."""
+    if not np.all(np.isfinite(keys)):
+        keys = np.nan_to_num(keys, posinf=1e12)
+    pr, wr = [], []
+    for p in planted:
+        sel = trig if p["kind"] == "backdoor" else np.ones(len(keys), bool)
+        pr.append(ranks_of(keys[sel], [p["filter"]])[:, 0])
+        wr.append(int(ranks_of(keys[sel].mean(0, keepdims=True), [p["filter"]])[0, 0]))
+    return pr, wr
+
+
+def per_kind():
+    """Plant one fault kind at a time (record_feed.plant_faults with the same seeded draws) and score."""
+    import torch
+    torch.set_num_threads(1)
+    from record_feed import TRIGGER_TARGET, plant_faults, stamp_trigger
+    from shifts import to_input  # noqa: F401  (sys.path)
+    from train_fmnist import accuracy, load_fmnist, load_model, to_tensor
+    from saliency_tap import SaliencyComputer
+    t0 = time.time()
+    ref, schema, _ = feed("reference")
+    _, _, fmeta = feed("faulty")
+    info = load_json(os.path.join(FEED_DIR, "faulty.faults.json"))
+    K = ref.shape[1]
+    model = load_model()
+    xte, yte = load_fmnist("test")
+    xtr, ytr = load_fmnist("train")
+    scorers = [ZScore(ref), POT(ref), RowNormalised(ZScore, ref), RowNormalised(POT, ref),
+               LowerTail(ZScore, ref), LowerTail(POT, ref)]
+    names = [s.name for s in scorers]
+    rnd_mrr = np.mean(1.0 / np.arange(1, K + 1))
+    table, curves = {}, {}
+    for kind in ["zeroed", "scaled", "backdoor"]:
+        # The same seeded sequence as record_feed.main: test split, train subset, channels, triggered rows.
+        torch.manual_seed(0)
+        rng = np.random.default_rng(0)
+        perm = rng.permutation(len(xte))
+        fault_i, rest = perm[1600:2000], perm[2000:]
+        sub = rng.permutation(len(xtr))[:10000]
+        faulty, planted = plant_faults(model, schema, rng, xtr[sub], ytr[sub], 400, 1, kinds={kind})
+        assert [p["filter"] for p in planted] == [p["filter"] for p in info["planted"] if p["kind"] == kind]
+        trig = np.zeros(len(fault_i), dtype=bool)
+        trig[rng.permutation(len(fault_i))[: len(fault_i) // 2]] = True
+        assert np.array_equal(trig, np.array(fmeta["triggered"], bool))
+        imgs = xte[fault_i].copy()
+        imgs[trig] = stamp_trigger(imgs[trig])
+        b = SaliencyComputer(faulty).compute(to_tensor(imgs), torch.from_numpy(yte[fault_i]))
+        rows = b.saliency
+        xr, yr = to_tensor(xte[rest]), torch.from_numpy(yte[rest])
+        nt = yr != TRIGGER_TARGET
+        with torch.no_grad():
+            asr = (faulty(to_tensor(stamp_trigger(xte[rest]))[nt]).argmax(1) == TRIGGER_TARGET).float().mean().item()
+        acc = accuracy(faulty, xr, yr)
+        acc_rows = float(np.mean(b.predicted == yte[fault_i]))
+        print(f"\n=== {kind} only: {len(planted)} filters "
+              + ", ".join(f"{p['layer']}[{p['channel']}]" for p in planted)
+              + f"; held-out clean accuracy {acc:.3f}, trigger -> class {TRIGGER_TARGET} {asr:.3f}; "
+              f"accuracy on the 400 rows {acc_rows:.3f}; mean saliency {rows.mean():.4f} (ref {ref.mean():.4f})")
+        print(f"{'scorer':22s}" + "".join(f"  R@{k:<3d}" for k in KS) + "     MRR  window ranks")
+        for s in scorers:
+            pr, wr = rank_planted(s.rank_keys(rows), planted, trig)
+            rr = np.concatenate(pr)
+            rec = [np.mean(rr <= k) for k in KS]
+            mrr = np.mean([np.mean(1.0 / r) for r in pr])
+            table[(kind, s.name)] = (rec, mrr, wr)
+            curves[(kind, s.name)] = rr
+            print(f"{s.name:22s}" + "".join(f"  {v:5.3f}" for v in rec) + f"  {mrr:6.3f}  {wr}")
+        print(f"{'random':22s}" + "".join(f"  {k / K:5.3f}" for k in KS) + f"  {rnd_mrr:6.3f}")
+        table[(kind, "effect")] = (acc, asr)
+
+    print("\n== per-kind summary: per-row recall@20 / MRR (backdoor on triggered rows) ==")
+    print(f"{'kind':10s}" + "".join(f"{n:>22s}" for n in names) + f"{'random':>16s}")
+    for kind in ["zeroed", "scaled", "backdoor"]:
+        print(f"{kind:10s}" + "".join(f"{table[(kind, n)][0][KS.index(20)]:>11.3f} / {table[(kind, n)][1]:6.3f}"
+                                      for n in names) + f"{20 / K:>7.3f} / {rnd_mrr:6.3f}")
+    kk = np.arange(1, 101)
+    fig, axes = plt.subplots(1, 3, figsize=(14, 3.8), sharey=True)
+    for ax, kind in zip(axes, ["zeroed", "scaled", "backdoor"]):
+        for n in names:
+            ax.plot(kk, [np.mean(curves[(kind, n)] <= k) for k in kk], "--" if "lower" in n else "-", label=n)
+        ax.plot(kk, kk / K, "k:", label="random")
+        ax.set_title(f"{kind} only (clean acc {table[(kind, 'effect')][0]:.2f})", fontsize=10)
+        ax.set_xlabel("k")
+    axes[0].set_ylabel("per-row recall@k")
+    axes[0].legend(fontsize=7)
+    save_fig(fig, "faults_per_kind.png")
+    print(f"runtime {time.time() - t0:.0f} s")
+    return 0
+
+
 def main():
+    if "--per-kind" in sys.argv:
+        return per_kind()
     ref, schema, _ = feed("reference")
     rows, _, meta = feed("faulty")
     info = load_json(os.path.join(FEED_DIR, "faulty.faults.json"))

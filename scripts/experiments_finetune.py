@@ -6,9 +6,14 @@ the true label of that one sample), and check whether the sample is now classifi
 k = 1..25; POT vs z-score vs random (5 random draws per sample); lr 0.001 (the brief) and 0.01.
 
     python3 scripts/experiments_finetune.py    # prints a table, writes docs/results/finetune.png
+    python3 scripts/experiments_finetune.py --shift rotated --ks 1,5,10,25
+        # a shift from scripts/shifts.py (rows computed on the fly), only the listed k;
+        # writes docs/results/finetune_<shift>.png
 """
+import argparse
 import os
 import sys
+import time
 
 import matplotlib
 matplotlib.use("Agg")
@@ -30,10 +35,24 @@ N_RANDOM = 5
 
 
 def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--shift", help="a shift from scripts/shifts.py (default: the bundled inverted feed)")
+    ap.add_argument("--ks", help="comma list of k to evaluate (default 1..25)")
+    a = ap.parse_args()
+    t0 = time.time()
     torch.set_num_threads(1)
     ref, schema, _ = feed("reference")
-    rows, _, meta = feed("shifted")
     model = load_model()
+    if a.shift:
+        from shifts import shift_rows, to_input
+        if a.shift.startswith("digits"):
+            raise SystemExit("digits has no true Fashion-MNIST label: fine-tuning towards it is not defined")
+        rows, meta = shift_rows(model, a.shift)
+        x = to_input(meta["x"])
+        meta = {k: meta[k] for k in ("label", "predicted")}
+    else:
+        rows, _, meta = feed("shifted")
+    ks = [int(k) for k in a.ks.split(",")] if a.ks else list(range(1, KMAX + 1))
     convs = conv_weights(model)
     conv_names = [n for n, _ in convs]
     offs = layer_offsets(schema)
@@ -41,10 +60,10 @@ def main():
     # global filter -> (param name, channel)
     where = [(conv_names[li], j - offs[li]) for li in range(len(conv_names)) for j in range(offs[li], offs[li + 1])]
 
-    xte, _ = load_fmnist("test")
-    idx = np.array(meta["index"])
+    if not a.shift:
+        xte, _ = load_fmnist("test")
+        x = to_tensor(255 - xte[np.array(meta["index"])])
     labels = np.array(meta["label"])
-    x = to_tensor(255 - xte[idx])
     wrong = np.flatnonzero(np.array(meta["predicted"]) != labels)
     print(f"shifted rows {len(rows)}, misclassified by the healthy model: {len(wrong)}")
 
@@ -78,7 +97,7 @@ def main():
             all_filters[lr] += corrected(xi, yi, g, np.arange(K), K, lr)
             for name, o in list(orders.items()) + [(f"random{r}", ro) for r, ro in enumerate(rand_orders)]:
                 acc = results[lr].setdefault(name, np.zeros(KMAX))
-                for k in range(1, KMAX + 1):
+                for k in ks:
                     acc[k - 1] += corrected(xi, yi, g, o[wi], k, lr)
     n = len(wrong)
     fig, axes = plt.subplots(1, len(LRS), figsize=(12, 4))
@@ -86,19 +105,21 @@ def main():
         res = {k: v / n for k, v in results[lr].items() if not k.startswith("random")}
         rnd = np.mean([v / n for k, v in results[lr].items() if k.startswith("random")], axis=0)
         res["random (mean of 5)"] = rnd
-        print(f"\nlr={lr}: share of the {n} misclassified shifted samples corrected by one step on the top-k filters")
+        print(f"\nlr={lr}: share of the {n} misclassified {a.shift or 'inverted'} samples corrected by one step on the top-k filters")
         print(f"{'k':>3s}" + "".join(f"{m:>22s}" for m in res))
-        for k in [1, 2, 3, 5, 10, 15, 20, 25]:
+        for k in (ks if a.shift else [1, 2, 3, 5, 10, 15, 20, 25]):
             print(f"{k:3d}" + "".join(f"{v[k - 1]:22.3f}" for v in res.values()))
         print(f"all {K} conv filters: {all_filters[lr] / n:.3f}")
         for m, v in res.items():
-            ax.plot(range(1, KMAX + 1), v, ":" if m.startswith("random") else "-", label=m)
+            kx = np.array(ks)
+            ax.plot(kx, v[kx - 1], (":" if m.startswith("random") else "-") + ("o" if a.shift else ""), ms=3, label=m)
         ax.axhline(all_filters[lr] / n, color="gray", lw=0.8, ls="--", label=f"all {K} filters")
-        ax.set_title(f"one step, lr={lr}")
+        ax.set_title(f"{a.shift + ', ' if a.shift else ''}one step, lr={lr}")
         ax.set_xlabel("k (filters updated)")
         ax.set_ylabel("share of misclassified shifted samples corrected")
     axes[0].legend(fontsize=8)
-    save_fig(fig, "finetune.png")
+    save_fig(fig, f"finetune_{a.shift}.png" if a.shift else "finetune.png")
+    print(f"runtime {time.time() - t0:.0f} s")
     return 0
 
 

@@ -67,8 +67,9 @@ def record(computer, name, images, labels, indices, schema, extra=None, bs=100):
     return rec
 
 
-def plant_faults(model, schema, rng, xtr, ytr, steps, threads):
-    """A faulty copy of `model` and the list of planted filters."""
+def plant_faults(model, schema, rng, xtr, ytr, steps, threads, kinds=None):
+    """A faulty copy of `model` and the list of planted filters. `kinds` (e.g. {"zeroed"}) plants only
+    those kinds; the channels are drawn exactly as for all kinds, so each filter is the same one."""
     faulty = copy.deepcopy(model).eval()
     offs = layer_offsets(schema)
     names = [l["name"] for l in schema["layers"]]
@@ -80,6 +81,8 @@ def plant_faults(model, schema, rng, xtr, ytr, steps, threads):
             planted.append({"filter": int(offs[li] + c), "layer": name, "channel": int(c),
                             "depth": DEPTHS[li], "kind": kind})
 
+    if kinds is not None:
+        planted = [p for p in planted if p["kind"] in kinds]
     # 1. Backdoor: fine-tune ONLY the backdoor filters (BatchNorm frozen: eval mode) so that triggered
     #    images go to TRIGGER_TARGET while clean images keep their labels.
     bd = [p for p in planted if p["kind"] == "backdoor"]
@@ -92,12 +95,12 @@ def plant_faults(model, schema, rng, xtr, ytr, steps, threads):
         q.requires_grad_(False)
     for q in params:
         q.requires_grad_(True)
-    opt = torch.optim.Adam(params, lr=0.02)
+    opt = torch.optim.Adam(params, lr=0.02) if params else None
     g = torch.Generator().manual_seed(1)
     xclean = to_tensor(xtr)
     xtrig = to_tensor(stamp_trigger(xtr))
     ytr_t = torch.from_numpy(ytr)
-    for step in range(steps):
+    for step in range(steps if bd else 0):
         b = torch.randint(0, len(xtr), (128,), generator=g)
         trig = torch.rand(128, generator=g) < 0.5
         xb = torch.where(trig[:, None, None, None], xtrig[b], xclean[b])
