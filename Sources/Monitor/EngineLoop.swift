@@ -75,7 +75,6 @@ final class EngineLoop: @unchecked Sendable {
         var nextWatchdog = clock.now
         var nextSnapshot = clock.now + .seconds(core.configuration.state.snapshotInterval)
         var nextStatus = clock.now
-        var lastSnapshotName: String? = store.lastWritten
 
         func flushOutbox() {
             for (topic, body) in core.outbox {
@@ -88,13 +87,18 @@ final class EngineLoop: @unchecked Sendable {
             }
             core.outbox.removeAll(keepingCapacity: true)
         }
-        func snapshotNow() -> Result<String, SaliencyError> {
-            let r = store.write(core)
+        let snapshotCounter = metrics.snapshots, snapshotFailures = metrics.snapshotFailures, log = logger
+        let onSnapshot: @Sendable (Result<String, SaliencyError>) -> Void = { r in
             switch r {
-            case .success(let name): lastSnapshotName = name; metrics.snapshots.increment()
-            case .failure(let e): metrics.snapshotFailures.increment(); logger.error("snapshot failed; learned state since the last snapshot is at risk", metadata: ["error": "\(e.message)"])
+            case .success: snapshotCounter.increment()
+            case .failure(let e):
+                snapshotFailures.increment()
+                log.error("snapshot failed; learned state since the last snapshot is at risk", metadata: ["error": "\(e.message)"])
             }
-            return r
+        }
+        /// Background write on the interval; synchronous for the admin query and at shutdown.
+        func snapshotNow(wait: Bool) -> Result<String, SaliencyError> {
+            store.write(core, wait: wait, completion: onSnapshot) ?? .success(store.currentPath)
         }
 
         loop: while !stopRequested.load(ordering: .acquiring) {
@@ -142,7 +146,7 @@ final class EngineLoop: @unchecked Sendable {
                             reply = QueryReply.error(code: .badRequest, message: "send exactly one frame holding a JSON object")
                         } else {
                             let admin = !cfg.security.curve || request.property("User-Id").map { adminKeys.contains($0) } == true
-                            reply = core.handleQuery(request.frame(0), admin: admin, snapshot: snapshotNow, lastSnapshot: lastSnapshotName)
+                            reply = core.handleQuery(request.frame(0), admin: admin, snapshot: { snapshotNow(wait: true) }, lastSnapshot: store.lastWritten)
                         }
                         _ = try rep.send(reply)
                     }
@@ -167,7 +171,7 @@ final class EngineLoop: @unchecked Sendable {
                 nextStatus = now + .seconds(5)
             }
             if now >= nextSnapshot {
-                _ = snapshotNow()
+                _ = snapshotNow(wait: false)
                 nextSnapshot = now + .seconds(core.configuration.state.snapshotInterval)
             }
             if let newConfig = reloadMailbox.withLock({ c -> DaemonConfiguration? in defer { c = nil }; return c }) {
@@ -184,7 +188,8 @@ final class EngineLoop: @unchecked Sendable {
         }
         notifier.notify("STOPPING=1\nSTATUS=stopping: writing state")
         logger.notice("stopping: writing final snapshot")
-        _ = snapshotNow()
+        store.drain()
+        _ = snapshotNow(wait: true)
         alertLog.syncNow()
         zap?.stop()
         logger.notice("stopped", metadata: ["alert_seq": "\(alertLog.nextSequence - 1)"])

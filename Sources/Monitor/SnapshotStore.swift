@@ -3,6 +3,8 @@ import Foundation
 import Logging
 import SaliencyCore
 import SaliencyStream
+import Synchronization
+import Dispatch
 
 /// Snapshots of all learned state in the state directory (docs/operations.md).
 ///
@@ -17,7 +19,9 @@ final class SnapshotStore {
     static let version: UInt32 = 1
     let directory: String
     let logger: Logger
-    private(set) var lastWritten: String?
+    private let queue = DispatchQueue(label: "saliencyd.snapshot")
+    private let inFlight = AtomicFlag()
+    private let state = LockedString()
 
     init(directory: String, logger: Logger) {
         self.directory = directory
@@ -123,21 +127,63 @@ final class SnapshotStore {
 
     // MARK: - Files
 
-    /// Writes a snapshot now. Returns the file name.
-    func write(_ core: DaemonCore) -> Result<String, SaliencyError> {
+    /// Encodes the state on the caller's (engine) thread — a memory copy, tens of ms at K = 26,560 —
+    /// and writes it to disk (temp file, fsync, rotate, rename, fsync dir) on a background queue so
+    /// ingest and alert latency are not held up by the disk. With `wait`, or while a previous write
+    /// is still in flight, behaves synchronously / skips respectively:
+    /// - `wait: true` (admin `snapshot` query, shutdown): waits for any write in flight, then writes
+    ///   and returns the real outcome;
+    /// - `wait: false` (the interval timer): if a write is still in flight, skips this one (the next
+    ///   interval catches up) and says so.
+    func write(_ core: DaemonCore, wait: Bool = false, completion: @escaping @Sendable (Result<String, SaliencyError>) -> Void = { _ in }) -> Result<String, SaliencyError>? {
+        let bytes: [UInt8]
         do {
-            let bytes = try Self.encode(core)
-            let fm = FileManager.default
-            let tmp = currentPath + ".new"
-            try AtomicFile.write(bytes, to: tmp)
-            if fm.fileExists(atPath: currentPath) {
-                guard rename(currentPath, previousPath) == 0 else { throw SaliencyError(.io, "cannot rotate \(currentPath): \(String(cString: strerror(errno)))") }
+            bytes = try Self.encode(core)
+        } catch let e as SaliencyError {
+            completion(.failure(e)); return .failure(e)
+        } catch {
+            let e = SaliencyError(.io, "\(error)"); completion(.failure(e)); return .failure(e)
+        }
+        let models = core.engines.count
+        let job: @Sendable () -> Result<String, SaliencyError> = { [directory, currentPath, previousPath, logger, state] in
+            let r = Self.persist(bytes, directory: directory, current: currentPath, previous: previousPath)
+            if case .success = r {
+                state.withLock { $0 = AlertRecord.timestamp() }
+                logger.info("snapshot written", metadata: ["bytes": "\(bytes.count)", "models": "\(models)"])
             }
-            guard rename(tmp, currentPath) == 0 else { throw SaliencyError(.io, "cannot install \(currentPath): \(String(cString: strerror(errno)))") }
+            completion(r)
+            return r
+        }
+        if wait {
+            return queue.sync { job() }
+        }
+        guard inFlight.trySet() else {
+            logger.warning("snapshot skipped: the previous one is still being written (slow disk?)")
+            return nil
+        }
+        let flight = inFlight
+        queue.async {
+            _ = job()
+            flight.clear()
+        }
+        return nil
+    }
+
+    /// Waits for a background write to finish (shutdown).
+    func drain() { queue.sync {} }
+
+    var lastWritten: String? { state.withLock { $0 } }
+
+    static func persist(_ bytes: [UInt8], directory: String, current: String, previous: String) -> Result<String, SaliencyError> {
+        do {
+            let tmp = current + ".new"
+            try AtomicFile.write(bytes, to: tmp)
+            if FileManager.default.fileExists(atPath: current) {
+                guard rename(current, previous) == 0 else { throw SaliencyError(.io, "cannot rotate \(current): \(String(cString: strerror(errno)))") }
+            }
+            guard rename(tmp, current) == 0 else { throw SaliencyError(.io, "cannot install \(current): \(String(cString: strerror(errno)))") }
             AtomicFile.syncDirectory(directory)
-            lastWritten = AlertRecord.timestamp()
-            logger.info("snapshot written", metadata: ["bytes": "\(bytes.count)", "models": "\(core.engines.count)"])
-            return .success(currentPath)
+            return .success(current)
         } catch let e as SaliencyError {
             return .failure(e)
         } catch {
@@ -212,4 +258,18 @@ public enum SnapshotInspector {
         return Summary(file: path, bytes: bytes.count, version: SnapshotStore.version, checksum_ok: true, next_alert_seq: r.nextAlertSeq,
                        producers: r.producers.count, models: models)
     }
+}
+
+/// Shared "a write is in flight" flag (engine thread ↔ snapshot queue).
+final class AtomicFlag: Sendable {
+    private let flag = Atomic<Bool>(false)
+    /// Sets the flag if it was clear; returns whether this call set it.
+    func trySet() -> Bool { flag.compareExchange(expected: false, desired: true, ordering: .acquiringAndReleasing).exchanged }
+    func clear() { flag.store(false, ordering: .releasing) }
+}
+
+/// The time of the last completed snapshot (written by the snapshot queue, read by queries).
+final class LockedString: Sendable {
+    private let value = Mutex<String?>(nil)
+    func withLock<R>(_ body: (inout String?) -> R) -> R { value.withLock { body(&$0) } }
 }

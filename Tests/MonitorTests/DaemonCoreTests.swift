@@ -229,8 +229,8 @@ struct Harness {
         var logger = Logger(label: "t")
         logger.logLevel = .critical
         let store = SnapshotStore(directory: h.dir, logger: logger)
-        guard case .success = store.write(h.core) else { Issue.record("write failed"); return }
-        guard case .success = store.write(h.core) else { Issue.record("write failed"); return }
+        guard case .success? = store.write(h.core, wait: true) else { Issue.record("write failed"); return }
+        guard case .success? = store.write(h.core, wait: true) else { Issue.record("write failed"); return }
         #expect(FileManager.default.fileExists(atPath: store.previousPath))
         // Corrupt the current one: restore must take the previous and move the bad one aside.
         var cur = try [UInt8](Data(contentsOf: URL(fileURLWithPath: store.currentPath)))
