@@ -165,6 +165,7 @@ struct Bench: ParsableCommand {
     @Option(help: "Calibration rows.") var calibration = 1000
     @Option(name: .customLong("refits-per-row"), help: "Refit budget per prediction.") var refitsPerRow = POTConfiguration().refitsPerRow
     @Option(help: "Random seed.") var seed: UInt64 = 1
+    @Option(name: .customLong("max-peaks"), help: "Ring capacity per filter.") var maxPeaks = POTConfiguration().maxPeaks
     @OptionGroup var output: OutputOptions
 
     struct Result: Codable {
@@ -178,6 +179,7 @@ struct Bench: ParsableCommand {
         cfg.level = level
         cfg.calibration = calibration
         cfg.refitsPerRow = refitsPerRow
+        cfg.maxPeaks = maxPeaks
         let bank: FilterBank
         do { bank = try FilterBank(filterCount: filters, configuration: cfg) } catch { throw ValidationError(error.message) }
         var rng = SplitMix64(seed: seed)
