@@ -30,6 +30,10 @@ extension FilterBank {
         w.write(raw: sketch, count: k * Self.sketchPoints)
         w.write(raw: isDue, count: k); w.write(raw: inQueue, count: k); w.write(raw: frozen, count: k); w.write(raw: queue, count: k)
         w.write(Int64(queueHead)); w.write(Int64(queueCount)); w.write(Int64(blockFill)); w.write(refitCredit)
+        if let ringD = driftRing, let headD = driftHead, let sumD = driftSum {
+            let d = configuration.driftWindow
+            w.write(raw: ringD, count: k * d); w.write(raw: headD, count: k); w.write(raw: sumD, count: k)
+        }
         w.write(UInt32(rejected.count))
         for (r, n) in rejected.sorted(by: { $0.key.rawValue < $1.key.rawValue }) {
             w.write(blob: Array(r.rawValue.utf8)); w.write(n)
@@ -108,6 +112,11 @@ extension FilterBank {
             }
             guard calibrating || (scale[j] > 0 && thrD[j].isFinite) else { throw bad("filter \(j): scale \(scale[j]) or threshold \(thrD[j]) invalid") }
             guard UInt64(extremesTotal[j]) <= rows else { throw bad("filter \(j): more extremes than rows") }
+        }
+        if let ringD = driftRing, let headD = driftHead, let sumD = driftSum {
+            let d = c.driftWindow
+            try r.read(raw: ringD, count: k * d, "drift windows"); try r.read(raw: headD, count: k, "drift heads"); try r.read(raw: sumD, count: k, "drift sums")
+            for j in 0..<k where Int(headD[j]) >= d || !sumD[j].isFinite { throw bad("filter \(j): drift window state out of range") }
         }
         let nRejected = try r.read(UInt32.self, "rejection reasons")
         guard nRejected <= 16 else { throw bad("\(nRejected) rejection reasons") }

@@ -22,6 +22,13 @@ import SaliencyCore
 ///    - `t_j < s ≤ z_j`: a peak `s − t_j` enters the ring, `N_t,j` and `n_j` grow;
 ///    - otherwise `n_j` grows. Moments absorb every non-extreme value.
 ///
+/// ## Drift (DSPOT, `drift_window = d > 0`, off by default)
+/// Thresholds apply to the residual `s − M_j`, `M_j` the mean of filter j's last d absorbed
+/// values (Siffer et al. 2017 §4.3): the first d calibration rows seed the windows, the other
+/// `n_cal − d` calibrate; extremes never enter the window; the z-score stays on raw values. A
+/// scalar pass (about K·d·4 bytes more state). The monitor exists to catch shift, so adapting to
+/// it is the user's choice.
+///
 /// ## Refits: budgeted, FIFO, with a stated lag
 /// A filter is *due* after `refitAfterPeaks` new peaks. Due filters wait in a FIFO queue (each at
 /// most once); `update` spends `refitsPerRow` refits per row (credit accumulates fractionally,
@@ -85,6 +92,8 @@ public final class FilterBank {
         public var due: Bool
         public var mean: Double
         public var standardDeviation: Double
+        /// DSPOT drift mean `M_j` (nil without drift).
+        public var driftMean: Double? = nil
     }
 
     public let filterCount: Int
@@ -151,6 +160,11 @@ public final class FilterBank {
     let extremeOut: UnsafeMutablePointer<Int32>
     /// Filters above their threshold in the current row (K + 8 entries: the vector stage stores 8 at a time).
     let peakList: UnsafeMutablePointer<Int32>
+    // DSPOT (drift_window d > 0): per filter the last d absorbed values, their write position and
+    // running sum (recomputed exactly each time the position wraps, so rounding cannot drift).
+    let driftRing: UnsafeMutablePointer<Float>?
+    let driftHead: UnsafeMutablePointer<UInt32>?
+    let driftSum: UnsafeMutablePointer<Double>?
     var extremeCount = 0
     var calib: UnsafeMutablePointer<Float>?
     var calibSeen = 0
@@ -165,8 +179,12 @@ public final class FilterBank {
         guard filterCount >= 1, filterCount <= 1 << 24 else {
             throw SaliencyError(.invalidConfiguration, "filterCount must be in 1...\(1 << 24), got \(filterCount)")
         }
-        guard configuration.driftWindow == 0 else {
-            throw SaliencyError(.invalidConfiguration, "drift_window > 0 (DSPOT) is available for single series (SPOT) but not yet in FilterBank; set drift_window = 0")
+        let d = configuration.driftWindow
+        if d > 0 {
+            let residuals = configuration.calibration - d
+            guard Double(residuals) * (1 - configuration.level) + 1e-9 >= Double(configuration.minPeaks) else {
+                throw SaliencyError(.invalidConfiguration, "DSPOT calibrates on calibration − drift_window = \(residuals) residuals, too few for min_peaks = \(configuration.minPeaks) at level \(configuration.level); raise calibration or lower drift_window")
+            }
         }
         let k = filterCount
         self.filterCount = k
@@ -184,6 +202,9 @@ public final class FilterBank {
         wCount = col(0); wMean = col(0); wM2 = col(0); sketch = col(0, k * Self.sketchPoints)
         isDue = col(false); frozen = col(false); inQueue = col(false); queue = col(0); extremeOut = col(0); peakList = col(0, k + 8); scores = col(0); fitScratch = col(0, configuration.maxPeaks); censorScratch = col(0, configuration.maxPeaks)
         calib = col(0, k * configuration.calibration)
+        driftRing = d > 0 ? col(0, k * d) : nil
+        driftHead = d > 0 ? col(0, k) : nil
+        driftSum = d > 0 ? col(0, k) : nil
         fitter = GrimshawFitter(capacity: max(configuration.maxPeaks, configuration.calibration))
     }
 
@@ -194,6 +215,7 @@ public final class FilterBank {
         extremesTotal.deallocate(); ntAtFit.deallocate(); blockExtremes.deallocate(); method.deallocate()
         isDue.deallocate(); frozen.deallocate(); inQueue.deallocate(); queue.deallocate(); extremeOut.deallocate(); peakList.deallocate()
         calib?.deallocate()
+        driftRing?.deallocate(); driftHead?.deallocate(); driftSum?.deallocate()
     }
 
     // MARK: - Validation
@@ -259,7 +281,7 @@ public final class FilterBank {
             }
             return RowResult(rejected: nil, calibrated: false, peaks: 0, extremes: 0, refits: 0)
         }
-        let peaks = scan(row.baseAddress!)
+        let peaks = driftRing == nil ? scan(row.baseAddress!) : scanDrift(row.baseAddress!)
         blockFill += 1
         if blockFill == Self.blockRows { mergeMoments() }
         var refits = 0
@@ -323,9 +345,61 @@ public final class FilterBank {
         for p in 0..<n {
             let j = Int(peakList[p])
             let s = row[j]
-            peaks &+= handleExceedance(j, s, extreme: s > ext[j])
+            peaks &+= handleExceedance(j, excess: Double(s) - thrD[j], extreme: s > ext[j])
         }
         return peaks
+    }
+
+    /// DSPOT's pass (Siffer et al. 2017 §4.3): each value is compared as the residual
+    /// `r = s − M_j`, `M_j` the mean of filter j's last d absorbed values, in double precision
+    /// against `t_j` and `z_j`; absorbed (non-extreme) values enter the drift window; the z-score
+    /// moments stay on the raw values. Scalar, O(K); used only when `drift_window > 0`.
+    private func scanDrift(_ row: UnsafePointer<Float>) -> Int {
+        let k = filterCount, d = configuration.driftWindow
+        let dd = Double(d)
+        guard let ringD = driftRing, let headD = driftHead, let sumD = driftSum else { return 0 }
+        var peaks = 0
+        for j in 0..<k {
+            let s = row[j]
+            let r = Double(s) - sumD[j] / dd
+            let extreme = r > extD[j]
+            if !extreme {
+                let dv = s - shift[j]
+                bsum[j] += dv
+                bsumsq[j] += dv * dv
+                Self.pushDrift(ringD + j * d, &headD[j], &sumD[j], s, d)
+            }
+            if r > thrD[j] { peaks &+= handleExceedance(j, excess: r - thrD[j], extreme: extreme) }
+        }
+        return peaks
+    }
+
+    /// Pushes `v` into a full drift window (capacity d) at `head`, keeping `sum` exact.
+    @inline(__always)
+    static func pushDrift(_ w: UnsafeMutablePointer<Float>, _ head: inout UInt32, _ sum: inout Double, _ v: Float, _ d: Int) {
+        let h = Int(head)
+        sum += Double(v) - Double(w[h])
+        w[h] = v
+        if h + 1 == d {
+            head = 0
+            var exact = 0.0
+            for i in 0..<d { exact += Double(w[i]) }
+            sum = exact
+        } else {
+            head = UInt32(h + 1)
+        }
+    }
+
+    /// DSPOT's current drift mean `M_j` (nil without drift).
+    public func driftMean(_ j: Int) -> Double? {
+        guard let sumD = driftSum else { return nil }
+        return sumD[j] / Double(configuration.driftWindow)
+    }
+
+    /// The value compared with the thresholds: `s`, or the DSPOT residual `s − M_j`.
+    @inline(__always) func comparable(_ j: Int, _ s: Float) -> Double {
+        guard let sumD = driftSum else { return Double(s) }
+        return Double(s) - sumD[j] / Double(configuration.driftWindow)
     }
 
     /// For each 8-bit lane mask, the indices of its set lanes, packed to the front.
@@ -341,8 +415,9 @@ public final class FilterBank {
         return t
     }()
 
+    /// One value above its threshold: `excess = value − t_j` (the residual's, with drift).
     @inline(__always)
-    private func handleExceedance(_ j: Int, _ s: Float, extreme: Bool) -> Int {
+    private func handleExceedance(_ j: Int, excess peakExcess: Double, extreme: Bool) -> Int {
         let excess: Float
         if extreme {
             extremesTotal[j] &+= 1
@@ -353,7 +428,7 @@ public final class FilterBank {
             // Stored negated (sign bit = censored), so the ring needs no extra flag.
             excess = -Float(extD[j] - thrD[j])
         } else {
-            excess = Float(Double(s) - thrD[j])
+            excess = Float(peakExcess)
         }
         if frozen[j] {   // an alerting filter learns nothing until it resolves; N_t still counts
             ntAtFit[j] &+= 1
@@ -413,9 +488,28 @@ public final class FilterBank {
         let col = UnsafeMutablePointer<Float>.allocate(capacity: nCal)
         let sorted = UnsafeMutablePointer<Float>.allocate(capacity: nCal)
         defer { col.deallocate(); sorted.deallocate() }
+        let d = configuration.driftWindow
+        let resid = UnsafeMutablePointer<Float>.allocate(capacity: nCal)
+        defer { resid.deallocate() }
         for j in 0..<k {
             for r in 0..<nCal { col[r] = c[r &* k &+ j] }
-            calibrateFilter(j, column: UnsafeBufferPointer(start: col, count: nCal), sorted: sorted)
+            let column = UnsafeBufferPointer(start: col, count: nCal)
+            if let ringD = driftRing, let headD = driftHead, let sumD = driftSum {
+                // The first d values seed the window; the other n − d are calibrated as residuals.
+                let w = ringD + j * d
+                var sum = 0.0
+                for i in 0..<d { w[i] = col[i]; sum += Double(col[i]) }
+                var head: UInt32 = 0
+                for i in d..<nCal {
+                    resid[i - d] = Float(Double(col[i]) - sum / Double(d))
+                    Self.pushDrift(w, &head, &sum, col[i], d)
+                }
+                headD[j] = head
+                sumD[j] = sum
+                calibrateFilter(j, column: column, residuals: UnsafeBufferPointer(start: resid, count: nCal - d), sorted: sorted)
+            } else {
+                calibrateFilter(j, column: column, residuals: column, sorted: sorted)
+            }
         }
         c.deallocate()
         calib = nil
@@ -437,7 +531,9 @@ public final class FilterBank {
         return f
     }
 
-    private func calibrateFilter(_ j: Int, column: UnsafeBufferPointer<Float>, sorted: UnsafeMutablePointer<Float>) {
+    /// `column`: the raw values (moments); `residuals`: what the thresholds are fitted to (the same
+    /// values without drift, DSPOT residuals with it).
+    private func calibrateFilter(_ j: Int, column: UnsafeBufferPointer<Float>, residuals: UnsafeBufferPointer<Float>, sorted: UnsafeMutablePointer<Float>) {
         let n = column.count
         // Moments: two-pass (exact batch reference for the streaming merge).
         var sum = 0.0
@@ -447,21 +543,22 @@ public final class FilterBank {
         for v in column { let d = Double(v) - mean; m2 += d * d }
         wCount[j] = Double(n); wMean[j] = mean; wM2[j] = m2; shift[j] = Float(mean)
         // Threshold and sketch.
-        sorted.update(from: column.baseAddress!, count: n)
-        var sortedBuffer = UnsafeMutableBufferPointer(start: sorted, count: n)
+        let nr = residuals.count
+        sorted.update(from: residuals.baseAddress!, count: nr)
+        var sortedBuffer = UnsafeMutableBufferPointer(start: sorted, count: nr)
         sortedBuffer.sort()
-        let t = Self.quantile(sorted: sorted, count: n, configuration.level)
+        let t = Self.quantile(sorted: sorted, count: nr, configuration.level)
         thrD[j] = t
         thr[j] = Self.floatDown(t)
         for i in 0..<Self.sketchPoints {
             let p = configuration.level * Double(i) / Double(Self.sketchPoints - 1)
-            sketch[j * Self.sketchPoints + i] = Float(Self.quantile(sorted: sorted, count: n, p))
+            sketch[j * Self.sketchPoints + i] = Float(Self.quantile(sorted: sorted, count: nr, p))
         }
         // Peaks in arrival order; the ring keeps the newest `cap`.
         var nt: UInt64 = 0
         let base = ring + j * cap
         var h = 0, count = 0
-        for v in column where Double(v) > t {
+        for v in residuals where Double(v) > t {
             base[h] = Float(Double(v) - t)
             h += 1; if h == cap { h = 0 }
             count = min(count + 1, cap)
@@ -536,7 +633,7 @@ public final class FilterBank {
     }
 
     /// `n_j`: valid rows (extremes count: they enter the tail as censored peaks).
-    @inline(__always) func nPOT(_ j: Int) -> UInt64 { rows }
+    @inline(__always) func nPOT(_ j: Int) -> UInt64 { rows - UInt64(driftRing == nil ? 0 : configuration.driftWindow) }
     @inline(__always) func nt(_ j: Int) -> UInt64 { ntAtFit[j] + UInt64(sinceFit[j]) }
 
     // MARK: - Scores and ranking
@@ -557,7 +654,7 @@ public final class FilterBank {
         precondition(calib == nil, "tailProbability before calibration")
         let n = Double(nPOT(j)), ntj = Double(nt(j))
         let rate = ntj / n
-        let sd = Double(s)
+        let sd = comparable(j, s)   // s, or the DSPOT residual s − M_j
         if sd > thrD[j] {
             let y = sd - thrD[j]
             if method[j] == GPDFitMethod.insufficientPeaks.rawValue {
@@ -576,13 +673,13 @@ public final class FilterBank {
         let sk = sketch + j * Self.sketchPoints
         let m = Self.sketchPoints
         var cdf: Double
-        if s <= sk[0] {
+        if sd <= Double(sk[0]) {
             cdf = 0
-        } else if s >= sk[m - 1] {
+        } else if sd >= Double(sk[m - 1]) {
             cdf = configuration.level
         } else {
             var lo = 0, hi = m - 1
-            while hi - lo > 1 { let mid = (lo + hi) / 2; if sk[mid] <= s { lo = mid } else { hi = mid } }
+            while hi - lo > 1 { let mid = (lo + hi) / 2; if Double(sk[mid]) <= sd { lo = mid } else { hi = mid } }
             let a = Double(sk[lo]), b = Double(sk[hi])
             let f = b > a ? (sd - a) / (b - a) : 1
             cdf = configuration.level * (Double(lo) + f) / Double(m - 1)
@@ -652,7 +749,8 @@ public final class FilterBank {
     }
 
     private func tieBreak(_ j: Int, _ s: Float) -> Double {
-        Double(s) > thrD[j] ? (Double(s) - thrD[j]) / scale[j] : 0
+        let v = comparable(j, s)
+        return v > thrD[j] ? (v - thrD[j]) / scale[j] : 0
     }
 
     private func select(k: Int, by kind: ScoreKind, tie: (Int) -> Double) -> [RankedFilter] {
@@ -726,7 +824,8 @@ public final class FilterBank {
         }
         return FilterReport(filter: j, threshold: thrD[j], extremeThreshold: extD[j], shape: shape[j], scale: scale[j],
                             tail: tail, n: calib == nil ? nPOT(j) : UInt64(calibSeen), peaks: nt(j), peaksInRing: Int(ringCount[j]),
-                            peaksSinceFit: Int(sinceFit[j]), extremes: extremesTotal[j], due: isDue[j], mean: mean, standardDeviation: sd)
+                            peaksSinceFit: Int(sinceFit[j]), extremes: extremesTotal[j], due: isDue[j], mean: mean, standardDeviation: sd,
+                            driftMean: calib == nil ? driftMean(j) : nil)
     }
 
     /// Bytes of learned state per filter at this configuration (excluding the transient calibration buffer).
@@ -734,7 +833,8 @@ public final class FilterBank {
         let hot = 5 * MemoryLayout<Float>.size
         let peak = 3 * MemoryLayout<UInt32>.size + cap * MemoryLayout<Float>.size + MemoryLayout<Double>.size
         let rare = MemoryLayout<UInt64>.size + MemoryLayout<UInt16>.size
-        let cold = 7 * MemoryLayout<Double>.size + 1 + Self.sketchPoints * MemoryLayout<Float>.size + 3 + MemoryLayout<Int32>.size  // + due/queued/frozen flags
+        let driftBytes = configuration.driftWindow > 0 ? configuration.driftWindow * 4 + 4 + 8 : 0
+        let cold = driftBytes + 7 * MemoryLayout<Double>.size + 1 + Self.sketchPoints * MemoryLayout<Float>.size + 3 + MemoryLayout<Int32>.size  // + due/queued/frozen flags
         let scratch = 2 * MemoryLayout<Int32>.size + MemoryLayout<Double>.size
         return hot + peak + rare + cold + scratch
     }

@@ -323,6 +323,58 @@ func feed(_ bank: FilterBank, _ row: [Float]) -> FilterBank.RowResult {
         #expect(bank.report(filter: 2).extremeThreshold != before.extremeThreshold)
     }
 
+    /// DSPOT: the first d calibration rows seed each window, the rest calibrate as residuals.
+    @Test func driftCalibrationUsesResiduals() throws {
+        let k = 5, n = 400, d = 20
+        var cfg = config(calibration: n)
+        cfg.driftWindow = d
+        let bank = try FilterBank(filterCount: k, configuration: cfg)
+        var f = SyntheticFeed(seed: 40, filters: k)
+        let ref = f.rows(n)
+        for r in ref { feed(bank, r) }
+        for j in 0..<k {
+            let col = ref.map { $0[j] }
+            var window = Array(col[0..<d]).map(Double.init)
+            var resid: [Float] = []
+            for i in d..<n {
+                resid.append(Float(Double(col[i]) - window.reduce(0, +) / Double(d)))
+                window.removeFirst(); window.append(Double(col[i]))
+            }
+            let rep = bank.report(filter: j)
+            #expect(rep.threshold == numpyLinearQuantile(resid, 0.9))
+            #expect(rep.n == UInt64(n - d))
+            #expect(abs(rep.driftMean! - window.reduce(0, +) / Double(d)) < 1e-9)
+            let mean = col.reduce(0.0) { $0 + Double($1) } / Double(n)
+            #expect(abs(rep.mean - mean) < 1e-9 * abs(mean))   // z-score moments stay on raw values
+        }
+        #expect(try FilterBank(filterCount: 1, configuration: { var c = config(calibration: 130); c.driftWindow = 30; return c }()).filterCount == 1)
+        #expect(throws: SaliencyError.self) { try FilterBank(filterCount: 1, configuration: { var c = config(calibration: 100); c.driftWindow = 30; return c }()) }
+    }
+
+    /// A slow trend makes plain SPOT alarm on everything; DSPOT keeps the rate near q.
+    @Test func driftKeepsTheAlarmRateOnATrend() throws {
+        var rates: [Int: Double] = [:]
+        for d in [0, 50] {
+            var cfg = config(calibration: 2000, level: 0.98, q: 1e-3)
+            cfg.driftWindow = d
+            let bank = try FilterBank(filterCount: 4, configuration: cfg)
+            var rng = SplitMix64(seed: 41)
+            let rows = 20_000
+            var extremes = 0
+            for i in 0..<(2000 + rows) {
+                let trend = 1 + 6 * Double(i) / Double(2000 + rows)   // +6σ over the run
+                let r = (0..<4).map { _ in Float(max(0, trend + rng.normal())) }
+                feed(bank, r)
+                if i >= 2000 { extremes += bank.lastExtremes.count }
+            }
+            rates[d] = Double(extremes) / Double(rows * 4)
+        }
+        print("extreme rate under a +6σ trend: SPOT \(rates[0]!), DSPOT(d=50) \(rates[50]!) (q = 1e-3)")
+        #expect(rates[0]! > 4 * 1e-3)                // the trend leaves plain SPOT behind…
+        #expect(rates[50]! < 2 * 1e-3)               // …DSPOT follows it
+        #expect(rates[0]! > 4 * rates[50]!)
+    }
+
     @Test func stateIsBoundedAtDefaults() throws {
         let bank = try FilterBank(filterCount: 8)
         #expect(bank.bytesPerFilter <= 2048)

@@ -193,6 +193,22 @@ struct Harness {
         }
     }
 
+    @Test func driftStateRoundTrips() throws {
+        var cfg = POTConfiguration()
+        cfg.calibration = 300
+        cfg.driftWindow = 25
+        let bank = try FilterBank(filterCount: 7, configuration: cfg)
+        var rng = SplitMix64(seed: 9)
+        for _ in 0..<500 { let r = (0..<7).map { _ in Float(exp(rng.normal())) }; r.withUnsafeBufferPointer { _ = bank.update($0) } }
+        let copy = try FilterBank(restoring: bank.serializedState(), configuration: cfg)
+        for _ in 0..<100 {
+            let r = (0..<7).map { _ in Float(exp(rng.normal())) }
+            let a = r.withUnsafeBufferPointer { bank.update($0) }, b = r.withUnsafeBufferPointer { copy.update($0) }
+            #expect(a == b)
+        }
+        for j in 0..<7 { #expect(bank.report(filter: j) == copy.report(filter: j)) }
+    }
+
     /// Truncations and bit flips anywhere are refused with an error — never a crash, never a silent load.
     @Test func corruptedOrTruncatedSnapshotsAreRefused() throws {
         let h = try calibratedHarness()
