@@ -269,6 +269,19 @@ final class DaemonCore {
         return e
     }()
 
+    // MARK: - Periodic metrics
+
+    /// Per-layer extreme counts and the top-10 POT scores of each model's latest prediction
+    /// (every 5 s; O(K log 10) per model).
+    func publishPeriodicMetrics() {
+        for e in engines.values {
+            metrics.publishLayers(e)
+            if e.bank.isCalibrated, let row = e.latestRow {
+                metrics.publishTop(model: e.schema.model, scores: e.bank.top(row, k: DaemonMetrics.topRanks, by: .pot).map(\.score))
+            }
+        }
+    }
+
     // MARK: - Idle work
 
     /// Refits due filters when the feed is quiet. Returns the number refit.

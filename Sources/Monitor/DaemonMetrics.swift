@@ -20,6 +20,35 @@ final class DaemonMetrics {
     let snapshots = Counter(label: "saliencyd_snapshots_total")
     let snapshotFailures = Counter(label: "saliencyd_snapshot_failures_total")
     private var latencyCountdown = 0
+    private var layerCounters: [String: [Counter]] = [:]
+    private var layerPushed: [String: [UInt64]] = [:]
+    private var topGauges: [String: [Gauge]] = [:]
+    /// Ranks exported by `saliencyd_top_score` (bounded: never a series per filter).
+    static let topRanks = 10
+
+    /// Per-layer extreme exceedances (bounded by the number of layers), pushed periodically.
+    func publishLayers(_ engine: ModelEngine) {
+        let m = engine.schema.model
+        if layerCounters[m] == nil {
+            layerCounters[m] = engine.schema.layers.map { Counter(label: "saliencyd_layer_extreme_exceedances_total", dimensions: [("model", m), ("layer", $0.name)]) }
+            layerPushed[m] = Array(repeating: 0, count: engine.schema.layers.count)
+        }
+        for (i, c) in layerCounters[m]!.enumerated() {
+            let now = engine.layerExtremes[i], before = layerPushed[m]![i]
+            if now > before { c.increment(by: Int(clamping: now - before)) }
+            layerPushed[m]![i] = now
+        }
+    }
+
+    /// The POT scores of the top `topRanks` filters of the latest prediction, by rank.
+    func publishTop(model: String, scores: [Double]) {
+        if topGauges[model] == nil {
+            topGauges[model] = (1...Self.topRanks).map { Gauge(label: "saliencyd_top_score", dimensions: [("model", model), ("rank", "\($0)")]) }
+        }
+        for (i, g) in topGauges[model]!.enumerated() where i < scores.count {
+            g.record(scores[i].isFinite ? scores[i] : Double.greatestFiniteMagnitude)
+        }
+    }
 
     func accepted(model engine: ModelEngine, result: FilterBank.RowResult) {
         let m = engine.schema.model

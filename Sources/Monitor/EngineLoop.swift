@@ -166,7 +166,8 @@ final class EngineLoop: @unchecked Sendable {
                 nextWatchdog = now + w
             }
             if now >= nextStatus || core.statusDirty {
-                if core.statusDirty || now >= nextStatus { notifier.notify("STATUS=\(core.statusLine)") }
+                notifier.notify("STATUS=\(core.statusLine)")
+                if now >= nextStatus { core.publishPeriodicMetrics() }
                 core.statusDirty = false
                 nextStatus = now + .seconds(5)
             }

@@ -22,7 +22,9 @@ public struct SystemdNotifier: Sendable {
 
     public var isActive: Bool { socketPath != nil }
 
-    /// Sends `state` (e.g. "READY=1\nSTATUS=..."). Returns whether it was delivered.
+    /// Sends `state` (e.g. "READY=1\nSTATUS=..."). Returns whether it was delivered. Never blocks:
+    /// with a full notify queue (a stalled manager; Linux queues only ~10 unread datagrams) the
+    /// message is dropped rather than stalling the engine loop (watchdog pings repeat anyway).
     @discardableResult
     public func notify(_ state: String) -> Bool {
         guard let path = socketPath else { return false }
@@ -42,7 +44,7 @@ public struct SystemdNotifier: Sendable {
         let payload = Array(state.utf8)
         let sent = withUnsafePointer(to: &addr) { p in
             p.withMemoryRebound(to: sockaddr.self, capacity: 1) { sa in
-                payload.withUnsafeBytes { sendto(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL), sa, len) }
+                payload.withUnsafeBytes { sendto(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL) | Int32(MSG_DONTWAIT), sa, len) }
             }
         }
         return sent == payload.count
