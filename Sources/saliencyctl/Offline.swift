@@ -12,6 +12,7 @@ struct Fit: ParsableCommand {
     @Option(help: "Quantile level of the threshold (numpy 'linear' quantile).") var level: Double = 0.90
     @Option(help: "Explicit threshold instead of --level (0: every positive value is a peak).") var threshold: Double?
     @Option(name: .customLong("min-peaks"), help: "Fewer peaks than this: no GPD fit (method insufficient_peaks).") var minPeaks = 10
+    @Flag(name: .customLong("allow-negative"), help: "Accept negative values (a generic series rather than saliency magnitudes).") var allowNegative = false
     @OptionGroup var output: OutputOptions
 
     struct Result: Codable { var n: Int; var threshold: Double; var peaks: Int; var shape: Double; var scale: Double; var loglik: Double; var method: String }
@@ -23,9 +24,8 @@ struct Fit: ParsableCommand {
     }
 
     func run() throws {
-        let x = try IO.readSeries(file)
-        guard !x.isEmpty else { throw ValidationError("'\(file)' holds no values") }
-        if let i = x.firstIndex(where: { !$0.isFinite }) { throw ValidationError("'\(file)' value \(i) is \(x[i]); NaN and ±inf are not allowed") }
+        let x = try IO.readSeries(file, allowNegative: allowNegative)
+        guard !x.isEmpty else { throw InputError("'\(file)' holds no values") }
         let t: Double
         if let th = threshold {
             t = th
@@ -88,19 +88,19 @@ struct Analyze: ParsableCommand {
         let ref = try IO.readMatrix(reference)
         let x = try IO.readMatrix(input)
         let k = sch.filterCount
-        guard ref.columns == k else { throw ValidationError("reference has \(ref.columns) columns but schema '\(sch.model)' has \(k) filters") }
-        guard x.columns == k else { throw ValidationError("input has \(x.columns) columns but schema '\(sch.model)' has \(k) filters") }
+        guard ref.columns == k else { throw InputError("reference has \(ref.columns) columns but schema '\(sch.model)' has \(k) filters") }
+        guard x.columns == k else { throw InputError("input has \(x.columns) columns but schema '\(sch.model)' has \(k) filters") }
         var cfg = POTConfiguration()
         cfg.level = level
         cfg.q = q
         cfg.calibration = ref.rows
         cfg.refitsPerRow = 1e6   // offline: refit every due filter at once
         let bank: FilterBank
-        do { bank = try FilterBank(filterCount: k, configuration: cfg) } catch { throw ValidationError(error.message) }
+        do { bank = try FilterBank(filterCount: k, configuration: cfg) } catch { throw InputError(error.message) }
         try ref.values.withUnsafeBufferPointer { all in
             for r in 0..<ref.rows {
                 let row = UnsafeBufferPointer(rebasing: all[(r * k)..<((r + 1) * k)])
-                if let why = bank.validate(row) { throw ValidationError("reference row \(r) is invalid: \(why.explanation); calibration data must be clean") }
+                if let why = bank.validate(row) { throw InputError("reference row \(r) is invalid: \(why.explanation); calibration data must be clean") }
                 bank.updateValidated(row)
             }
         }
@@ -181,7 +181,7 @@ struct Bench: ParsableCommand {
         cfg.refitsPerRow = refitsPerRow
         cfg.maxPeaks = maxPeaks
         let bank: FilterBank
-        do { bank = try FilterBank(filterCount: filters, configuration: cfg) } catch { throw ValidationError(error.message) }
+        do { bank = try FilterBank(filterCount: filters, configuration: cfg) } catch { throw InputError(error.message) }
         var rng = SplitMix64(seed: seed)
         let scales = (0..<filters).map { _ in Float(0.5 + rng.uniform()) }
         let pool = 64

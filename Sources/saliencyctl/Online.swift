@@ -15,7 +15,7 @@ struct EndpointOptions: ParsableArguments {
     /// Applies CURVE client settings when `--server-key` is given.
     func secure(_ s: borrowing ZMQSocket) throws {
         guard let sk = serverKey else { return }
-        guard let ck = clientKey else { throw ValidationError("--server-key needs --client-key (create one with saliencyctl keygen)") }
+        guard let ck = clientKey else { throw InputError("--server-key needs --client-key (create one with saliencyctl keygen)") }
         let pair = try CurveKeyPair.load(from: ck)
         try s.setCurveServerKey(z85: try CurveKeyPair.loadPublicKey(from: sk))
         try s.setCurvePublicKey(z85: pair.publicKey)
@@ -271,14 +271,14 @@ struct Replay: ParsableCommand {
     func run() throws {
         var sch = try IO.readSchema(schema)
         if let m = model {
-            do { sch = try ModelSchema(model: m, layers: sch.layers) } catch { throw ValidationError(error.message) }
+            do { sch = try ModelSchema(model: m, layers: sch.layers) } catch { throw InputError(error.message) }
         }
         let x = try IO.readMatrix(file)
         guard x.columns == sch.filterCount else {
-            throw ValidationError("'\(file)' has \(x.columns) columns but schema '\(sch.model)' has \(sch.filterCount) filters")
+            throw InputError("'\(file)' has \(x.columns) columns but schema '\(sch.model)' has \(sch.filterCount) filters")
         }
         let end = min(to ?? x.rows, x.rows)
-        guard from >= 0, from <= end else { throw ValidationError("--from \(from) is outside 0...\(end)") }
+        guard from >= 0, from <= end else { throw InputError("--from \(from) is outside 0...\(end)") }
         let ctx = try ZMQContext()
         // XPUB: we see the daemon's subscription arrive, so no message is lost to the slow-joiner.
         let pub = try ctx.socket(.xpub, linger: 30_000)   // closing waits (≤ 30 s) until queued rows are sent
@@ -346,7 +346,7 @@ struct Keygen: ParsableCommand {
     @Flag(help: "Overwrite existing files.") var force = false
 
     func run() throws {
-        if !force && FileManager.default.fileExists(atPath: file) { throw ValidationError("'\(file)' exists; use --force to replace it") }
+        if !force && FileManager.default.fileExists(atPath: file) { throw InputError("'\(file)' exists; use --force to replace it") }
         let pair = try CurveKeyPair.generate()
         try pair.save(to: file)
         try pair.savePublic(to: file + ".pub")

@@ -25,18 +25,31 @@ struct OutputOptions: ParsableArguments {
 enum IO {
     static func readBytes(_ path: String) throws -> [UInt8] {
         guard let d = FileManager.default.contents(atPath: path) else {
-            throw ValidationError("cannot read '\(path)': no such file or not readable")
+            throw InputError("cannot read '\(path)': no such file or not readable")
         }
         return [UInt8](d)
     }
 
-    /// A 1-D series from `.npy` or a text file with one number per line (blank lines and `#` comments skipped).
-    static func readSeries(_ path: String) throws -> [Double] {
+    /// A 1-D series from `.npy` or a text file with one number per line (blank lines and `#` comments
+    /// skipped). NaN/±inf are always refused; negative values unless `allowNegative` (saliencies are
+    /// magnitudes). Errors name the position.
+    static func readSeries(_ path: String, allowNegative: Bool = false) throws -> [Double] {
+        let x = try readSeriesValues(path)
+        if let i = x.firstIndex(where: { !$0.isFinite }) {
+            throw InputError("'\(path)' value \(i) is \(x[i]); NaN and ±inf are not allowed (non_finite)")
+        }
+        if !allowNegative, let i = x.firstIndex(where: { $0 < 0 }) {
+            throw InputError("'\(path)' value \(i) is \(x[i]); saliencies are magnitudes ≥ 0 (negative). Pass --allow-negative for a generic series")
+        }
+        return x
+    }
+
+    static func readSeriesValues(_ path: String) throws -> [Double] {
         let bytes = try readBytes(path)
         if bytes.first == 0x93 {
             let a = try NPYArray.parse(bytes)
             guard a.shape.count == 1 || a.rows == 1 || a.columns == 1 else {
-                throw ValidationError("'\(path)' has shape \(a.shape); a series must be 1-D")
+                throw InputError("'\(path)' has shape \(a.shape); a series must be 1-D")
             }
             return a.values.map(Double.init)
         }
@@ -44,7 +57,7 @@ enum IO {
         for (i, line) in String(decoding: bytes, as: UTF8.self).split(separator: "\n", omittingEmptySubsequences: false).enumerated() {
             let t = line.trimmingCharacters(in: .whitespaces)
             if t.isEmpty || t.hasPrefix("#") { continue }
-            guard let v = Double(t) else { throw ValidationError("'\(path)' line \(i + 1): '\(t)' is not a number") }
+            guard let v = Double(t) else { throw InputError("'\(path)' line \(i + 1): '\(t)' is not a number") }
             out.append(v)
         }
         return out
@@ -52,7 +65,7 @@ enum IO {
 
     static func readMatrix(_ path: String) throws -> NPYArray {
         let a = try NPYArray.parse(readBytes(path))
-        guard a.shape.count == 2 else { throw ValidationError("'\(path)' has shape \(a.shape); expected 2-D [rows, K]") }
+        guard a.shape.count == 2 else { throw InputError("'\(path)' has shape \(a.shape); expected 2-D [rows, K]") }
         return a
     }
 
@@ -61,9 +74,9 @@ enum IO {
         do {
             return try JSONDecoder().decode(ModelSchema.self, from: data)
         } catch let e as SaliencyError {
-            throw ValidationError("schema '\(path)': \(e.message)")
+            throw InputError("schema '\(path)': \(e.message)")
         } catch {
-            throw ValidationError("schema '\(path)' is not valid schema JSON ({\"model\": ..., \"layers\": [{\"name\": ..., \"filters\": N}]}): \(error)")
+            throw InputError("schema '\(path)' is not valid schema JSON ({\"model\": ..., \"layers\": [{\"name\": ..., \"filters\": N}]}): \(error)")
         }
     }
 
@@ -97,4 +110,11 @@ func fmt(_ x: Double, _ digits: Int = 6) -> String {
     if x.isInfinite { return x > 0 ? "inf" : "-inf" }
     if x.isNaN { return "nan" }
     return String(format: "%.\(digits)g", x)
+}
+
+/// Bad input found while running (a file, a value): printed as `Error: …` with exit status 1,
+/// without the usage text that ArgumentParser adds for argument mistakes (`ValidationError`).
+struct InputError: Error, CustomStringConvertible {
+    let description: String
+    init(_ d: String) { description = d }
 }

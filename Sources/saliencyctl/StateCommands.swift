@@ -46,6 +46,7 @@ struct Spot: ParsableCommand {
     @Option(help: "DSPOT drift window d (0 = off).") var drift = 0
     @Option(name: .customLong("max-peaks"), help: "Ring capacity.") var maxPeaks = 100_000
     @Flag(help: "Print each extreme value's index (JSON: an `extreme_indices` array).") var listExtremes = false
+    @Flag(name: .customLong("allow-negative"), help: "Accept negative values (a generic series rather than saliency magnitudes).") var allowNegative = false
     @OptionGroup var output: OutputOptions
 
     struct Result: Codable {
@@ -54,14 +55,13 @@ struct Spot: ParsableCommand {
     }
 
     func run() throws {
-        let x = try IO.readSeries(file)
-        if let i = x.firstIndex(where: { !$0.isFinite }) { throw ValidationError("'\(file)' value \(i) is \(x[i]); NaN and ±inf are not allowed") }
-        guard x.count >= initCount else { throw ValidationError("'\(file)' has \(x.count) values, fewer than --init \(initCount)") }
+        let x = try IO.readSeries(file, allowNegative: allowNegative)
+        guard x.count >= initCount else { throw InputError("'\(file)' has \(x.count) values, fewer than --init \(initCount)") }
         var cfg = POTConfiguration()
         cfg.level = level; cfg.q = q; cfg.calibration = initCount; cfg.driftWindow = drift
         cfg.maxPeaks = maxPeaks; cfg.minPeaks = min(cfg.minPeaks, max(3, Int(Double(initCount) * (1 - level))))
         var spot: SPOT
-        do { spot = try SPOT(configuration: cfg) } catch { throw ValidationError(error.message) }
+        do { spot = try SPOT(configuration: cfg) } catch { throw InputError(error.message) }
         var ex: [Int] = []
         for (i, v) in x.enumerated() where spot.step(v) == .extreme { ex.append(i) }
         let f = spot.fit
