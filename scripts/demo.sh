@@ -50,6 +50,8 @@ sleep 1.5
 echo; echo "==> top filters over the last 32 shifted predictions, POT (tail probability) vs z-score"
 "$ctl" top --model fmnist-cnn -k 10 --window 32 --by pot
 "$ctl" top --model fmnist-cnn -k 10 --window 32 --by zscore
+echo; echo "==> firing alerts per layer"
+"$ctl" alerts --summary
 echo; "$ctl" status
 echo; echo "==> stopping saliencyd (SIGTERM: state is written, exit 0)"
 kill "$follower" 2>/dev/null || true

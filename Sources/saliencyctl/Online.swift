@@ -195,6 +195,7 @@ struct Alerts: ParsableCommand {
         discussion: "With --follow, a gap in sequence numbers (or a late start with --since) is filled from the daemon's durable alert log, so nothing is silently lost while the log retains it.")
     @Option(help: "Only alerts after this sequence number.") var since: UInt64?
     @Flag(help: "Only the currently firing alerts.") var active = false
+    @Flag(help: "Firing alerts summarized per model and layer (how many filters, highest score).") var summary = false
     @Flag(help: "Keep running and print alerts as they are published.") var follow = false
     @Option(help: "With --follow: stop after this many seconds (0 = never).") var duration: Double = 0
     @OptionGroup var endpoints: EndpointOptions
@@ -211,9 +212,37 @@ struct Alerts: ParsableCommand {
         fflush(nil)   // line by line even when stdout is a pipe or file
     }
 
+    func printSummary(_ c: borrowing QueryClient) throws {
+        let r = try c.ask(["op": "alerts", "active": true])
+        struct Group: Codable { var model: String; var layer: String; var firing: Int; var max_score: Double; var filters: [Int] }
+        var groups: [String: Group] = [:]
+        for a in r["alerts"] as? [[String: Any]] ?? [] {
+            let labels = a["labels"] as? [String: Any] ?? [:]
+            let model = str(labels["model"]), layer = str(a["layer"])
+            var g = groups[model + "\u{0}" + layer] ?? Group(model: model, layer: layer, firing: 0, max_score: -.infinity, filters: [])
+            g.firing += 1
+            let sc = num(a["score"])
+            if sc.isNaN == false { g.max_score = max(g.max_score, sc.isInfinite ? .greatestFiniteMagnitude : sc) }
+            if let f = (a["filter"] as? NSNumber)?.intValue { g.filters.append(f) }
+            groups[model + "\u{0}" + layer] = g
+        }
+        let sorted = groups.values.sorted { ($0.model, -$0.firing, $0.layer) < ($1.model, -$1.firing, $1.layer) }
+        if output.json {
+            for g in sorted { try IO.printJSON(g) }
+            return
+        }
+        var t = Table(headers: ["model", "layer", "firing", "max score", "filters"])
+        for g in sorted {
+            let fs = g.filters.sorted()
+            t.rows.append([g.model, g.layer, String(g.firing), fmt(g.max_score, 4), fs.prefix(8).map(String.init).joined(separator: ",") + (fs.count > 8 ? ",…" : "")])
+        }
+        print(t.rows.isEmpty ? "no firing alerts" : t.render())
+    }
+
     func run() throws {
         try runCtl(output.json) {
             let c = try QueryClient(endpoints)
+            if summary { try printSummary(c); return }
             var last = since ?? 0
             func fetch(after: UInt64) throws -> UInt64 {
                 var req: [String: Any] = ["op": "alerts", "since": after]

@@ -2,6 +2,7 @@
 
 The daemon binary comes from $SALIENCYD_BIN (scripts/test.sh sets it) or .build/debug/saliencyd.
 """
+import json
 import os
 import subprocess
 import time
@@ -130,6 +131,12 @@ def test_tap_to_daemon_round_trip(daemon):
     assert {int(a["labels"]["filter"]) for a in firing} & {e["filter"] for e in q.top("roundtrip", k=status["filters"])["top"][:10]}
 
     st = q.status()
+    # saliencyctl's per-layer summary adds up to the firing count.
+    ctl = Path(os.environ.get("SALIENCYCTL", ROOT / ".build/debug/saliencyctl"))
+    out = subprocess.run([str(ctl), "alerts", "--summary", "--json", "--query", ep["query"]], capture_output=True, text=True, check=True)
+    groups = [json.loads(l) for l in out.stdout.splitlines()]
+    assert sum(g["firing"] for g in groups) == st["firing"]
+    assert all(g["model"] == "roundtrip" and len(g["filters"]) == g["firing"] for g in groups)
     prod = [p for p in st["producers"] if int(p["producer"], 16) == pub.producer_id]
     assert prod and prod[0]["received"] == sent and prod[0]["gaps"] == 0
     missed = q.alerts(since=0)["alerts"]
