@@ -3,6 +3,7 @@
 //
 //   BankProfile profile [K ...]            breakdown table (default K = 26560 4800; levels 0.90, 0.98);
 //                                           env PROFILE_VARIANTS=current,compact limits the prototypes
+//   BankProfile shard [K]                  1 bank of K vs 2 threads × K/2 (aggregate rows/s, wall)
 //   BankProfile check                      prototype variants must leave identical state
 //   BankProfile npy FILE.npy CAL LEVEL      calibrate on the first CAL rows of a [rows, K] float32
 //                                           .npy, then time `update` on the rest; prints JSON
@@ -185,6 +186,35 @@ func check(k: Int, level: Double) -> Bool {
     return ok
 }
 
+/// Splits K filters over `shards` threads, one FilterBank of K/shards columns each (per-filter state is
+/// independent), and compares the aggregate rows/s with one bank of K filters, in the same run.
+final class ShardJob: @unchecked Sendable {
+    // Isolation: each job is touched only by its own thread between start and join.
+    let bank: FilterBank, pool: RowPool, rows: Int
+    var peaks = 0
+    init(filters: Int, level: Double, rows: Int, seed: UInt64) {
+        pool = RowPool(filters: filters, poolRows: 64, seed: seed)
+        bank = makeBank(pool, level: level, refitsPerRow: 0.25)
+        self.rows = rows
+    }
+    func run() { for i in 0..<rows { peaks &+= bank.update(pool.row(i)).peaks } }
+}
+
+func shard(k: Int, level: Double, rows: Int) {
+    for shards in [1, 2, 1, 2] {
+        let jobs = (0..<shards).map { ShardJob(filters: k / shards, level: level, rows: rows, seed: UInt64(1 + $0)) }
+        let w0 = nowNanoseconds()
+        let done = DispatchGroup()
+        let ts = jobs.map { job in Thread { job.run(); done.leave() } }
+        for t in ts { done.enter(); t.start() }
+        done.wait()
+        let secs = Double(nowNanoseconds() - w0) * 1e-9
+        print("K=\(k) level=\(level): \(shards) thread(s) × \(k / shards) filters: \(rows) rows in \(String(format: "%.3f", secs)) s wall → \(Int(Double(rows) / secs)) rows/s (load:\(loadavg()))")
+    }
+}
+
+func loadavg() -> String { (try? String(contentsOfFile: "/proc/loadavg", encoding: .utf8))?.split(separator: " ").prefix(3).joined(separator: " ") ?? "?" }
+
 let args = CommandLine.arguments
 if args.count >= 2 && args[1] == "npy" && args.count == 5 {
     try npyMode(path: args[2], calibration: Int(args[3])!, level: Double(args[4])!)
@@ -193,6 +223,9 @@ if args.count >= 2 && args[1] == "npy" && args.count == 5 {
     for k in ks {
         for level in [0.90, 0.98] { profile(k: k, level: level, rowsPerRound: k > 10_000 ? 1_000 : 5_000, rounds: 5) }
     }
+} else if args.count >= 2 && args[1] == "shard" {
+    let k = args.count > 2 ? Int(args[2])! : 26_560
+    for level in [0.90, 0.98] { shard(k: k, level: level, rows: 10_000) }
 } else if args.count >= 2 && args[1] == "check" {
     var ok = true
     for k in [26_560, 4_800] { for level in [0.90, 0.98] { ok = check(k: k, level: level) && ok } }
