@@ -67,6 +67,8 @@ public struct DaemonConfiguration: Sendable, Hashable {
     /// exceedance rate runs above q (measured 1.8–2.2·q on average at calibration 1000–2000, higher
     /// for unlucky filters; docs/alerting.md), so the default is 4.
     public var alertSafetyFactor = 4.0
+    /// Predictions after calibration used to estimate the model-level alert's null rate.
+    public var modelBurnIn = 10_000
 
     public init() {}
 
@@ -110,6 +112,7 @@ public struct DaemonConfiguration: Sendable, Hashable {
         }
         try pot.validate()
         try alerting.validate()
+        guard modelBurnIn >= 100, modelBurnIn <= 10_000_000 else { throw bad("alerting.model_burn_in must be in 100...10000000 predictions, got \(modelBurnIn)") }
         guard alertSafetyFactor >= 1, alertSafetyFactor <= 100 else { throw bad("alerting.safety_factor must be in 1...100, got \(alertSafetyFactor)") }
     }
 
@@ -123,7 +126,7 @@ public struct DaemonConfiguration: Sendable, Hashable {
         if metrics != old.metrics { out.append("metrics") }
         if security != old.security { out.append("security") }
         if pot != old.pot { out.append("pot") }
-        if alerting != old.alerting || alertSafetyFactor != old.alertSafetyFactor { out.append("alerting") }
+        if alerting != old.alerting || alertSafetyFactor != old.alertSafetyFactor || modelBurnIn != old.modelBurnIn { out.append("alerting") }
         if monitor.recentRows != old.monitor.recentRows || monitor.maxModels != old.monitor.maxModels { out.append("monitor.recent_rows/max_models") }
         return out
     }
@@ -140,7 +143,7 @@ public struct DaemonConfiguration: Sendable, Hashable {
         "security": ["curve", "server_secret_key_file", "allowed_clients_file", "admin_clients_file"],
         "monitor": ["recent_rows", "max_models", "log_level"],
         "pot": ["level", "q", "calibration", "max_peaks", "min_peaks", "refit_after_peaks", "refits_per_row", "drift_window"],
-        "alerting": ["expected_run_time", "model_share", "safety_factor"],
+        "alerting": ["expected_run_time", "model_share", "safety_factor", "model_burn_in"],
     ]
 
     /// Parses TOML text over the defaults. Errors carry the line/column or the key path.
@@ -208,6 +211,7 @@ public struct DaemonConfiguration: Sendable, Hashable {
         if let v = dbl("alerting", "expected_run_time") { c.alerting.expectedRunTime = v }
         if let v = dbl("alerting", "model_share") { c.alerting.modelShare = v }
         if let v = dbl("alerting", "safety_factor") { c.alertSafetyFactor = v }
+        if let v = int("alerting", "model_burn_in") { c.modelBurnIn = v }
         if !problems.isEmpty {
             throw SaliencyError(.invalidConfiguration, "\(source): " + problems.joined(separator: "; "))
         }
@@ -253,7 +257,7 @@ extension DaemonConfiguration {
         [security] curve = \(security.curve)
         [monitor]  recent_rows = \(monitor.recentRows)  max_models = \(monitor.maxModels)  log_level = "\(monitor.logLevel)"
         [pot]      level = \(pot.level)  q = \(pot.q)  calibration = \(pot.calibration)  max_peaks = \(pot.maxPeaks)  min_peaks = \(pot.minPeaks)  refit_after_peaks = \(pot.refitAfterPeaks)  refits_per_row = \(pot.refitsPerRow)  drift_window = \(pot.driftWindow)
-        [alerting] expected_run_time = \(alerting.expectedRunTime)  model_share = \(alerting.modelShare)  safety_factor = \(alertSafetyFactor)
+        [alerting] expected_run_time = \(alerting.expectedRunTime)  model_share = \(alerting.modelShare)  safety_factor = \(alertSafetyFactor)  model_burn_in = \(modelBurnIn)
         """
     }
 }

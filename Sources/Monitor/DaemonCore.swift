@@ -99,7 +99,7 @@ final class DaemonCore {
             return reject("too_many_models", "schema '\(schema.model)' refused: monitor.max_models = \(configuration.monitor.maxModels) reached")
         }
         do {
-            let engine = try ModelEngine(schema: schema, pot: configuration.pot, budget: configuration.alerting, safetyFactor: configuration.alertSafetyFactor, recentRows: configuration.monitor.recentRows)
+            let engine = try ModelEngine(schema: schema, pot: configuration.pot, budget: configuration.alerting, safetyFactor: configuration.alertSafetyFactor, modelBurnIn: configuration.modelBurnIn, recentRows: configuration.monitor.recentRows)
             engines[fp] = engine
             if let old = byName[schema.model], old != fp {
                 logger.warning("model schema changed; the new layout starts calibrating from zero", metadata: ["model": "\(schema.model)", "old": "\(SchemaMessage.hex(old))", "new": "\(SchemaMessage.hex(fp))"])

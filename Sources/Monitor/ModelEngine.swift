@@ -25,9 +25,10 @@ final class ModelEngine {
     /// Layer index per filter (hot path: per-layer counting of extremes).
     let layerOf: [UInt16]
 
-    convenience init(schema: ModelSchema, pot: POTConfiguration, budget: AlertBudget, safetyFactor: Double, recentRows: Int) throws(SaliencyError) {
+    convenience init(schema: ModelSchema, pot: POTConfiguration, budget: AlertBudget, safetyFactor: Double, modelBurnIn: Int = 10_000, recentRows: Int) throws(SaliencyError) {
         let bank = try FilterBank(filterCount: schema.filterCount, configuration: pot)
-        let rule = try AlertRule.design(filters: schema.filterCount, q: pot.q, budget: budget, safetyFactor: safetyFactor)
+        let rule = try AlertRule.design(filters: schema.filterCount, q: pot.q, budget: budget, safetyFactor: safetyFactor,
+                                        model: ModelShiftRule(burnIn: modelBurnIn))
         try self.init(schema: schema, bank: bank, tracker: AlertTracker(filterCount: schema.filterCount, rule: rule), recentRows: recentRows)
     }
 

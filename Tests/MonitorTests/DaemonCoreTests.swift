@@ -320,6 +320,18 @@ struct Harness {
         #expect(throws: SaliencyError.self) { try c.validate() }
     }
 
+    @Test func alertingKeysReachTheRule() throws {
+        let c = try DaemonConfiguration.parse(toml: "[alerting]\nmodel_burn_in = 500\nsafety_factor = 8\n")
+        #expect(c.modelBurnIn == 500 && c.alertSafetyFactor == 8)
+        let schema = try ModelSchema(model: "m", layers: [.init(name: "a", filters: 50)])
+        let e = try ModelEngine(schema: schema, pot: c.pot, budget: c.alerting, safetyFactor: c.alertSafetyFactor, modelBurnIn: c.modelBurnIn, recentRows: 4)
+        #expect(e.tracker.rule.model.burnIn == 500)
+        let loose = try ModelEngine(schema: schema, pot: c.pot, budget: c.alerting, safetyFactor: 1, recentRows: 4)
+        // A larger safety factor designs a stricter rule: fewer false alerts per prediction at q.
+        #expect(e.tracker.rule.falseAlertsPerPrediction(filters: 50, q: c.pot.q) <= loose.tracker.rule.falseAlertsPerPrediction(filters: 50, q: c.pot.q))
+        #expect(throws: SaliencyError.self) { try DaemonConfiguration.parse(toml: "[alerting]\nmodel_burn_in = 5\n").validate() }
+    }
+
     @Test func reloadRefusesChangesThatNeedARestart() {
         let a = DaemonConfiguration()
         var b = a
