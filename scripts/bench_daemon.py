@@ -34,6 +34,13 @@ def query(ep, req, timeout=5.0):
     return r
 
 
+def write_schema(path, model, filters, per_layer=512):
+    """A schema of `filters` filters in layers of at most `per_layer` (layer0, layer1, …)."""
+    layers = [{"name": f"layer{i}", "filters": min(per_layer, filters - i * per_layer)}
+              for i in range((filters + per_layer - 1) // per_layer)]
+    json.dump({"model": model, "layers": layers}, open(path, "w"))
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--filters", type=int, default=26560)
@@ -61,10 +68,7 @@ def main():
         pool[b * 64 + 48:(b + 1) * 64, planted] *= 80
     np.save(f"{tmp}/calib.npy", calib)
     np.save(f"{tmp}/pool.npy", pool)
-    layers, left, i = [], K, 0
-    while left:
-        n = min(512, left); layers.append({"name": f"layer{i}", "filters": n}); left -= n; i += 1
-    json.dump({"model": "bench", "layers": layers}, open(f"{tmp}/schema.json", "w"))
+    write_schema(f"{tmp}/schema.json", "bench", K)
     n_timed = a.rows * a.repeat
     feed, q = "tcp://127.0.0.1:5760", "tcp://127.0.0.1:5762"
     replay = [ctl, "replay", f"{tmp}/pool.npy", "--schema", f"{tmp}/schema.json", "--feed", feed, "--repeat", str(a.repeat), "--json"]

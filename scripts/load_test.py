@@ -18,7 +18,7 @@ import numpy as np
 import zmq
 
 sys.path.insert(0, os.path.dirname(__file__))
-from bench_daemon import query  # noqa: E402
+from bench_daemon import query, write_schema  # noqa: E402
 
 
 def rss_kib(pid):
@@ -40,10 +40,7 @@ def main():
     rng = np.random.default_rng(2)
     scale = (0.5 + rng.random(K)).astype(np.float32)
     np.save(f"{tmp}/rows.npy", (scale * np.exp(0.6 * rng.standard_normal((256, K)))).astype(np.float32))
-    layers, left, i = [], K, 0
-    while left:
-        n = min(512, left); layers.append({"name": f"l{i}", "filters": n}); left -= n; i += 1
-    json.dump({"model": "load", "layers": layers}, open(f"{tmp}/schema.json", "w"))
+    write_schema(f"{tmp}/schema.json", "load", K)
     feed, q = "tcp://127.0.0.1:5860", "tcp://127.0.0.1:5862"
     d = subprocess.Popen([daemon, "--feed", feed, "--alerts", "tcp://127.0.0.1:5861", "--query", q, "--state-dir", f"{tmp}/state",
                           "--metrics", "", "--calibration", "256", "--log-level", "warning"], stderr=open(f"{tmp}/daemon.log", "w"))

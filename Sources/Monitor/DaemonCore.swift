@@ -306,11 +306,6 @@ final class DaemonCore {
     }
 }
 
-func fmt(_ x: Double) -> String {
-    if x.isInfinite { return x > 0 ? "inf" : "-inf" }
-    return String(format: "%.4g", x)
-}
-
 extension Error {
     var message: String { (self as? SaliencyError)?.message ?? "\(self)" }
     var code: SaliencyError.Code { (self as? SaliencyError)?.code ?? .invalidInput }

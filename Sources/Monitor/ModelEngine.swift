@@ -114,15 +114,6 @@ struct AlertRecord: Codable, Sendable, Hashable {
 
     static let zeroTime = "0001-01-01T00:00:00Z"
 
-    /// ISO8601DateFormatter is thread-safe; building one per alert cost more than the rest of the alert.
-    nonisolated(unsafe) static let formatter: ISO8601DateFormatter = {
-        let f = ISO8601DateFormatter()
-        f.formatOptions = [.withInternetDateTime, .withFractionalSeconds]
-        return f
-    }()
-
-    static func timestamp(_ d: Date = Date()) -> String { formatter.string(from: d) }
-
     /// Now, as RFC 3339 UTC with milliseconds, without Foundation formatters (hot alert path).
     static func now() -> String { DaemonLogHandler.timestamp() }
 

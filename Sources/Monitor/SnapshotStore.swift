@@ -40,7 +40,7 @@ final class SnapshotStore {
         var w = ByteWriter()
         let json = JSONEncoder()
         json.nonConformingFloatEncodingStrategy = .convertToString(positiveInfinity: "inf", negativeInfinity: "-inf", nan: "nan")
-        w.write(blob: [UInt8](try json.encode(Header(created: AlertRecord.timestamp(), next_alert_seq: core.alertLog.nextSequence, models: core.engines.count))))
+        w.write(blob: [UInt8](try json.encode(Header(created: AlertRecord.now(), next_alert_seq: core.alertLog.nextSequence, models: core.engines.count))))
         let engines = core.engines.values.sorted { $0.schema.model < $1.schema.model }
         w.write(UInt32(engines.count))
         for e in engines {
@@ -148,7 +148,7 @@ final class SnapshotStore {
         let job: @Sendable () -> Result<String, SaliencyError> = { [directory, currentPath, previousPath, logger, state] in
             let r = Self.persist(bytes, directory: directory, current: currentPath, previous: previousPath)
             if case .success = r {
-                state.withLock { $0 = AlertRecord.timestamp() }
+                state.withLock { $0 = AlertRecord.now() }
                 logger.info("snapshot written", metadata: ["bytes": "\(bytes.count)", "models": "\(models)"])
             }
             completion(r)
