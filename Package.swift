@@ -37,10 +37,15 @@ let package = Package(
             name: "SaliencyCore",
             path: "Sources/Core"
         ),
+        // The FilterBank's vector kernels (SSE2 and AVX2, chosen at run time; Sources/CKernels).
+        .target(
+            name: "CKernels",
+            path: "Sources/CKernels"
+        ),
         .target(
             name: "EVTOnline",
             dependencies: [
-                "SaliencyCore",
+                "SaliencyCore", "CKernels",
                 .product(name: "RealModule", package: "swift-numerics"),
             ],
             path: "Sources/EVTOnline"

@@ -19,6 +19,13 @@ public struct POTConfiguration: Sendable, Hashable, Codable {
     public var refitsPerRow: Double = 0.25
     /// DSPOT drift window `d` (0 = off, the default).
     public var driftWindow: Int = 0
+    /// Ring sampling stride `m` (a power of two; 0 = automatic, the default): every peak counts
+    /// in `N_t` and towards a refit, and every m-th enters the ring, which therefore holds a
+    /// systematic sample of the newest `m · maxPeaks` peaks. Automatic: the largest power of two
+    /// ≤ `(1 − level)·K / (refitsPerRow · maxPeaks)` (1 when refits are not budgeted), so that the
+    /// ring spans about one refit period at full load instead of being overwritten many times
+    /// between two fits of the same filter. See docs/statistics.md, "Ring sampling".
+    public var peakStride: Int = 0
 
     public init() {}
 
@@ -32,6 +39,16 @@ public struct POTConfiguration: Sendable, Hashable, Codable {
         self.refitAfterPeaks = refitAfterPeaks
         self.refitsPerRow = refitsPerRow
         self.driftWindow = driftWindow
+    }
+
+    /// The ring sampling stride for a bank of `filterCount` filters (resolves `peakStride = 0`).
+    public func effectiveStride(filterCount: Int) -> Int {
+        if peakStride > 0 { return peakStride }
+        guard refitsPerRow > 0 else { return 1 }
+        let span = (1 - level) * Double(filterCount) / (refitsPerRow * Double(maxPeaks))
+        var m = 1
+        while Double(m * 2) <= span, m < 1 << 20 { m *= 2 }
+        return m
     }
 
     /// Checks every field and explains what is wrong.
@@ -50,5 +67,8 @@ public struct POTConfiguration: Sendable, Hashable, Codable {
         guard refitAfterPeaks >= 1 else { throw bad("refit_after_peaks must be ≥ 1, got \(refitAfterPeaks)") }
         guard refitsPerRow >= 0, refitsPerRow <= 1e6 else { throw bad("refits_per_row must be in 0...1e6, got \(refitsPerRow)") }
         guard driftWindow >= 0, driftWindow <= 100_000 else { throw bad("drift_window must be in 0...100000, got \(driftWindow)") }
+        guard peakStride >= 0, peakStride <= 1 << 20, peakStride & (peakStride - 1) == 0 || peakStride == 0 else {
+            throw bad("peak_stride must be 0 (automatic) or a power of two up to 1048576, got \(peakStride)")
+        }
     }
 }

@@ -1,5 +1,6 @@
 import RealModule
 import SaliencyCore
+import CKernels
 
 /// All `K` convolution filters of one model, each with a streaming POT (SPOT) estimator and a
 /// z-score baseline, stored as struct-of-arrays so that one prediction row is one pass over memory.
@@ -156,10 +157,13 @@ public final class FilterBank {
     var queueCount = 0
     var blockFill = 0
     var refitCredit = 0.0
+    /// Ring sampling stride m (a power of two): every m-th peak of a filter enters its ring.
+    public let peakStride: Int
     // scratch
     let extremeOut: UnsafeMutablePointer<Int32>
-    /// Filters above their threshold in the current row (K + 8 entries: the vector stage stores 8 at a time).
-    let peakList: UnsafeMutablePointer<Int32>
+    /// Event groups of the last scan (K/8 + 1 entries): first filter, and a bit per event lane.
+    let eventBase: UnsafeMutablePointer<Int32>
+    let eventMask: UnsafeMutablePointer<UInt8>
     // DSPOT (drift_window d > 0): per filter the last d absorbed values, their write position and
     // running sum (recomputed exactly each time the position wraps, so rounding cannot drift).
     let driftRing: UnsafeMutablePointer<Float>?
@@ -190,6 +194,7 @@ public final class FilterBank {
         self.filterCount = k
         self.configuration = configuration
         self.cap = configuration.maxPeaks
+        self.peakStride = configuration.effectiveStride(filterCount: k)
         func col<T>(_ v: T, _ n: Int = k) -> UnsafeMutablePointer<T> {
             let p = UnsafeMutablePointer<T>.allocate(capacity: n)
             p.initialize(repeating: v, count: n)
@@ -200,7 +205,7 @@ public final class FilterBank {
         extremesTotal = col(0); blockExtremes = col(0)
         ntAtFit = col(0); shape = col(0); scale = col(1); extD = col(.infinity); method = col(255)
         wCount = col(0); wMean = col(0); wM2 = col(0); sketch = col(0, k * Self.sketchPoints)
-        isDue = col(false); frozen = col(false); inQueue = col(false); queue = col(0); extremeOut = col(0); peakList = col(0, k + 8); scores = col(0); fitScratch = col(0, configuration.maxPeaks); censorScratch = col(0, configuration.maxPeaks)
+        isDue = col(false); frozen = col(false); inQueue = col(false); queue = col(0); extremeOut = col(0); eventBase = col(0, k / 8 + 1); eventMask = col(0, k / 8 + 1); scores = col(0); fitScratch = col(0, configuration.maxPeaks); censorScratch = col(0, configuration.maxPeaks)
         calib = col(0, k * configuration.calibration)
         driftRing = d > 0 ? col(0, k * d) : nil
         driftHead = d > 0 ? col(0, k) : nil
@@ -213,7 +218,7 @@ public final class FilterBank {
         for p in [thrD, shape, scale, extD, wCount, wMean, wM2, scores] as [UnsafeMutablePointer<Double>] { p.deallocate() }
         for p in [head, ringCount, sinceFit] as [UnsafeMutablePointer<UInt32>] { p.deallocate() }
         extremesTotal.deallocate(); ntAtFit.deallocate(); blockExtremes.deallocate(); method.deallocate()
-        isDue.deallocate(); frozen.deallocate(); inQueue.deallocate(); queue.deallocate(); extremeOut.deallocate(); peakList.deallocate()
+        isDue.deallocate(); frozen.deallocate(); inQueue.deallocate(); queue.deallocate(); extremeOut.deallocate(); eventBase.deallocate(); eventMask.deallocate()
         calib?.deallocate()
         driftRing?.deallocate(); driftHead?.deallocate(); driftSum?.deallocate()
     }
@@ -297,57 +302,65 @@ public final class FilterBank {
         return RowResult(rejected: nil, calibrated: false, peaks: peaks, extremes: extremeCount, refits: refits)
     }
 
-    /// The vector pass, in two branch-free stages (measured 2.1–2.5× faster than branching per
-    /// lane when peaks are frequent; BENCHMARKS.md "compact"):
-    /// 1. SIMD over 8 filters at a time: moment blocks, and the indices of values above `t`
-    ///    appended to `peakList` with one 32-byte store per 8 filters (lane lists from a table);
-    /// 2. the listed exceedances, in ascending filter order, through `handleExceedance` — the
-    ///    remaining branches (extreme, due) are rare, so ring-store misses overlap.
+    /// The vector pass (`saliency_scan_row`, Sources/CKernels: AVX2 or SSE2, chosen at run time,
+    /// bit-identical results): per filter it updates the moment block, counts a peak (`s > t`) in
+    /// `sinceFit`, and flags an *event* when the value is an extreme (`s > z`), or a peak that is
+    /// the m-th since the last sample (it enters the ring) or the `refitAfterPeaks`-th since the
+    /// last fit (the filter becomes due). Only events reach Swift code per filter: about
+    /// `peaks/m + extremes` per row, their ring lines prefetched first so the misses overlap.
     /// Returns the number of peaks (extremes excluded).
     @inline(__always)
     private func scan(_ row: UnsafePointer<Float>) -> Int {
-        let k = filterCount
-        var n = 0
-        var i = 0
-        let zero = SIMD8<Float>(repeating: 0)
-        let laneBits = SIMD8<Int32>(1, 2, 4, 8, 16, 32, 64, 128)
-        let zeroI = SIMD8<Int32>(repeating: 0)
-        let table = Self.laneTable
-        while i + 8 <= k {
-            let s = UnsafeRawPointer(row + i).loadUnaligned(as: SIMD8<Float>.self)
-            let t = UnsafeRawPointer(thr + i).loadUnaligned(as: SIMD8<Float>.self)
-            let z = UnsafeRawPointer(ext + i).loadUnaligned(as: SIMD8<Float>.self)
-            let sh = UnsafeRawPointer(shift + i).loadUnaligned(as: SIMD8<Float>.self)
-            let isExt = s .> z
-            let d = (s - sh).replacing(with: zero, where: isExt)
-            let bs = UnsafeMutableRawPointer(bsum + i)
-            let bq = UnsafeMutableRawPointer(bsumsq + i)
-            bs.storeBytes(of: bs.loadUnaligned(as: SIMD8<Float>.self) + d, as: SIMD8<Float>.self)
-            bq.storeBytes(of: bq.loadUnaligned(as: SIMD8<Float>.self) + d * d, as: SIMD8<Float>.self)
-            let isPeak = unsafeBitCast(s .> t, to: SIMDMask<SIMD8<Int32>>.self)
-            let m = Int(truncatingIfNeeded: zeroI.replacing(with: laneBits, where: isPeak).wrappedSum())
-            let idx = table[m] &+ SIMD8<Int32>(repeating: Int32(truncatingIfNeeded: i))
-            UnsafeMutableRawPointer(peakList + n).storeBytes(of: idx, as: SIMD8<Int32>.self)
-            n &+= m.nonzeroBitCount
-            i += 8
-        }
-        while i < k {
-            let s = row[i]
-            if !(s > ext[i]) {
-                let d = s - shift[i]
-                bsum[i] += d
-                bsumsq[i] += d * d
+        var columns = saliency_scan_columns(
+            thr: thr, ext: ext, shift: shift, bsum: bsum, bsumsq: bsumsq, since: sinceFit,
+            strideMask: UInt32(truncatingIfNeeded: peakStride - 1),
+            dueAt: UInt32(truncatingIfNeeded: configuration.refitAfterPeaks), count: Int64(filterCount))
+        var peaks: Int64 = 0
+        let groups = Int(saliency_scan_row(&columns, row, eventBase, eventMask, &peaks))
+        for g in 0..<groups {
+            let base = Int(eventBase[g])
+            var m = eventMask[g]
+            while m != 0 {
+                let j = base &+ m.trailingZeroBitCount
+                saliency_prefetch_write(ring + (j &* cap &+ Int(head[j])))
+                m &= m &- 1
             }
-            if s > thr[i] { peakList[n] = Int32(truncatingIfNeeded: i); n &+= 1 }
-            i += 1
         }
-        var peaks = 0
-        for p in 0..<n {
-            let j = Int(peakList[p])
-            let s = row[j]
-            peaks &+= handleExceedance(j, excess: Double(s) - thrD[j], extreme: s > ext[j])
+        for g in 0..<groups {
+            let base = Int(eventBase[g])
+            var m = eventMask[g]
+            while m != 0 {
+                let j = base &+ m.trailingZeroBitCount
+                handleEvent(j, row[j])
+                m &= m &- 1
+            }
         }
-        return peaks
+        return Int(peaks) &- extremeCount
+    }
+
+    /// An event of the vector pass for filter j, whose peak is already counted in `sinceFit`.
+    @inline(__always)
+    private func handleEvent(_ j: Int, _ s: Float) {
+        let extreme = s > ext[j]
+        if extreme { recordExtreme(j) }
+        let since = sinceFit[j]
+        if since == 0 { ntAtFit[j] &+= 1 << 32 }   // UInt32 wrap (2³² peaks without a fit)
+        // An alerting (frozen) filter learns nothing until it resolves; N_t still counts.
+        guard !frozen[j] else { return }
+        if since & UInt32(truncatingIfNeeded: peakStride - 1) == 0 {
+            // An extreme enters right-censored at z − t: the tail learns that *something*
+            // exceeded z, never how far. Stored negated (sign bit = censored): no flag needed.
+            storePeak(j, extreme ? -Float(extD[j] - thrD[j]) : Float(Double(s) - thrD[j]))
+        }
+        if since == UInt32(truncatingIfNeeded: configuration.refitAfterPeaks) { markDue(j) }
+    }
+
+    @inline(__always)
+    private func recordExtreme(_ j: Int) {
+        extremesTotal[j] &+= 1
+        blockExtremes[j] &+= 1
+        extremeOut[extremeCount] = Int32(truncatingIfNeeded: j)
+        extremeCount &+= 1
     }
 
     /// DSPOT's pass (Siffer et al. 2017 §4.3): each value is compared as the residual
@@ -369,7 +382,19 @@ public final class FilterBank {
                 bsumsq[j] += dv * dv
                 Self.pushDrift(ringD + j * d, &headD[j], &sumD[j], s, d)
             }
-            if r > thrD[j] { peaks &+= handleExceedance(j, excess: r - thrD[j], extreme: extreme) }
+            if r > thrD[j] {
+                sinceFit[j] &+= 1
+                if !extreme { peaks &+= 1 }
+                let since = sinceFit[j]
+                if extreme || since & UInt32(truncatingIfNeeded: peakStride - 1) == 0 || since == UInt32(truncatingIfNeeded: configuration.refitAfterPeaks) {
+                    if extreme { recordExtreme(j) }
+                    if since == 0 { ntAtFit[j] &+= 1 << 32 }
+                    if !frozen[j] {
+                        if since & UInt32(truncatingIfNeeded: peakStride - 1) == 0 { storePeak(j, extreme ? -Float(extD[j] - thrD[j]) : Float(r - thrD[j])) }
+                        if since == UInt32(truncatingIfNeeded: configuration.refitAfterPeaks) { markDue(j) }
+                    }
+                }
+            }
         }
         return peaks
     }
@@ -402,47 +427,13 @@ public final class FilterBank {
         return Double(s) - sumD[j] / Double(configuration.driftWindow)
     }
 
-    /// For each 8-bit lane mask, the indices of its set lanes, packed to the front.
-    /// Written once by the lazy initializer, read-only afterwards (hence safe to share).
-    nonisolated(unsafe) static let laneTable: UnsafeMutablePointer<SIMD8<Int32>> = {
-        let t = UnsafeMutablePointer<SIMD8<Int32>>.allocate(capacity: 256)
-        for m in 0..<256 {
-            var v = SIMD8<Int32>(repeating: 0)
-            var n = 0
-            for lane in 0..<8 where (m >> lane) & 1 != 0 { v[n] = Int32(lane); n += 1 }
-            t[m] = v
-        }
-        return t
-    }()
-
-    /// One value above its threshold: `excess = value − t_j` (the residual's, with drift).
+    /// Appends `excess` to filter j's ring (the oldest entry is forgotten when full).
     @inline(__always)
-    private func handleExceedance(_ j: Int, excess peakExcess: Double, extreme: Bool) -> Int {
-        let excess: Float
-        if extreme {
-            extremesTotal[j] &+= 1
-            blockExtremes[j] &+= 1
-            extremeOut[extremeCount] = Int32(truncatingIfNeeded: j)
-            extremeCount &+= 1
-            // Right-censored at z − t: the tail learns that *something* exceeded z, never how far.
-            // Stored negated (sign bit = censored), so the ring needs no extra flag.
-            excess = -Float(extD[j] - thrD[j])
-        } else {
-            excess = Float(peakExcess)
-        }
-        if frozen[j] {   // an alerting filter learns nothing until it resolves; N_t still counts
-            ntAtFit[j] &+= 1
-            return extreme ? 0 : 1
-        }
+    private func storePeak(_ j: Int, _ excess: Float) {
         let h = Int(head[j])
         ring[j &* cap &+ h] = excess
         head[j] = h &+ 1 == cap ? 0 : UInt32(h &+ 1)
         if Int(ringCount[j]) < cap { ringCount[j] &+= 1 }
-        let since = sinceFit[j] &+ 1
-        sinceFit[j] = since
-        if since == UInt32(configuration.refitAfterPeaks) { markDue(j) }
-        if since == UInt32.max { ntAtFit[j] &+= UInt64(since); sinceFit[j] = 0 }  // never reached in practice
-        return extreme ? 0 : 1
     }
 
     @inline(__always)
@@ -456,27 +447,14 @@ public final class FilterBank {
         queueCount += 1
     }
 
-    /// Merges the current moment block into the Welford state (Chan et al.). O(K).
+    /// Merges the current moment block into the Welford state (Chan et al.) and re-centres the
+    /// block on the new mean (`saliency_merge_moments`, vectorized; the formula is the one of
+    /// `moments(_:)`). O(K).
     private func mergeMoments() {
-        let rowsInBlock = Double(blockFill)
-        for j in 0..<filterCount {
-            let nb = rowsInBlock - Double(blockExtremes[j])
-            if nb > 0 {
-                let s1 = Double(bsum[j]), s2 = Double(bsumsq[j])
-                let meanB = Double(shift[j]) + s1 / nb
-                let m2B = max(0, s2 - s1 * s1 / nb)
-                let na = wCount[j]
-                let total = na + nb
-                let delta = meanB - wMean[j]
-                wMean[j] += delta * nb / total
-                wM2[j] += m2B + delta * delta * na * nb / total
-                wCount[j] = total
-            }
-            shift[j] = Float(wMean[j])
-            bsum[j] = 0
-            bsumsq[j] = 0
-            blockExtremes[j] = 0
-        }
+        var columns = saliency_merge_columns(shift: shift, bsum: bsum, bsumsq: bsumsq, blockExtremes: blockExtremes,
+                                             count_: wCount, mean: wMean, m2: wM2, count: Int64(filterCount),
+                                             rowsInBlock: Double(blockFill))
+        saliency_merge_moments(&columns)
         blockFill = 0
     }
 
@@ -805,6 +783,8 @@ public final class FilterBank {
     public func setFrozen(_ j: Int, _ on: Bool) {
         precondition(j >= 0 && j < filterCount)
         frozen[j] = on
+        // Peaks kept counting while frozen; one that passed the refit mark then is due now.
+        if !on, calib == nil, sinceFit[j] >= UInt32(truncatingIfNeeded: configuration.refitAfterPeaks) { markDue(j) }
     }
 
     public func isFrozen(_ j: Int) -> Bool { frozen[j] }
@@ -827,6 +807,16 @@ public final class FilterBank {
                             peaksSinceFit: Int(sinceFit[j]), extremes: extremesTotal[j], due: isDue[j], mean: mean, standardDeviation: sd,
                             driftMean: calib == nil ? driftMean(j) : nil)
     }
+
+    // MARK: - Kernels
+
+    /// The instruction set of the vector kernels in use: "avx2" or "sse2" on x86-64, "generic" elsewhere.
+    public static var kernelISA: String { String(cString: saliency_kernels_isa()) }
+
+    /// Pins the kernels to the baseline instruction set (`true`) or the best one available
+    /// (`false`, the default). Process-wide; results are bit-identical either way. For tests and
+    /// benchmarks (`saliencyctl bench --kernels baseline`).
+    public static func useBaselineKernels(_ on: Bool) { _ = saliency_kernels_force(on ? 1 : 0) }
 
     /// Bytes of learned state per filter at this configuration (excluding the transient calibration buffer).
     public var bytesPerFilter: Int {

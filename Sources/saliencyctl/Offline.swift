@@ -166,12 +166,16 @@ struct Bench: ParsableCommand {
     @Option(name: .customLong("refits-per-row"), help: "Refit budget per prediction.") var refitsPerRow = POTConfiguration().refitsPerRow
     @Option(help: "Random seed.") var seed: UInt64 = 1
     @Option(name: .customLong("max-peaks"), help: "Ring capacity per filter.") var maxPeaks = POTConfiguration().maxPeaks
+    @Option(name: .customLong("peak-stride"), help: "Ring sampling stride (a power of two; 0 = automatic).") var peakStride = POTConfiguration().peakStride
+    @Option(help: "Vector kernels: best (the CPU's best instruction set) or baseline (SSE2 on x86-64).") var kernels: KernelChoice = .best
+    enum KernelChoice: String, ExpressibleByArgument, CaseIterable { case best, baseline }
     @OptionGroup var output: OutputOptions
 
     struct Result: Codable {
         var filters: Int; var predictions: Int; var level: Double
         var predictions_per_second: Double; var values_per_second: Double; var ns_per_value: Double; var bytes_per_filter: Int
         var refits: UInt64; var peaks_per_row: Double; var extremes: Int
+        var peak_stride: Int; var kernels: String
     }
 
     func run() throws {
@@ -180,6 +184,8 @@ struct Bench: ParsableCommand {
         cfg.calibration = calibration
         cfg.refitsPerRow = refitsPerRow
         cfg.maxPeaks = maxPeaks
+        cfg.peakStride = peakStride
+        FilterBank.useBaselineKernels(kernels == .baseline)
         let bank: FilterBank
         do { bank = try FilterBank(filterCount: filters, configuration: cfg) } catch { throw InputError(error.message) }
         var rng = SplitMix64(seed: seed)
@@ -216,10 +222,11 @@ struct Bench: ParsableCommand {
         let r = Result(filters: filters, predictions: predictions, level: level, predictions_per_second: pps,
                        values_per_second: pps * Double(filters), ns_per_value: secs * 1e9 / (Double(predictions) * Double(filters)),
                        bytes_per_filter: bank.bytesPerFilter, refits: bank.refitCount - refitsBefore,
-                       peaks_per_row: Double(peaks) / Double(predictions), extremes: extremes)
+                       peaks_per_row: Double(peaks) / Double(predictions), extremes: extremes,
+                       peak_stride: bank.peakStride, kernels: FilterBank.kernelISA)
         if output.json { try IO.printJSON(r); return }
-        var t = Table(headers: ["filters", "level", "predictions/s", "values/s", "ns/value", "bytes/filter", "refits", "peaks/row"])
-        t.rows.append([String(filters), fmt(level, 3), fmt(pps, 6), fmt(r.values_per_second, 4), fmt(r.ns_per_value, 3), String(r.bytes_per_filter), String(r.refits), fmt(r.peaks_per_row, 5)])
+        var t = Table(headers: ["filters", "level", "predictions/s", "values/s", "ns/value", "bytes/filter", "refits", "peaks/row", "stride", "kernels"])
+        t.rows.append([String(filters), fmt(level, 3), fmt(pps, 6), fmt(r.values_per_second, 4), fmt(r.ns_per_value, 3), String(r.bytes_per_filter), String(r.refits), fmt(r.peaks_per_row, 5), String(r.peak_stride), r.kernels])
         print(t.render())
     }
 }

@@ -1,0 +1,65 @@
+// saliencyd's vector kernels for the FilterBank hot path, with run-time ISA dispatch.
+//
+// Why C: Swift cannot compile one function for AVX2 while the rest of the binary stays runnable
+// on baseline x86-64 (no per-function target attribute, no multiversioning). These kernels are
+// built twice (SSE2 and AVX2), and the first call picks the best the CPU supports. Both variants
+// perform the same IEEE operations in the same order (no FMA contraction), so results are
+// bit-identical whichever runs; the Swift tests check that by forcing each variant.
+//
+// The kernels own no state and know nothing of statistics beyond the arithmetic they are given:
+// the meaning of every array is documented in FilterBank.swift.
+#ifndef SALIENCY_KERNELS_H
+#define SALIENCY_KERNELS_H
+
+#include <stdint.h>
+
+/// Columns of a FilterBank read or written by the row scan (all `count` long).
+typedef struct {
+    const float *thr;      // t_j, rounded toward -inf
+    const float *ext;      // z_j, rounded toward -inf (+inf: no tail model)
+    const float *shift;    // moment block reference
+    float *bsum;           // block sum of (s - shift) over non-extreme values
+    float *bsumsq;         // block sum of (s - shift)^2
+    uint32_t *since;       // peaks since the last fit
+    uint32_t strideMask;   // ring sampling stride m - 1 (m a power of two)
+    uint32_t dueAt;        // refit_after_peaks
+    int64_t count;         // K
+} saliency_scan_columns;
+
+/// One row through the columns. For every j: extremes (s > ext) are left out of the moment
+/// block; peaks (s > thr) increment since[j]; an *event* is a lane that is an extreme, or a peak
+/// whose new since[j] is a multiple of the stride or equals dueAt. Events are reported in groups
+/// of 8 filters: eventBase[g] = first filter of the group, eventMask[g] = bit l set for filter
+/// eventBase[g] + l. Capacity needed: count / 8 + 1 groups. Returns the number of groups;
+/// *peaks receives the number of values above thr (extremes included).
+int64_t saliency_scan_row(const saliency_scan_columns *c, const float *row,
+                          int32_t *eventBase, uint8_t *eventMask, int64_t *peaks);
+
+/// Columns of the moment merge (Chan et al. 1979), all `count` long.
+typedef struct {
+    float *shift, *bsum, *bsumsq;
+    uint16_t *blockExtremes;
+    double *count_, *mean, *m2;   // Welford state (count, mean, M2)
+    int64_t count;
+    double rowsInBlock;
+} saliency_merge_columns;
+
+/// Merges each filter's block into its Welford state, re-centres shift on the new mean and
+/// clears the block. Per filter, with nb = rowsInBlock - blockExtremes (skipped when nb = 0):
+///   meanB = shift + s1/nb; m2B = max(0, s2 - s1*s1/nb); total = n + nb; delta = meanB - mean;
+///   mean += delta*nb/total; m2 += m2B + delta*delta*n*nb/total; n = total.
+void saliency_merge_moments(const saliency_merge_columns *c);
+
+/// The instruction set the kernels use: "avx2" or "sse2" (x86-64), "generic" elsewhere.
+const char *saliency_kernels_isa(void);
+
+/// Forces a variant (0 = best available, 1 = baseline) for tests and benchmarks. Returns 0, or
+/// -1 if the request cannot be honoured (AVX2 unavailable is not an error: best = baseline).
+int saliency_kernels_force(int variant);
+
+/// Hint that the cache line holding `p` will be written soon (PREFETCHW where available).
+static inline __attribute__((always_inline)) void saliency_prefetch_write(const void *p) {
+    __builtin_prefetch(p, 1, 3);
+}
+
+#endif
