@@ -27,7 +27,6 @@ final class DaemonCore {
     var outbox: [(topic: [UInt8], body: [UInt8])] = []
     let alertLog: AlertLog
     var lastResend = ContinuousClock.now
-    let scratch: UnsafeMutableBufferPointer<Float>
     /// Arrival-to-publish latency of the last alert-carrying messages, in microseconds (ring of 4096).
     var alertLatencies: [Double] = []
     var alertLatencyNext = 0
@@ -43,10 +42,7 @@ final class DaemonCore {
         self.alertLog = alertLog
         self.logger = logger
         self.metrics = metrics
-        self.scratch = .allocate(capacity: 1 << 24)
     }
-
-    deinit { scratch.deallocate() }
 
     func apply(reloaded c: DaemonConfiguration) {
         configuration.alerts.resendInterval = c.alerts.resendInterval
@@ -130,12 +126,13 @@ final class DaemonCore {
             return reject("topic_mismatch", "topic says model '\(model)' but the fingerprint belongs to '\(engine.schema.model)'")
         }
         trackSequence(header, model: model)
-        if let why = PayloadCheck.validate(payload, expectedCount: engine.filterCount) {
+        // One pass: validated while copied into the engine's spare row slot, absorbed from there.
+        if let why = PayloadCheck.validateCopying(payload, expectedCount: engine.filterCount, into: engine.nextRow) {
             return reject(why.rawValue, "prediction \(header.sequence) from producer \(String(header.producerID, radix: 16)) for '\(model)': \(why.rawValue) (payload \(payload.count) bytes, expected \(4 * engine.filterCount) finite non-negative float32)")
         }
         let started = ContinuousClock.now
         let wasCalibrated = engine.bank.isCalibrated
-        let result = PayloadCheck.withFloats(payload, scratch: scratch) { row in engine.absorb(row) }
+        let result = engine.absorbNextRow()
         metrics.accepted(model: engine, result: result)
         if result.calibrated {
             statusDirty = true

@@ -10,6 +10,8 @@ final class ModelEngine {
     let bank: FilterBank
     var tracker: AlertTracker
     var events: [AlertTransition] = []
+    /// Rows of the recent window (`top --window`); the ring has one more slot, `nextRow`, that
+    /// is never part of the window: a payload is validated straight into it and absorbed from it.
     let recentCapacity: Int
     let recent: UnsafeMutablePointer<Float>
     var recentHead = 0
@@ -38,7 +40,7 @@ final class ModelEngine {
         self.bank = bank
         self.tracker = tracker
         self.recentCapacity = recentRows
-        self.recent = .allocate(capacity: recentRows * schema.filterCount)
+        self.recent = .allocate(capacity: (recentRows + 1) * schema.filterCount)
         self.layerExtremes = Array(repeating: 0, count: schema.layers.count)
         var layerOf = [UInt16](repeating: 0, count: schema.filterCount)
         for l in 0..<schema.layers.count {
@@ -54,10 +56,20 @@ final class ModelEngine {
 
     /// Absorbs a validated row; returns the alert transitions it caused (valid until the next call).
     func absorb(_ row: UnsafeBufferPointer<Float>) -> FilterBank.RowResult {
-        let r = bank.updateValidated(row)
+        nextRow.update(from: row.baseAddress!, count: filterCount)
+        return absorbNextRow()
+    }
+
+    /// The spare slot of the recent-rows ring: write a row here (e.g. `PayloadCheck.validateCopying`),
+    /// then `absorbNextRow()`. Its content is ignored until then.
+    var nextRow: UnsafeMutablePointer<Float> { recent + recentHead * filterCount }
+
+    /// Absorbs the validated row in `nextRow` and makes it the newest row of the window: the
+    /// payload is read once (validation + copy) and the FilterBank reads a cache-hot copy.
+    func absorbNextRow() -> FilterBank.RowResult {
+        let r = bank.updateValidated(UnsafeBufferPointer(start: nextRow, count: filterCount))
         acceptedSinceStart &+= 1
-        (recent + recentHead * filterCount).update(from: row.baseAddress!, count: filterCount)
-        recentHead = (recentHead + 1) % recentCapacity
+        recentHead = (recentHead + 1) % (recentCapacity + 1)
         recentCount = min(recentCount + 1, recentCapacity)
         events.removeAll(keepingCapacity: true)
         if bank.isCalibrated && !r.calibrated {
@@ -71,7 +83,7 @@ final class ModelEngine {
     /// The newest row (after at least one).
     var latestRow: UnsafeBufferPointer<Float>? {
         guard recentCount > 0 else { return nil }
-        let i = (recentHead - 1 + recentCapacity) % recentCapacity
+        let i = (recentHead + recentCapacity) % (recentCapacity + 1)
         return UnsafeBufferPointer(start: recent + i * filterCount, count: filterCount)
     }
 
@@ -79,7 +91,7 @@ final class ModelEngine {
     func recentRows(_ n: Int) -> [UnsafeBufferPointer<Float>] {
         let m = min(n, recentCount)
         return (0..<m).map { back in
-            let i = (recentHead - 1 - back + 2 * recentCapacity) % recentCapacity
+            let i = (recentHead - 1 - back + 2 * (recentCapacity + 1)) % (recentCapacity + 1)
             return UnsafeBufferPointer(start: recent + i * filterCount, count: filterCount)
         }
     }

@@ -42,6 +42,39 @@ public enum PayloadCheck {
         return nil
     }
 
+    /// `validate` and a copy of the payload into `destination` (`expectedCount` floats), in one
+    /// pass: the payload is read once and the copy is left cache-hot for whoever reads it next.
+    /// On rejection `destination` holds an unspecified prefix of the payload (callers write into
+    /// a spare slot, never into data they still need).
+    public static func validateCopying(_ raw: UnsafeRawBufferPointer, expectedCount: Int,
+                                       into destination: UnsafeMutablePointer<Float>) -> RowRejection? {
+        guard expectedCount >= 0, raw.count == expectedCount &* 4 else { return .wrongWidth }
+        let expBits = SIMD8<UInt32>(repeating: 0x7F80_0000), signOnly = SIMD8<UInt32>(repeating: 0x8000_0000)
+        var nf = SIMDMask<SIMD8<Int32>>(repeating: false), ng = SIMDMask<SIMD8<Int32>>(repeating: false)
+        let out = UnsafeMutableRawPointer(destination)
+        var offset = 0
+        let vectorEnd = raw.count & ~31
+        while offset < vectorEnd {
+            let v = raw.loadUnaligned(fromByteOffset: offset, as: SIMD8<UInt32>.self)
+            nf = nf .| ((v & expBits) .== expBits)
+            ng = ng .| (v .> signOnly)
+            (out + offset).storeBytes(of: v, as: SIMD8<UInt32>.self)
+            offset &+= 32
+        }
+        var nonFinite = any(nf)
+        var negative = any(ng)
+        while offset < raw.count {
+            let bits = UInt32(littleEndian: raw.loadUnaligned(fromByteOffset: offset, as: UInt32.self))
+            if bits & 0x7F80_0000 == 0x7F80_0000 { nonFinite = true }
+            if bits > 0x8000_0000 { negative = true }
+            (out + offset).storeBytes(of: bits, as: UInt32.self)
+            offset &+= 4
+        }
+        if nonFinite { return .nonFinite }
+        if negative { return .negative }
+        return nil
+    }
+
     /// Calls `body` with the payload as a contiguous `Float` buffer.
     ///
     /// Zero-copy when the frame is 4-byte aligned (the memory is temporarily bound to `Float`);

@@ -219,29 +219,31 @@ func feed(_ bank: FilterBank, _ row: [Float]) -> FilterBank.RowResult {
     }
 
     /// The documented lag bound: a due filter is refit within ⌈K/r⌉ + 1 rows, and every refit
-    /// equals a from-scratch fit on the newest `maxPeaks` peaks (tracked independently here).
-    @Test func budgetedRefitsRespectTheLagBoundAndEqualFullRefits() throws {
+    /// equals a from-scratch fit on the ring as tracked independently here: every m-th peak since
+    /// the last fit (m = the ring sampling stride), newest `maxPeaks` kept. `N_t` counts every peak.
+    @Test(arguments: [1, 4])
+    func budgetedRefitsRespectTheLagBoundAndEqualFullRefits(stride m: Int) throws {
         let k = 60, n = 200
         var cfg = config(calibration: n, refits: 0.5, maxPeaks: 32)
         cfg.refitAfterPeaks = 4
+        cfg.peakStride = m
         let bank = try FilterBank(filterCount: k, configuration: cfg)
+        #expect(bank.peakStride == m)
         let bound = try #require(bank.maxRefitLagRows)
         #expect(bound == 121)
         var f = SyntheticFeed(seed: 8, filters: k)
-        var peaks = [[Float]](repeating: [], count: k)
         for r in f.rows(n) { feed(bank, r) }
-        for j in 0..<k {
-            let t = bank.report(filter: j).threshold
-            peaks[j] = []
-            _ = t
-        }
-        // Rebuild the calibration peaks independently.
+        // Rebuild the calibration peaks independently (calibration keeps every peak).
         var f2 = SyntheticFeed(seed: 8, filters: k)
         let ref = f2.rows(n)
+        var peaks = [[Float]](repeating: [], count: k)
+        var allPeaks = [UInt64](repeating: 0, count: k)
         for j in 0..<k {
             let t = bank.report(filter: j).threshold
             peaks[j] = ref.map { $0[j] }.filter { Double($0) > t }.map { Float(Double($0) - t) }
+            allPeaks[j] = UInt64(peaks[j].count)
         }
+        var since = [Int](repeating: 0, count: k)
         var dueSince = [Int?](repeating: nil, count: k)
         var maxLag = 0
         var fitter = GrimshawFitter(capacity: 64)
@@ -255,25 +257,86 @@ func feed(_ bank: FilterBank, _ row: [Float]) -> FilterBank.RowResult {
             for j in 0..<k {
                 let rep = bank.report(filter: j)
                 let t = rep.threshold
-                if ex.contains(j) { peaks[j].append(-Float(censorAt[j])) }
-                else if Double(row[j]) > t { peaks[j].append(Float(Double(row[j]) - t)) }
+                if Double(row[j]) > t {
+                    allPeaks[j] += 1
+                    since[j] += 1
+                    if since[j] % m == 0 {
+                        peaks[j].append(ex.contains(j) ? -Float(censorAt[j]) : Float(Double(row[j]) - t))
+                    }
+                }
+                #expect(rep.peaks == allPeaks[j], "N_t counts every peak: filter \(j) row \(i)")
                 if rep.due, dueSince[j] == nil { dueSince[j] = i }
                 if !rep.due, let s = dueSince[j] {
                     maxLag = max(maxLag, i - s)
                     dueSince[j] = nil
                 }
-                if rep.peaksSinceFit == 0 && before[j] > 0 {   // refit in this row: compare with a full refit
+                if rep.peaksSinceFit == 0 && before[j] + (Double(row[j]) > t ? 1 : 0) > 0 {   // refit in this row
+                    since[j] = 0
                     let last = Array(peaks[j].suffix(32))
                     let obs = last.filter { $0.sign == .plus }, cens = last.filter { $0.sign == .minus }.map { -$0 }
                     let fit = obs.withUnsafeBufferPointer { o in cens.withUnsafeBufferPointer { c in fitter.fit(o, censored: c, minPeaks: cfg.minPeaks) } }
                     #expect(rep.shape == fit.gpd.shape && rep.scale == fit.gpd.scale, "filter \(j) row \(i)")
+                    #expect(rep.peaksInRing == last.count)
                     checkedRefits += 1
                 }
+                #expect(rep.peaksSinceFit == since[j])
             }
         }
         #expect(checkedRefits > 100)
         #expect(maxLag <= bound)
         #expect(maxLag > 0)
+    }
+
+    /// The automatic stride makes the ring span about one refit period at full load.
+    @Test func automaticStrideSpansOneRefitPeriod() throws {
+        var c = POTConfiguration()
+        #expect(c.effectiveStride(filterCount: 26_560) == 32)    // 0.1·26560/(0.25·256) = 41.5
+        c.level = 0.98
+        #expect(c.effectiveStride(filterCount: 26_560) == 8)     // 8.3
+        c.level = 0.9
+        #expect(c.effectiveStride(filterCount: 400) == 1)        // 0.6: every peak
+        c.refitsPerRow = 0
+        #expect(c.effectiveStride(filterCount: 26_560) == 1)     // no budget: nothing to span
+        c.peakStride = 16
+        #expect(c.effectiveStride(filterCount: 10) == 16)        // explicit wins
+        c.peakStride = 3
+        #expect(throws: SaliencyError.self) { try c.validate() }
+        c.peakStride = -1
+        #expect(throws: SaliencyError.self) { try c.validate() }
+    }
+
+    /// The vector kernels (AVX2 where the CPU has it, SSE2 baseline) leave bit-identical state,
+    /// on a width that is not a multiple of 8, with extremes, frozen filters and a stride.
+    @Test func kernelsAreBitIdenticalAcrossInstructionSets() throws {
+        let k = 203, n = 300
+        var cfg = config(calibration: n, q: 1e-3, refits: 0.3)
+        cfg.peakStride = 2
+        cfg.refitAfterPeaks = 8
+        func run(baseline: Bool) throws -> (state: [UInt8], isa: String, extremes: Int) {
+            FilterBank.useBaselineKernels(baseline)
+            defer { FilterBank.useBaselineKernels(false) }
+            let bank = try FilterBank(filterCount: k, configuration: cfg)
+            var f = SyntheticFeed(seed: 41, filters: k)
+            var extremes = 0
+            for r in f.rows(n) { feed(bank, r) }
+            for i in 0..<1500 {
+                var r = f.row()
+                if i % 97 == 0 { r[5] *= 1000; r[202] *= 1000; r[131] = 0 }
+                if i == 400 { bank.setFrozen(17, true); bank.setFrozen(200, true) }
+                if i == 900 { bank.setFrozen(17, false) }
+                extremes += feed(bank, r).extremes
+            }
+            return (bank.serializedState(), FilterBank.kernelISA, extremes)
+        }
+        let base = try run(baseline: true)
+        let best = try run(baseline: false)
+        #expect(base.extremes > 15)
+        #expect(base.extremes == best.extremes)
+        #expect(base.state == best.state)
+        #if arch(x86_64)
+        #expect(base.isa == "sse2")
+        #expect(["sse2", "avx2"].contains(best.isa))
+        #endif
     }
 
     @Test func refitDueAndOnDemandRefits() throws {

@@ -113,7 +113,32 @@ struct PayloadCheckTests {
         var bytes = misalign ? [UInt8(0)] : []
         for v in values { withUnsafeBytes(of: v.bitPattern.littleEndian) { bytes += $0 } }
         return bytes.withUnsafeBytes { b in
-            PayloadCheck.validate(UnsafeRawBufferPointer(rebasing: b[(misalign ? 1 : 0)...]), expectedCount: expected ?? values.count)
+            let raw = UnsafeRawBufferPointer(rebasing: b[(misalign ? 1 : 0)...])
+            let n = expected ?? values.count
+            let verdict = PayloadCheck.validate(raw, expectedCount: n)
+            // The fused validate-and-copy of the daemon's hot path agrees, and copies exactly.
+            let dest = UnsafeMutablePointer<Float>.allocate(capacity: max(n, 1))
+            defer { dest.deallocate() }
+            let fused = PayloadCheck.validateCopying(raw, expectedCount: n, into: dest)
+            #expect(fused == verdict)
+            if fused == nil {
+                #expect((0..<n).allSatisfy { dest[$0].bitPattern == values[$0].bitPattern })
+            }
+            return verdict
+        }
+    }
+
+    /// Long rows exercise the 8-lane path and the tail: a bad value anywhere is found.
+    @Test func longRowsInEveryPosition() {
+        let good = (0..<45).map { Float($0) * 0.25 }
+        #expect(check(good) == nil)
+        #expect(check(good, misalign: true) == nil)
+        for pos in [0, 7, 8, 31, 39, 40, 44] {
+            var bad = good
+            bad[pos] = .nan
+            #expect(check(bad) == .nonFinite, "NaN at \(pos)")
+            bad[pos] = -2
+            #expect(check(bad, misalign: true) == .negative, "negative at \(pos)")
         }
     }
 
