@@ -20,7 +20,8 @@ import CKernels
 ///      `z`, so the exceedance rate runs away to 6–11·q (measured: docs/statistics.md); censoring
 ///      keeps it within [0.5, 2]·q while an extreme 10⁶ above `z` moves the model no more than one
 ///      just above it;
-///    - `t_j < s ≤ z_j`: a peak `s − t_j` enters the ring, `N_t,j` and `n_j` grow;
+///    - `t_j < s ≤ z_j`: a peak; `N_t,j` and `n_j` grow and, if it is the m-th peak since the last
+///      sample (`peakStride`, "Ring sampling" below), `s − t_j` enters the ring;
 ///    - otherwise `n_j` grows. Moments absorb every non-extreme value.
 ///
 /// ## Drift (DSPOT, `drift_window = d > 0`, off by default)
@@ -41,8 +42,16 @@ import CKernels
 /// `refitAfterPeaks − 1 + maxRefitLagRows` of the filter's newest peaks. `r = 0` disables
 /// in-line refits (the owner must call `refitDue`).
 ///
+/// ## Ring sampling
+/// Every peak counts in `N_t` and towards `refitAfterPeaks`; every `peakStride`-th (m, a power of
+/// two; automatic by default: the ring then spans about one refit period at full load, see
+/// `POTConfiguration.effectiveStride`) enters the ring, which therefore holds a systematic sample
+/// of the newest `m · maxPeaks` peaks. m = 1 is the textbook ring of the newest peaks.
+///
 /// ## Cost
-/// `update`: O(K) vector work (8 lanes) plus O(1) per peak and per extreme; no allocation.
+/// `update`: O(K) vector work (`saliency_scan_row`, AVX2 or SSE2 chosen at run time, bit-identical)
+/// plus O(1) per *event* (extreme, ring sample, filter becoming due: about `peaks/m + extremes`
+/// per row); no allocation.
 /// Moments are accumulated in 32-row Float32 blocks relative to the last merged mean and merged
 /// into Double Welford state with Chan's formula (O(K) every 32 rows), which keeps the hot state
 /// at 20 bytes per filter. Scoring and ranking are on demand: O(K log k).
@@ -825,7 +834,7 @@ public final class FilterBank {
         let rare = MemoryLayout<UInt64>.size + MemoryLayout<UInt16>.size
         let driftBytes = configuration.driftWindow > 0 ? configuration.driftWindow * 4 + 4 + 8 : 0
         let cold = driftBytes + 7 * MemoryLayout<Double>.size + 1 + Self.sketchPoints * MemoryLayout<Float>.size + 3 + MemoryLayout<Int32>.size  // + due/queued/frozen flags
-        let scratch = 2 * MemoryLayout<Int32>.size + MemoryLayout<Double>.size
+        let scratch = MemoryLayout<Int32>.size + MemoryLayout<Double>.size + 1   // extremes, scores, event groups (5 B per 8 filters)
         return hot + peak + rare + cold + scratch
     }
 }

@@ -142,7 +142,7 @@ public struct DaemonConfiguration: Sendable, Hashable {
         "metrics": ["listen"],
         "security": ["curve", "server_secret_key_file", "allowed_clients_file", "admin_clients_file"],
         "monitor": ["recent_rows", "max_models", "log_level"],
-        "pot": ["level", "q", "calibration", "max_peaks", "min_peaks", "refit_after_peaks", "refits_per_row", "drift_window"],
+        "pot": ["level", "q", "calibration", "max_peaks", "min_peaks", "refit_after_peaks", "refits_per_row", "drift_window", "peak_stride"],
         "alerting": ["expected_run_time", "model_share", "safety_factor", "model_burn_in"],
     ]
 
@@ -208,6 +208,7 @@ public struct DaemonConfiguration: Sendable, Hashable {
         if let v = int("pot", "refit_after_peaks") { c.pot.refitAfterPeaks = v }
         if let v = dbl("pot", "refits_per_row") { c.pot.refitsPerRow = v }
         if let v = int("pot", "drift_window") { c.pot.driftWindow = v }
+        if let v = int("pot", "peak_stride") { c.pot.peakStride = v }
         if let v = dbl("alerting", "expected_run_time") { c.alerting.expectedRunTime = v }
         if let v = dbl("alerting", "model_share") { c.alerting.modelShare = v }
         if let v = dbl("alerting", "safety_factor") { c.alertSafetyFactor = v }
@@ -256,7 +257,7 @@ extension DaemonConfiguration {
         [metrics]  listen = "\(metrics.listen)"
         [security] curve = \(security.curve)
         [monitor]  recent_rows = \(monitor.recentRows)  max_models = \(monitor.maxModels)  log_level = "\(monitor.logLevel)"
-        [pot]      level = \(pot.level)  q = \(pot.q)  calibration = \(pot.calibration)  max_peaks = \(pot.maxPeaks)  min_peaks = \(pot.minPeaks)  refit_after_peaks = \(pot.refitAfterPeaks)  refits_per_row = \(pot.refitsPerRow)  drift_window = \(pot.driftWindow)
+        [pot]      level = \(pot.level)  q = \(pot.q)  calibration = \(pot.calibration)  max_peaks = \(pot.maxPeaks)  min_peaks = \(pot.minPeaks)  refit_after_peaks = \(pot.refitAfterPeaks)  refits_per_row = \(pot.refitsPerRow)  drift_window = \(pot.driftWindow)  peak_stride = \(pot.peakStride == 0 ? "auto" : String(pot.peakStride))
         [alerting] expected_run_time = \(alerting.expectedRunTime)  model_share = \(alerting.modelShare)  safety_factor = \(alertSafetyFactor)  model_burn_in = \(modelBurnIn)
         """
     }
