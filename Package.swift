@@ -52,7 +52,7 @@ let package = Package(
         ),
         .target(
             name: "SaliencyStream",
-            dependencies: ["SaliencyCore", "CZeroMQ"],
+            dependencies: ["SaliencyCore", "CZeroMQ", "CKernels"],
             path: "Sources/Stream"
         ),
         .target(

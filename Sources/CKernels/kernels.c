@@ -45,6 +45,23 @@ static int64_t scan_generic(const saliency_scan_columns *c, const float *row,
     return scan_tail(c, row, 0, eventBase, eventMask, 0, peaks);
 }
 
+static int check_generic(const void *row, int64_t count) {
+    const unsigned char *p = (const unsigned char *)row;
+    int bad = 0;
+    for (int64_t i = 0; i < count; i++) {
+        float v;
+        __builtin_memcpy(&v, p + 4 * i, 4);   // any alignment
+        bad |= !(v >= 0.0f && v < __builtin_inff());
+    }
+    return bad;
+}
+
+static int copy_checked_generic(float *dst, const void *src, int64_t count) {
+    const unsigned char *p = (const unsigned char *)src;
+    for (int64_t i = 0; i < count; i++) __builtin_memcpy(dst + i, p + 4 * i, 4);
+    return check_generic(dst, count);
+}
+
 static inline void merge_one(const saliency_merge_columns *c, int64_t j) {
     double nb = c->rowsInBlock - (double)c->blockExtremes[j];
     if (nb > 0) {
@@ -104,7 +121,59 @@ static int64_t scan_sse2(const saliency_scan_columns *c, const float *row,
     return scan_tail(c, row, n, eventBase, eventMask, groups, peaks);
 }
 
+static int check_sse2(const void *bytes, int64_t count) {
+    const float *row = (const float *)bytes;
+    int64_t n = count & ~(int64_t)3;
+    const __m128 zero = _mm_setzero_ps(), inf = _mm_set1_ps(__builtin_inff());
+    __m128 good = _mm_castsi128_ps(_mm_set1_epi32(-1));
+    for (int64_t i = 0; i < n; i += 4) {
+        __m128 s = _mm_loadu_ps(row + i);   // NaN fails both comparisons
+        good = _mm_and_ps(good, _mm_and_ps(_mm_cmpge_ps(s, zero), _mm_cmplt_ps(s, inf)));
+    }
+    return (_mm_movemask_ps(good) != 0xF) | check_generic((const unsigned char *)bytes + 4 * n, count - n);
+}
+
+static int copy_checked_sse2(float *dst, const void *src, int64_t count) {
+    int64_t n = count & ~(int64_t)3;
+    const float *in = (const float *)src;
+    const __m128 zero = _mm_setzero_ps(), inf = _mm_set1_ps(__builtin_inff());
+    __m128 good = _mm_castsi128_ps(_mm_set1_epi32(-1));
+    for (int64_t i = 0; i < n; i += 4) {
+        __m128 s = _mm_loadu_ps(in + i);
+        _mm_storeu_ps(dst + i, s);
+        good = _mm_and_ps(good, _mm_and_ps(_mm_cmpge_ps(s, zero), _mm_cmplt_ps(s, inf)));
+    }
+    return (_mm_movemask_ps(good) != 0xF) | copy_checked_generic(dst + n, (const unsigned char *)src + 4 * n, count - n);
+}
+
 // MARK: - AVX2: 8 filters per step
+
+__attribute__((target("avx2")))
+static int copy_checked_avx2(float *dst, const void *src, int64_t count) {
+    int64_t n = count & ~(int64_t)7;
+    const float *in = (const float *)src;
+    const __m256 zero = _mm256_setzero_ps(), inf = _mm256_set1_ps(__builtin_inff());
+    __m256 good = _mm256_castsi256_ps(_mm256_set1_epi32(-1));
+    for (int64_t i = 0; i < n; i += 8) {
+        __m256 s = _mm256_loadu_ps(in + i);
+        _mm256_storeu_ps(dst + i, s);
+        good = _mm256_and_ps(good, _mm256_and_ps(_mm256_cmp_ps(s, zero, _CMP_GE_OQ), _mm256_cmp_ps(s, inf, _CMP_LT_OQ)));
+    }
+    return (_mm256_movemask_ps(good) != 0xFF) | copy_checked_generic(dst + n, (const unsigned char *)src + 4 * n, count - n);
+}
+
+__attribute__((target("avx2")))
+static int check_avx2(const void *bytes, int64_t count) {
+    const float *row = (const float *)bytes;
+    int64_t n = count & ~(int64_t)7;
+    const __m256 zero = _mm256_setzero_ps(), inf = _mm256_set1_ps(__builtin_inff());
+    __m256 good = _mm256_castsi256_ps(_mm256_set1_epi32(-1));
+    for (int64_t i = 0; i < n; i += 8) {
+        __m256 s = _mm256_loadu_ps(row + i);
+        good = _mm256_and_ps(good, _mm256_and_ps(_mm256_cmp_ps(s, zero, _CMP_GE_OQ), _mm256_cmp_ps(s, inf, _CMP_LT_OQ)));
+    }
+    return (_mm256_movemask_ps(good) != 0xFF) | check_generic((const unsigned char *)bytes + 4 * n, count - n);
+}
 
 __attribute__((target("avx2")))
 static int64_t scan_avx2(const saliency_scan_columns *c, const float *row,
@@ -173,6 +242,10 @@ static void merge_avx2(const saliency_merge_columns *c) {
 
 typedef int64_t (*scan_fn)(const saliency_scan_columns *, const float *, int32_t *, uint8_t *, int64_t *);
 typedef void (*merge_fn)(const saliency_merge_columns *);
+typedef int (*check_fn)(const void *, int64_t);
+static _Atomic(check_fn) check_impl = NULL;
+typedef int (*copy_fn)(float *, const void *, int64_t);
+static _Atomic(copy_fn) copy_impl = NULL;
 
 static _Atomic(scan_fn) scan_impl = NULL;
 static _Atomic(merge_fn) merge_impl = NULL;
@@ -192,16 +265,22 @@ static void select_variant(int variant) {
     if (variant == 0 && cpu_has_avx2()) {
         atomic_store_explicit(&scan_impl, scan_avx2, memory_order_relaxed);
         atomic_store_explicit(&merge_impl, merge_avx2, memory_order_relaxed);
+        atomic_store_explicit(&check_impl, check_avx2, memory_order_relaxed);
+        atomic_store_explicit(&copy_impl, copy_checked_avx2, memory_order_relaxed);
         atomic_store_explicit(&isa_name, "avx2", memory_order_relaxed);
     } else {
         atomic_store_explicit(&scan_impl, scan_sse2, memory_order_relaxed);
         atomic_store_explicit(&merge_impl, merge_generic, memory_order_relaxed);
+        atomic_store_explicit(&check_impl, check_sse2, memory_order_relaxed);
+        atomic_store_explicit(&copy_impl, copy_checked_sse2, memory_order_relaxed);
         atomic_store_explicit(&isa_name, "sse2", memory_order_relaxed);
     }
 #else
     (void)variant;
     atomic_store_explicit(&scan_impl, scan_generic, memory_order_relaxed);
     atomic_store_explicit(&merge_impl, merge_generic, memory_order_relaxed);
+    atomic_store_explicit(&check_impl, check_generic, memory_order_relaxed);
+    atomic_store_explicit(&copy_impl, copy_checked_generic, memory_order_relaxed);
     atomic_store_explicit(&isa_name, "generic", memory_order_relaxed);
 #endif
 }
@@ -228,4 +307,16 @@ void saliency_merge_moments(const saliency_merge_columns *c) {
     merge_fn f = atomic_load_explicit(&merge_impl, memory_order_relaxed);
     if (f == NULL) { select_variant(0); f = atomic_load_explicit(&merge_impl, memory_order_relaxed); }
     f(c);
+}
+
+int saliency_row_has_invalid(const void *row, int64_t count) {
+    check_fn f = atomic_load_explicit(&check_impl, memory_order_relaxed);
+    if (f == NULL) { select_variant(0); f = atomic_load_explicit(&check_impl, memory_order_relaxed); }
+    return f(row, count);
+}
+
+int saliency_copy_row_checked(float *dst, const void *src, int64_t count) {
+    copy_fn f = atomic_load_explicit(&copy_impl, memory_order_relaxed);
+    if (f == NULL) { select_variant(0); f = atomic_load_explicit(&copy_impl, memory_order_relaxed); }
+    return f(dst, src, count);
 }

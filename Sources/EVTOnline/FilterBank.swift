@@ -243,26 +243,8 @@ public final class FilterBank {
 
     static func checkValues(_ row: UnsafeBufferPointer<Float>) -> RowRejection? {
         guard let base = row.baseAddress else { return nil }
-        let n = row.count
-        var i = 0
-        var ok = true
-        let inf = SIMD8<Float>(repeating: .infinity)
-        let zero = SIMD8<Float>(repeating: 0)
-        while i + 8 <= n {
-            let s = UnsafeRawPointer(base + i).loadUnaligned(as: SIMD8<Float>.self)
-            // NaN fails both comparisons.
-            if !all((s .>= zero) .& (s .< inf)) { ok = false; break }
-            i += 8
-        }
-        if ok {
-            while i < n {
-                let s = base[i]
-                if !(s >= 0 && s < .infinity) { ok = false; break }
-                i += 1
-            }
-        }
-        if ok { return nil }
-        // Slow path: say which.
+        // One branch-free vector pass (CKernels); only a bad row pays for saying which.
+        guard saliency_row_has_invalid(base, Int64(row.count)) != 0 else { return nil }
         for s in row where !s.isFinite { return .nonFinite }
         return .negative
     }
@@ -326,6 +308,20 @@ public final class FilterBank {
             dueAt: UInt32(truncatingIfNeeded: configuration.refitAfterPeaks), count: Int64(filterCount))
         var peaks: Int64 = 0
         let groups = Int(saliency_scan_row(&columns, row, eventBase, eventMask, &peaks))
+        // Events touch cold per-filter columns at random: request them all first (independent
+        // misses overlap), then the ring lines (their address needs `head`), then do the work.
+        for g in 0..<groups {
+            let base = Int(eventBase[g])
+            var m = eventMask[g]
+            while m != 0 {
+                let j = base &+ m.trailingZeroBitCount
+                saliency_prefetch_read(head + j)
+                saliency_prefetch_read(thrD + j)
+                saliency_prefetch_read(ringCount + j)
+                saliency_prefetch_read(frozen + j)
+                m &= m &- 1
+            }
+        }
         for g in 0..<groups {
             let base = Int(eventBase[g])
             var m = eventMask[g]

@@ -6,6 +6,7 @@ import NIOHTTP1
 import NIOPosix
 import Prometheus
 import SaliencyCore
+import SaliencyStream
 import ServiceLifecycle
 import UnixSignals
 
@@ -16,6 +17,7 @@ public enum SaliencyDaemon {
     ///   - load: re-reads the configuration (file + flags) — called at start and on SIGHUP.
     /// - Returns: the process exit code.
     public static func run(load: @escaping @Sendable () throws(SaliencyError) -> DaemonConfiguration) async -> Int32 {
+        MessageMemory.keepFreedMemory()   // no page fault + zeroing per received row (MessageMemory)
         let configuration: DaemonConfiguration
         do {
             configuration = try load()

@@ -63,8 +63,10 @@ final class DaemonCore {
 
     // MARK: - Feed
 
-    /// One multipart message from the feed socket: `count` frames, read through `frame(i)` without copying.
-    func handleFeed(count: Int, _ frame: (Int) -> UnsafeRawBufferPointer) {
+    /// One multipart message from the feed socket: `count` frames, read through `frame(i)` without
+    /// copying. `message`, when given, is the multipart the frames belong to: a valid payload frame
+    /// is then moved into the model's window instead of copied (test doubles pass nil).
+    func handleFeed(count: Int, message: ZMQMultipart? = nil, _ frame: (Int) -> UnsafeRawBufferPointer) {
         guard count > 0 else { return reject("malformed_frame", "empty message") }
         let first = frame(0)
         switch Topic.parse(first) {
@@ -73,7 +75,7 @@ final class DaemonCore {
             handleSchema(model: model, frame(1))
         case .prediction(let model):
             guard count == 3 else { return reject("malformed_frame", "prediction for '\(model)' has \(count) frames, expected 3 (topic, header, payload)") }
-            handlePrediction(model: model, header: frame(1), payload: frame(2))
+            handlePrediction(model: model, header: frame(1), payload: frame(2), message: message)
         case .unknown:
             reject("malformed_frame", "unknown topic '\(String(decoding: first.prefix(64), as: UTF8.self))'")
         }
@@ -112,7 +114,8 @@ final class DaemonCore {
         }
     }
 
-    func handlePrediction(model: String, header raw: UnsafeRawBufferPointer, payload: UnsafeRawBufferPointer) {
+    func handlePrediction(model: String, header raw: UnsafeRawBufferPointer, payload: UnsafeRawBufferPointer,
+                          message: ZMQMultipart? = nil) {
         let header: PredictionHeader
         do {
             header = try PredictionHeader.decode(raw)
@@ -126,13 +129,18 @@ final class DaemonCore {
             return reject("topic_mismatch", "topic says model '\(model)' but the fingerprint belongs to '\(engine.schema.model)'")
         }
         trackSequence(header, model: model)
-        // One pass: validated while copied into the engine's spare row slot, absorbed from there.
-        if let why = PayloadCheck.validateCopying(payload, expectedCount: engine.filterCount, into: engine.nextRow) {
+        if let why = PayloadCheck.validate(payload, expectedCount: engine.filterCount) {
             return reject(why.rawValue, "prediction \(header.sequence) from producer \(String(header.producerID, radix: 16)) for '\(model)': \(why.rawValue) (payload \(payload.count) bytes, expected \(4 * engine.filterCount) finite non-negative float32)")
         }
         let started = ContinuousClock.now
         let wasCalibrated = engine.bank.isCalibrated
-        let result = engine.absorbNextRow()
+        // Zero-copy when the frame can be retained: the window keeps the payload where libzmq put it.
+        let result: FilterBank.RowResult
+        if let message {
+            result = engine.absorb(retaining: { ring, slot in message.move(frame: 2, to: ring, slot: slot) })
+        } else {
+            result = engine.absorb(copying: payload)
+        }
         metrics.accepted(model: engine, result: result)
         if result.calibrated {
             statusDirty = true

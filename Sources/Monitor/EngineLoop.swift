@@ -128,7 +128,7 @@ final class EngineLoop: @unchecked Sendable {
                         continue
                     }
                     let arrived = clock.now
-                    core.handleFeed(count: message.count) { message.frame($0) }
+                    core.handleFeed(count: message.count, message: message) { message.frame($0) }
                     if !core.outbox.isEmpty {
                         flushOutbox()
                         let d = clock.now - arrived

@@ -1,6 +1,7 @@
 import EVTOnline
 import Foundation
 import SaliencyCore
+import SaliencyStream
 
 /// One model's learned state and alert lifecycle: FilterBank + AlertTracker + a ring of recent rows.
 /// Owned by the engine thread; not Sendable.
@@ -10,10 +11,13 @@ final class ModelEngine {
     let bank: FilterBank
     var tracker: AlertTracker
     var events: [AlertTransition] = []
-    /// Rows of the recent window (`top --window`); the ring has one more slot, `nextRow`, that
-    /// is never part of the window: a payload is validated straight into it and absorbed from it.
+    /// The recent window (`top --window`, alert figures): slot i holds a row either as a retained
+    /// feed frame (`frames`, no copy: the FilterBank reads the payload where libzmq put it) or, for
+    /// rows that arrive another way or misaligned, as a copy in `copies` (allocated on first need).
     let recentCapacity: Int
-    let recent: UnsafeMutablePointer<Float>
+    let frames: FrameRing
+    var copies: UnsafeMutablePointer<Float>?
+    var rowStart: [UnsafePointer<Float>?]
     var recentHead = 0
     var recentCount = 0
     /// Rows accepted since the daemon (re)started, for rates.
@@ -40,7 +44,8 @@ final class ModelEngine {
         self.bank = bank
         self.tracker = tracker
         self.recentCapacity = recentRows
-        self.recent = .allocate(capacity: (recentRows + 1) * schema.filterCount)
+        self.frames = FrameRing(count: recentRows)
+        self.rowStart = Array(repeating: nil, count: recentRows)
         self.layerExtremes = Array(repeating: 0, count: schema.layers.count)
         var layerOf = [UInt16](repeating: 0, count: schema.filterCount)
         for l in 0..<schema.layers.count {
@@ -50,26 +55,55 @@ final class ModelEngine {
         events.reserveCapacity(1024)
     }
 
-    deinit { recent.deallocate() }
+    deinit { copies?.deallocate() }
 
     var filterCount: Int { schema.filterCount }
 
     /// Absorbs a validated row; returns the alert transitions it caused (valid until the next call).
     func absorb(_ row: UnsafeBufferPointer<Float>) -> FilterBank.RowResult {
-        nextRow.update(from: row.baseAddress!, count: filterCount)
-        return absorbNextRow()
+        precondition(row.count == filterCount)
+        return absorb(copying: UnsafeRawBufferPointer(row))
     }
 
-    /// The spare slot of the recent-rows ring: write a row here (e.g. `PayloadCheck.validateCopying`),
-    /// then `absorbNextRow()`. Its content is ignored until then.
-    var nextRow: UnsafeMutablePointer<Float> { recent + recentHead * filterCount }
+    /// Absorbs a validated payload (4·K bytes, any alignment) by copying it into the window.
+    func absorb(copying payload: UnsafeRawBufferPointer) -> FilterBank.RowResult {
+        let slot = recentHead
+        frames.clear(slot)
+        let dst = copySlot(slot)
+        UnsafeMutableRawPointer(dst).copyMemory(from: payload.baseAddress!, byteCount: filterCount * 4)
+        rowStart[slot] = UnsafePointer(dst)
+        return absorbSlot(slot)
+    }
 
-    /// Absorbs the validated row in `nextRow` and makes it the newest row of the window: the
-    /// payload is read once (validation + copy) and the FilterBank reads a cache-hot copy.
-    func absorbNextRow() -> FilterBank.RowResult {
-        let r = bank.updateValidated(UnsafeBufferPointer(start: nextRow, count: filterCount))
+    /// Absorbs a validated payload that `move` places into the given slot of `frames` without
+    /// copying (`ZMQMultipart.move(frame:to:slot:)`). A frame whose bytes are not 4-byte aligned
+    /// is copied after all (the FilterBank reads `Float`s).
+    func absorb(retaining move: (FrameRing, Int) -> Void) -> FilterBank.RowResult {
+        let slot = recentHead
+        move(frames, slot)
+        let bytes = frames.frame(slot)
+        precondition(bytes.count == filterCount * 4, "retained payload of \(bytes.count) bytes, expected \(filterCount * 4)")
+        if let base = bytes.baseAddress, Int(bitPattern: base) % MemoryLayout<Float>.alignment == 0 {
+            rowStart[slot] = UnsafePointer(base.assumingMemoryBound(to: Float.self))
+        } else {
+            let dst = copySlot(slot)
+            UnsafeMutableRawPointer(dst).copyMemory(from: bytes.baseAddress!, byteCount: filterCount * 4)
+            frames.clear(slot)
+            rowStart[slot] = UnsafePointer(dst)
+        }
+        return absorbSlot(slot)
+    }
+
+    private func copySlot(_ slot: Int) -> UnsafeMutablePointer<Float> {
+        if copies == nil { copies = .allocate(capacity: recentCapacity * filterCount) }
+        return copies! + slot * filterCount
+    }
+
+    /// Updates the statistics with the row in `slot`, which becomes the newest of the window.
+    private func absorbSlot(_ slot: Int) -> FilterBank.RowResult {
+        let r = bank.updateValidated(UnsafeBufferPointer(start: rowStart[slot]!, count: filterCount))
         acceptedSinceStart &+= 1
-        recentHead = (recentHead + 1) % (recentCapacity + 1)
+        recentHead = (recentHead + 1) % recentCapacity
         recentCount = min(recentCount + 1, recentCapacity)
         events.removeAll(keepingCapacity: true)
         if bank.isCalibrated && !r.calibrated {
@@ -83,16 +117,16 @@ final class ModelEngine {
     /// The newest row (after at least one).
     var latestRow: UnsafeBufferPointer<Float>? {
         guard recentCount > 0 else { return nil }
-        let i = (recentHead + recentCapacity) % (recentCapacity + 1)
-        return UnsafeBufferPointer(start: recent + i * filterCount, count: filterCount)
+        let i = (recentHead - 1 + recentCapacity) % recentCapacity
+        return UnsafeBufferPointer(start: rowStart[i]!, count: filterCount)
     }
 
     /// The newest `n` rows, newest first.
     func recentRows(_ n: Int) -> [UnsafeBufferPointer<Float>] {
         let m = min(n, recentCount)
         return (0..<m).map { back in
-            let i = (recentHead - 1 - back + 2 * (recentCapacity + 1)) % (recentCapacity + 1)
-            return UnsafeBufferPointer(start: recent + i * filterCount, count: filterCount)
+            let i = (recentHead - 1 - back + 2 * recentCapacity) % recentCapacity
+            return UnsafeBufferPointer(start: rowStart[i]!, count: filterCount)
         }
     }
 

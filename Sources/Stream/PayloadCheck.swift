@@ -1,3 +1,4 @@
+import CKernels
 import SaliencyCore
 
 /// Validation of a prediction payload: `K` little-endian float32 saliencies (docs/protocol.md §2).
@@ -15,9 +16,15 @@ import SaliencyCore
 public enum PayloadCheck {
     /// Returns why the payload must be rejected, or `nil` if every value is a finite float ≥ 0.
     /// O(K), no allocation.
-    @inlinable
     public static func validate(_ raw: UnsafeRawBufferPointer, expectedCount: Int) -> RowRejection? {
         guard expectedCount >= 0, raw.count == expectedCount &* 4 else { return .wrongWidth }
+        // Fast verdict: one vector pass (CKernels, any alignment); only a bad row pays for the reason.
+        guard let base = raw.baseAddress, saliency_row_has_invalid(base, Int64(expectedCount)) != 0 else { return nil }
+        return reason(raw)
+    }
+
+    /// Why a row that failed the fast check is invalid (bit patterns: non-finite wins over negative).
+    static func reason(_ raw: UnsafeRawBufferPointer) -> RowRejection? {
         // 8 lanes at a time (SIMD masks accumulate without branches), then the tail.
         let expBits = SIMD8<UInt32>(repeating: 0x7F80_0000), signOnly = SIMD8<UInt32>(repeating: 0x8000_0000)
         var nf = SIMDMask<SIMD8<Int32>>(repeating: false), ng = SIMDMask<SIMD8<Int32>>(repeating: false)
@@ -49,30 +56,10 @@ public enum PayloadCheck {
     public static func validateCopying(_ raw: UnsafeRawBufferPointer, expectedCount: Int,
                                        into destination: UnsafeMutablePointer<Float>) -> RowRejection? {
         guard expectedCount >= 0, raw.count == expectedCount &* 4 else { return .wrongWidth }
-        let expBits = SIMD8<UInt32>(repeating: 0x7F80_0000), signOnly = SIMD8<UInt32>(repeating: 0x8000_0000)
-        var nf = SIMDMask<SIMD8<Int32>>(repeating: false), ng = SIMDMask<SIMD8<Int32>>(repeating: false)
-        let out = UnsafeMutableRawPointer(destination)
-        var offset = 0
-        let vectorEnd = raw.count & ~31
-        while offset < vectorEnd {
-            let v = raw.loadUnaligned(fromByteOffset: offset, as: SIMD8<UInt32>.self)
-            nf = nf .| ((v & expBits) .== expBits)
-            ng = ng .| (v .> signOnly)
-            (out + offset).storeBytes(of: v, as: SIMD8<UInt32>.self)
-            offset &+= 32
-        }
-        var nonFinite = any(nf)
-        var negative = any(ng)
-        while offset < raw.count {
-            let bits = UInt32(littleEndian: raw.loadUnaligned(fromByteOffset: offset, as: UInt32.self))
-            if bits & 0x7F80_0000 == 0x7F80_0000 { nonFinite = true }
-            if bits > 0x8000_0000 { negative = true }
-            (out + offset).storeBytes(of: bits, as: UInt32.self)
-            offset &+= 4
-        }
-        if nonFinite { return .nonFinite }
-        if negative { return .negative }
-        return nil
+        guard let base = raw.baseAddress, expectedCount > 0 else { return nil }
+        // One vector pass (CKernels: AVX2 or SSE2 at run time); only a bad row pays for saying which.
+        guard saliency_copy_row_checked(destination, base, Int64(expectedCount)) != 0 else { return nil }
+        return reason(raw)
     }
 
     /// Calls `body` with the payload as a contiguous `Float` buffer.

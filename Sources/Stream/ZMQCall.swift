@@ -95,6 +95,7 @@ enum ZMQ {
     }
     static func msgInit(_ m: UnsafeMutablePointer<zmq_msg_t>) -> Int32 { zmq_msg_init(m) }
     static func msgClose(_ m: UnsafeMutablePointer<zmq_msg_t>) -> Int32 { zmq_msg_close(m) }
+    static func msgMove(_ dst: UnsafeMutablePointer<zmq_msg_t>, _ src: UnsafeMutablePointer<zmq_msg_t>) -> Int32 { zmq_msg_move(dst, src) }
     static func msgRecv(_ m: UnsafeMutablePointer<zmq_msg_t>, _ s: UnsafeMutableRawPointer, _ flags: Int32) -> Int32 {
         zmq_msg_recv(m, s, flags)
     }

@@ -93,6 +93,15 @@ public final class ZMQMultipart {
         try body(frame(i))
     }
 
+    /// Moves frame `i` into slot `slot` of `ring` without copying its bytes (`zmq_msg_move`; the
+    /// slot's previous frame is released). Frame `i` here is empty afterwards: pointers obtained
+    /// from `frame(i)` are invalid, read the bytes through `ring.frame(slot)` instead (a small
+    /// frame stored inside the message structure moves with it).
+    public func move(frame i: Int, to ring: FrameRing, slot: Int) {
+        precondition(i >= 0 && i < count, "frame \(i) out of range 0..<\(count)")
+        ring.take(msgs[i], slot: slot)
+    }
+
     /// A copy of frame `i` (for tests and cold paths).
     public func bytes(_ i: Int) -> [UInt8] { Array(frame(i)) }
 
@@ -147,4 +156,46 @@ public final class ZMQPollSet {
 
     /// The events that were ready for socket `index` at the last `poll`.
     public func ready(_ index: Int) -> ZMQPollEvents { ZMQPollEvents(rawValue: items[index].revents) }
+}
+
+/// A fixed set of retained frames: a frame moved in (`ZMQMultipart.move(frame:to:slot:)`) stays
+/// alive, uncopied, until its slot is reused or the ring is deinitialized. The daemon keeps each
+/// model's recent rows this way instead of copying 4·K bytes per prediction.
+///
+/// Owns heap-allocated `zmq_msg_t`s (never Swift values). Not `Sendable`: one owner thread.
+public final class FrameRing {
+    private let msgs: UnsafeMutablePointer<zmq_msg_t>
+    /// Number of slots.
+    public let count: Int
+
+    public init(count: Int) {
+        precondition(count >= 1)
+        self.count = count
+        msgs = .allocate(capacity: count)
+        for i in 0..<count { _ = ZMQ.msgInit(msgs + i) }
+    }
+
+    deinit {
+        for i in 0..<count { _ = ZMQ.msgClose(msgs + i) }
+        msgs.deallocate()
+    }
+
+    func take(_ m: UnsafeMutablePointer<zmq_msg_t>, slot: Int) {
+        precondition(slot >= 0 && slot < count, "slot \(slot) out of range 0..<\(count)")
+        _ = ZMQ.msgMove(msgs + slot, m)   // releases the slot's previous content; cannot fail on valid messages
+    }
+
+    /// The bytes retained in `slot` (empty if nothing was moved in), valid until the slot is reused.
+    public func frame(_ slot: Int) -> UnsafeRawBufferPointer {
+        precondition(slot >= 0 && slot < count, "slot \(slot) out of range 0..<\(count)")
+        let n = ZMQ.msgSize(msgs + slot)
+        return UnsafeRawBufferPointer(start: n == 0 ? nil : ZMQ.msgData(msgs + slot), count: n)
+    }
+
+    /// Releases the frame in `slot` (the slot becomes empty).
+    public func clear(_ slot: Int) {
+        precondition(slot >= 0 && slot < count)
+        _ = ZMQ.msgClose(msgs + slot)
+        _ = ZMQ.msgInit(msgs + slot)
+    }
 }

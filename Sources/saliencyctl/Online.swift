@@ -298,6 +298,7 @@ struct Replay: ParsableCommand {
     @OptionGroup var output: OutputOptions
 
     func run() throws {
+        MessageMemory.keepFreedMemory()   // same allocator settings as saliencyd: a fair baseline
         var sch = try IO.readSchema(schema)
         if let m = model {
             do { sch = try ModelSchema(model: m, layers: sch.layers) } catch { throw InputError(error.message) }
@@ -394,6 +395,7 @@ struct Sink: ParsableCommand {
     @OptionGroup var output: OutputOptions
 
     func run() throws {
+        MessageMemory.keepFreedMemory()   // same allocator settings as saliencyd: a fair baseline
         let ctx = try ZMQContext()
         let sub = try ctx.socket(.sub)
         try sub.setReceiveHighWaterMark(100_000)

@@ -69,6 +69,40 @@ struct SocketTests {
         #expect(try sub.receive(into: msg) == false)  // filtered topics never arrive
     }
 
+    /// A frame moved into a FrameRing keeps its bytes, uncopied, while the multipart receives on;
+    /// small (inline) and large frames alike; reusing or clearing a slot releases the old frame.
+    @Test func movedFramesOutliveLaterReceives() throws {
+        let dir = tempDir()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let ctx = try ZMQContext()
+        let push = try ctx.socket(.push)
+        let pull = try ctx.socket(.pull)
+        try pull.bind("ipc://\(dir)/frames")
+        try push.connect("ipc://\(dir)/frames")
+        try pull.setReceiveTimeout(2000)
+        let msg = ZMQMultipart()
+        let ring = FrameRing(count: 2)
+        #expect(ring.frame(0).count == 0)
+        let sizes = [16, 100_000, 24, 70_000]   // inline (< 34 B) and heap frames
+        var sent: [[UInt8]] = []
+        for (i, n) in sizes.enumerated() {
+            let bytes = (0..<n).map { UInt8(truncatingIfNeeded: $0 &* 31 &+ i) }
+            sent.append(bytes)
+            try push.send([UInt8("h".utf8.first!)], more: true)
+            try bytes.withUnsafeBytes { _ = try push.send($0) }
+            #expect(try pull.receive(into: msg))
+            #expect(msg.count == 2)
+            msg.move(frame: 1, to: ring, slot: i % 2)
+            #expect(msg.frame(1).count == 0)   // moved out: empty here
+            // The slot not just written still holds the previous message's bytes.
+            if i > 0 { #expect(Array(ring.frame((i - 1) % 2)) == sent[i - 1]) }
+            #expect(Array(ring.frame(i % 2)) == bytes)
+        }
+        ring.clear(0)
+        #expect(ring.frame(0).count == 0)
+        #expect(Array(ring.frame(1)) == sent[3])
+    }
+
     @Test func reqRepOverIPC() throws {
         let dir = tempDir()
         defer { try? FileManager.default.removeItem(atPath: dir) }

@@ -50,6 +50,14 @@ typedef struct {
 ///   mean += delta*nb/total; m2 += m2B + delta*delta*n*nb/total; n = total.
 void saliency_merge_moments(const saliency_merge_columns *c);
 
+/// 1 if any of the `count` float32 values at `row` (any alignment; host byte order) is NaN, ±inf
+/// or negative (-0.0 is accepted: a zero magnitude), else 0. Branch-free over the row.
+int saliency_row_has_invalid(const void *row, int64_t count);
+
+/// Copies `count` float32 values from `src` (any alignment; little-endian bit patterns) to `dst`
+/// and returns what `saliency_row_has_invalid` would say of them, in one pass.
+int saliency_copy_row_checked(float *dst, const void *src, int64_t count);
+
 /// The instruction set the kernels use: "avx2" or "sse2" (x86-64), "generic" elsewhere.
 const char *saliency_kernels_isa(void);
 
@@ -60,6 +68,11 @@ int saliency_kernels_force(int variant);
 /// Hint that the cache line holding `p` will be written soon (PREFETCHW where available).
 static inline __attribute__((always_inline)) void saliency_prefetch_write(const void *p) {
     __builtin_prefetch(p, 1, 3);
+}
+
+/// Hint that the cache line holding `p` will be read soon.
+static inline __attribute__((always_inline)) void saliency_prefetch_read(const void *p) {
+    __builtin_prefetch(p, 0, 3);
 }
 
 #endif
