@@ -5,6 +5,11 @@
 #include "saliency_kernels.h"
 #include <stdatomic.h>
 #include <stddef.h>
+#include <stdlib.h>
+#include <string.h>
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
 
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
@@ -86,6 +91,94 @@ static void merge_generic(const saliency_merge_columns *c) {
     for (int64_t j = 0; j < c->count; j++) merge_one(c, j);
 }
 
+
+// MARK: - Grimshaw sums (scalar reference: lane j of the vector variants is element i + j)
+
+#define LG1 6.666666666666735130e-01
+#define LG2 3.999999999940941908e-01
+#define LG3 2.857142874366239149e-01
+#define LG4 2.222219843214978396e-01
+#define LG5 1.818357216161805012e-01
+#define LG6 1.531383769920937332e-01
+#define LG7 1.479819860511658591e-01
+#define LN2HI 6.93147180369123816490e-01
+#define LN2LO 1.90821492927058770002e-10
+#define LG1F 6.6666662693e-01f
+#define LG2F 4.0000972152e-01f
+#define LG3F 2.8498786688e-01f
+#define LG4F 2.4279078841e-01f
+#define LN2HIF 6.9313812256e-01f
+#define LN2LOF 9.0580006145e-06f
+
+static inline void term_f64(double x, double yv, double *lg, double *ratio) {
+    double t = x * yv;
+    double a = 1.0 + t;
+    uint64_t ix; __builtin_memcpy(&ix, &a, 8);
+    uint64_t tmp = ix + 0x00095f619980c433ULL;
+    uint64_t e = tmp >> 52;
+    uint64_t mBits = ix - ((e - 1023) << 52);
+    double m; __builtin_memcpy(&m, &mBits, 8);
+    uint64_t kb = e | 0x4330000000000000ULL;
+    double kd; __builtin_memcpy(&kd, &kb, 8);
+    kd = kd - (4503599627370496.0 + 1023);
+    double f = m - 1.0, g = 2.0 + f;
+    double d = 1.0 / (a * g);
+    double sv = f * a * d, r = g * d;
+    double z = sv * sv, w = z * z;
+    double t1 = w * (LG2 + w * (LG4 + w * LG6));
+    double t2 = z * (LG1 + w * (LG3 + w * (LG5 + w * LG7)));
+    double rr = t2 + t1;
+    double hfsq = 0.5 * f * f;
+    double logA = kd * LN2HI - ((hfsq - (sv * (hfsq + rr) + kd * LN2LO)) - f);
+    *lg = logA + (t - (a - 1.0)) * r;
+    *ratio = t * r;
+}
+
+static void sums_f64_generic(const double *y, int64_t count, double x, double *sumLog, double *sumRatio) {
+    double l[4] = {0, 0, 0, 0}, v[4] = {0, 0, 0, 0};
+    for (int64_t i = 0; i < count; i += 4)
+        for (int j = 0; j < 4; j++) { double a, b; term_f64(x, y[i + j], &a, &b); l[j] = l[j] + a; v[j] = v[j] + b; }
+    *sumLog = (l[0] + l[2]) + (l[1] + l[3]);
+    *sumRatio = (v[0] + v[2]) + (v[1] + v[3]);
+}
+
+static inline void term_f32(float x, float yv, float *lg, float *ratio) {
+    float t = x * yv;
+    float a = 1.0f + t;
+    uint32_t ix; __builtin_memcpy(&ix, &a, 4);
+    uint32_t tmp = ix + 0x004afb0dU;
+    uint32_t e = tmp >> 23;
+    uint32_t mBits = ix - ((e - 127) << 23);
+    float m; __builtin_memcpy(&m, &mBits, 4);
+    uint32_t kb = e | 0x4b000000U;
+    float kf; __builtin_memcpy(&kf, &kb, 4);
+    kf = kf - (8388608.0f + 127.0f);
+    float f = m - 1.0f, g = 2.0f + f;
+    float d = 1.0f / (a * g);
+    float sv = f * a * d, r = g * d;
+    float z = sv * sv, w = z * z;
+    float t1 = w * (LG2F + w * LG4F);
+    float t2 = z * (LG1F + w * LG3F);
+    float rr = t2 + t1;
+    float hfsq = 0.5f * f * f;
+    float logA = kf * LN2HIF - ((hfsq - (sv * (hfsq + rr) + kf * LN2LOF)) - f);
+    *lg = logA + (t - (a - 1.0f)) * r;
+    *ratio = t * r;
+}
+
+static inline float reduce8(const float *p) {
+    // ((p0+p4)+(p2+p6)) + ((p1+p5)+(p3+p7)): the tree every variant uses.
+    return ((p[0] + p[4]) + (p[2] + p[6])) + ((p[1] + p[5]) + (p[3] + p[7]));
+}
+
+static void sums_f32_generic(const float *y, int64_t count, float x, float *sumLog, float *sumRatio) {
+    float l[8] = {0}, v[8] = {0};
+    for (int64_t i = 0; i < count; i += 8)
+        for (int j = 0; j < 8; j++) { float a, b; term_f32(x, y[i + j], &a, &b); l[j] = l[j] + a; v[j] = v[j] + b; }
+    *sumLog = reduce8(l);
+    *sumRatio = reduce8(v);
+}
+
 #ifdef SALIENCY_X86
 // MARK: - SSE2 (baseline x86-64): 8 filters as two 4-lane halves
 
@@ -144,6 +237,72 @@ static int copy_checked_sse2(float *dst, const void *src, int64_t count) {
         good = _mm_and_ps(good, _mm_and_ps(_mm_cmpge_ps(s, zero), _mm_cmplt_ps(s, inf)));
     }
     return (_mm_movemask_ps(good) != 0xF) | copy_checked_generic(dst + n, (const unsigned char *)src + 4 * n, count - n);
+}
+
+static void sums_f64_sse2(const double *y, int64_t count, double x, double *sumLog, double *sumRatio) {
+    const __m128d one = _mm_set1_pd(1.0), two = _mm_set1_pd(2.0), half = _mm_set1_pd(0.5), xv = _mm_set1_pd(x);
+    const __m128i magic = _mm_set1_epi64x(0x00095f619980c433LL), bias = _mm_set1_epi64x(1023), expo = _mm_set1_epi64x(0x4330000000000000LL);
+    const __m128d kbias = _mm_set1_pd(4503599627370496.0 + 1023);
+    __m128d accL0 = _mm_setzero_pd(), accV0 = _mm_setzero_pd(), accL1 = _mm_setzero_pd(), accV1 = _mm_setzero_pd();
+    for (int64_t i = 0; i < count; i += 2) {
+        __m128d t = _mm_mul_pd(xv, _mm_loadu_pd(y + i));
+        __m128d a = _mm_add_pd(one, t);
+        __m128i ix = _mm_castpd_si128(a);
+        __m128i e = _mm_srli_epi64(_mm_add_epi64(ix, magic), 52);
+        __m128d m = _mm_castsi128_pd(_mm_sub_epi64(ix, _mm_slli_epi64(_mm_sub_epi64(e, bias), 52)));
+        __m128d kd = _mm_sub_pd(_mm_castsi128_pd(_mm_or_si128(e, expo)), kbias);
+        __m128d f = _mm_sub_pd(m, one), g = _mm_add_pd(two, f);
+        __m128d d = _mm_div_pd(one, _mm_mul_pd(a, g));
+        __m128d sv = _mm_mul_pd(_mm_mul_pd(f, a), d), r = _mm_mul_pd(g, d);
+        __m128d z = _mm_mul_pd(sv, sv), w = _mm_mul_pd(z, z);
+        __m128d t1 = _mm_mul_pd(w, _mm_add_pd(_mm_set1_pd(LG2), _mm_mul_pd(w, _mm_add_pd(_mm_set1_pd(LG4), _mm_mul_pd(w, _mm_set1_pd(LG6))))));
+        __m128d t2 = _mm_mul_pd(z, _mm_add_pd(_mm_set1_pd(LG1), _mm_mul_pd(w, _mm_add_pd(_mm_set1_pd(LG3), _mm_mul_pd(w, _mm_add_pd(_mm_set1_pd(LG5), _mm_mul_pd(w, _mm_set1_pd(LG7))))))));
+        __m128d rr = _mm_add_pd(t2, t1);
+        __m128d hfsq = _mm_mul_pd(_mm_mul_pd(half, f), f);
+        __m128d logA = _mm_sub_pd(_mm_mul_pd(kd, _mm_set1_pd(LN2HI)),
+                                  _mm_sub_pd(_mm_sub_pd(hfsq, _mm_add_pd(_mm_mul_pd(sv, _mm_add_pd(hfsq, rr)), _mm_mul_pd(kd, _mm_set1_pd(LN2LO)))), f));
+        __m128d lg = _mm_add_pd(logA, _mm_mul_pd(_mm_sub_pd(t, _mm_sub_pd(a, one)), r));
+        __m128d ratio = _mm_mul_pd(t, r);
+        if (((i >> 1) & 1) == 0) { accL0 = _mm_add_pd(accL0, lg); accV0 = _mm_add_pd(accV0, ratio); }
+        else { accL1 = _mm_add_pd(accL1, lg); accV1 = _mm_add_pd(accV1, ratio); }
+    }
+    double l0[2], l1[2], v0[2], v1[2];
+    _mm_storeu_pd(l0, accL0); _mm_storeu_pd(l1, accL1); _mm_storeu_pd(v0, accV0); _mm_storeu_pd(v1, accV1);
+    *sumLog = (l0[0] + l1[0]) + (l0[1] + l1[1]);
+    *sumRatio = (v0[0] + v1[0]) + (v0[1] + v1[1]);
+}
+
+static void sums_f32_sse2(const float *y, int64_t count, float x, float *sumLog, float *sumRatio) {
+    const __m128 one = _mm_set1_ps(1.0f), two = _mm_set1_ps(2.0f), half = _mm_set1_ps(0.5f), xv = _mm_set1_ps(x);
+    const __m128i magic = _mm_set1_epi32(0x004afb0d), bias = _mm_set1_epi32(127), expo = _mm_set1_epi32(0x4b000000);
+    const __m128 kbias = _mm_set1_ps(8388608.0f + 127.0f);
+    __m128 accL0 = _mm_setzero_ps(), accV0 = _mm_setzero_ps(), accL1 = _mm_setzero_ps(), accV1 = _mm_setzero_ps();
+    for (int64_t i = 0; i < count; i += 4) {
+        __m128 t = _mm_mul_ps(xv, _mm_loadu_ps(y + i));
+        __m128 a = _mm_add_ps(one, t);
+        __m128i ix = _mm_castps_si128(a);
+        __m128i e = _mm_srli_epi32(_mm_add_epi32(ix, magic), 23);
+        __m128 m = _mm_castsi128_ps(_mm_sub_epi32(ix, _mm_slli_epi32(_mm_sub_epi32(e, bias), 23)));
+        __m128 kf = _mm_sub_ps(_mm_castsi128_ps(_mm_or_si128(e, expo)), kbias);
+        __m128 f = _mm_sub_ps(m, one), g = _mm_add_ps(two, f);
+        __m128 d = _mm_div_ps(one, _mm_mul_ps(a, g));
+        __m128 sv = _mm_mul_ps(_mm_mul_ps(f, a), d), r = _mm_mul_ps(g, d);
+        __m128 z = _mm_mul_ps(sv, sv), w = _mm_mul_ps(z, z);
+        __m128 t1 = _mm_mul_ps(w, _mm_add_ps(_mm_set1_ps(LG2F), _mm_mul_ps(w, _mm_set1_ps(LG4F))));
+        __m128 t2 = _mm_mul_ps(z, _mm_add_ps(_mm_set1_ps(LG1F), _mm_mul_ps(w, _mm_set1_ps(LG3F))));
+        __m128 rr = _mm_add_ps(t2, t1);
+        __m128 hfsq = _mm_mul_ps(_mm_mul_ps(half, f), f);
+        __m128 logA = _mm_sub_ps(_mm_mul_ps(kf, _mm_set1_ps(LN2HIF)),
+                                 _mm_sub_ps(_mm_sub_ps(hfsq, _mm_add_ps(_mm_mul_ps(sv, _mm_add_ps(hfsq, rr)), _mm_mul_ps(kf, _mm_set1_ps(LN2LOF)))), f));
+        __m128 lg = _mm_add_ps(logA, _mm_mul_ps(_mm_sub_ps(t, _mm_sub_ps(a, one)), r));
+        __m128 ratio = _mm_mul_ps(t, r);
+        if (((i >> 2) & 1) == 0) { accL0 = _mm_add_ps(accL0, lg); accV0 = _mm_add_ps(accV0, ratio); }
+        else { accL1 = _mm_add_ps(accL1, lg); accV1 = _mm_add_ps(accV1, ratio); }
+    }
+    float l[8], v[8];
+    _mm_storeu_ps(l, accL0); _mm_storeu_ps(l + 4, accL1); _mm_storeu_ps(v, accV0); _mm_storeu_ps(v + 4, accV1);
+    *sumLog = reduce8(l);
+    *sumRatio = reduce8(v);
 }
 
 // MARK: - AVX2: 8 filters per step
@@ -236,6 +395,70 @@ static void merge_avx2(const saliency_merge_columns *c) {
     }
     for (int64_t j = n; j < c->count; j++) merge_one(c, j);
 }
+
+__attribute__((target("avx2")))
+static void sums_f64_avx2(const double *y, int64_t count, double x, double *sumLog, double *sumRatio) {
+    const __m256d one = _mm256_set1_pd(1.0), two = _mm256_set1_pd(2.0), half = _mm256_set1_pd(0.5), xv = _mm256_set1_pd(x);
+    const __m256i magic = _mm256_set1_epi64x(0x00095f619980c433LL), bias = _mm256_set1_epi64x(1023), expo = _mm256_set1_epi64x(0x4330000000000000LL);
+    const __m256d kbias = _mm256_set1_pd(4503599627370496.0 + 1023);
+    __m256d accL = _mm256_setzero_pd(), accV = _mm256_setzero_pd();
+    for (int64_t i = 0; i < count; i += 4) {
+        __m256d t = _mm256_mul_pd(xv, _mm256_loadu_pd(y + i));
+        __m256d a = _mm256_add_pd(one, t);
+        __m256i ix = _mm256_castpd_si256(a);
+        __m256i e = _mm256_srli_epi64(_mm256_add_epi64(ix, magic), 52);
+        __m256d m = _mm256_castsi256_pd(_mm256_sub_epi64(ix, _mm256_slli_epi64(_mm256_sub_epi64(e, bias), 52)));
+        __m256d kd = _mm256_sub_pd(_mm256_castsi256_pd(_mm256_or_si256(e, expo)), kbias);
+        __m256d f = _mm256_sub_pd(m, one), g = _mm256_add_pd(two, f);
+        __m256d d = _mm256_div_pd(one, _mm256_mul_pd(a, g));
+        __m256d sv = _mm256_mul_pd(_mm256_mul_pd(f, a), d), r = _mm256_mul_pd(g, d);
+        __m256d z = _mm256_mul_pd(sv, sv), w = _mm256_mul_pd(z, z);
+        __m256d t1 = _mm256_mul_pd(w, _mm256_add_pd(_mm256_set1_pd(LG2), _mm256_mul_pd(w, _mm256_add_pd(_mm256_set1_pd(LG4), _mm256_mul_pd(w, _mm256_set1_pd(LG6))))));
+        __m256d t2 = _mm256_mul_pd(z, _mm256_add_pd(_mm256_set1_pd(LG1), _mm256_mul_pd(w, _mm256_add_pd(_mm256_set1_pd(LG3), _mm256_mul_pd(w, _mm256_add_pd(_mm256_set1_pd(LG5), _mm256_mul_pd(w, _mm256_set1_pd(LG7))))))));
+        __m256d rr = _mm256_add_pd(t2, t1);
+        __m256d hfsq = _mm256_mul_pd(_mm256_mul_pd(half, f), f);
+        __m256d logA = _mm256_sub_pd(_mm256_mul_pd(kd, _mm256_set1_pd(LN2HI)),
+                                     _mm256_sub_pd(_mm256_sub_pd(hfsq, _mm256_add_pd(_mm256_mul_pd(sv, _mm256_add_pd(hfsq, rr)), _mm256_mul_pd(kd, _mm256_set1_pd(LN2LO)))), f));
+        accL = _mm256_add_pd(accL, _mm256_add_pd(logA, _mm256_mul_pd(_mm256_sub_pd(t, _mm256_sub_pd(a, one)), r)));
+        accV = _mm256_add_pd(accV, _mm256_mul_pd(t, r));
+    }
+    double l[4], v[4];
+    _mm256_storeu_pd(l, accL); _mm256_storeu_pd(v, accV);
+    *sumLog = (l[0] + l[2]) + (l[1] + l[3]);
+    *sumRatio = (v[0] + v[2]) + (v[1] + v[3]);
+}
+
+__attribute__((target("avx2")))
+static void sums_f32_avx2(const float *y, int64_t count, float x, float *sumLog, float *sumRatio) {
+    const __m256 one = _mm256_set1_ps(1.0f), two = _mm256_set1_ps(2.0f), half = _mm256_set1_ps(0.5f), xv = _mm256_set1_ps(x);
+    const __m256i magic = _mm256_set1_epi32(0x004afb0d), bias = _mm256_set1_epi32(127), expo = _mm256_set1_epi32(0x4b000000);
+    const __m256 kbias = _mm256_set1_ps(8388608.0f + 127.0f);
+    __m256 accL = _mm256_setzero_ps(), accV = _mm256_setzero_ps();
+    for (int64_t i = 0; i < count; i += 8) {
+        __m256 t = _mm256_mul_ps(xv, _mm256_loadu_ps(y + i));
+        __m256 a = _mm256_add_ps(one, t);
+        __m256i ix = _mm256_castps_si256(a);
+        __m256i e = _mm256_srli_epi32(_mm256_add_epi32(ix, magic), 23);
+        __m256 m = _mm256_castsi256_ps(_mm256_sub_epi32(ix, _mm256_slli_epi32(_mm256_sub_epi32(e, bias), 23)));
+        __m256 kf = _mm256_sub_ps(_mm256_castsi256_ps(_mm256_or_si256(e, expo)), kbias);
+        __m256 f = _mm256_sub_ps(m, one), g = _mm256_add_ps(two, f);
+        __m256 d = _mm256_div_ps(one, _mm256_mul_ps(a, g));
+        __m256 sv = _mm256_mul_ps(_mm256_mul_ps(f, a), d), r = _mm256_mul_ps(g, d);
+        __m256 z = _mm256_mul_ps(sv, sv), w = _mm256_mul_ps(z, z);
+        __m256 t1 = _mm256_mul_ps(w, _mm256_add_ps(_mm256_set1_ps(LG2F), _mm256_mul_ps(w, _mm256_set1_ps(LG4F))));
+        __m256 t2 = _mm256_mul_ps(z, _mm256_add_ps(_mm256_set1_ps(LG1F), _mm256_mul_ps(w, _mm256_set1_ps(LG3F))));
+        __m256 rr = _mm256_add_ps(t2, t1);
+        __m256 hfsq = _mm256_mul_ps(_mm256_mul_ps(half, f), f);
+        __m256 logA = _mm256_sub_ps(_mm256_mul_ps(kf, _mm256_set1_ps(LN2HIF)),
+                                    _mm256_sub_ps(_mm256_sub_ps(hfsq, _mm256_add_ps(_mm256_mul_ps(sv, _mm256_add_ps(hfsq, rr)), _mm256_mul_ps(kf, _mm256_set1_ps(LN2LOF)))), f));
+        accL = _mm256_add_ps(accL, _mm256_add_ps(logA, _mm256_mul_ps(_mm256_sub_ps(t, _mm256_sub_ps(a, one)), r)));
+        accV = _mm256_add_ps(accV, _mm256_mul_ps(t, r));
+    }
+    float l[8], v[8];
+    _mm256_storeu_ps(l, accL); _mm256_storeu_ps(v, accV);
+    *sumLog = reduce8(l);
+    *sumRatio = reduce8(v);
+}
 #endif
 
 // MARK: - Dispatch
@@ -246,6 +469,10 @@ typedef int (*check_fn)(const void *, int64_t);
 static _Atomic(check_fn) check_impl = NULL;
 typedef int (*copy_fn)(float *, const void *, int64_t);
 static _Atomic(copy_fn) copy_impl = NULL;
+typedef void (*sums64_fn)(const double *, int64_t, double, double *, double *);
+typedef void (*sums32_fn)(const float *, int64_t, float, float *, float *);
+static _Atomic(sums64_fn) sums64_impl = NULL;
+static _Atomic(sums32_fn) sums32_impl = NULL;
 
 static _Atomic(scan_fn) scan_impl = NULL;
 static _Atomic(merge_fn) merge_impl = NULL;
@@ -267,12 +494,16 @@ static void select_variant(int variant) {
         atomic_store_explicit(&merge_impl, merge_avx2, memory_order_relaxed);
         atomic_store_explicit(&check_impl, check_avx2, memory_order_relaxed);
         atomic_store_explicit(&copy_impl, copy_checked_avx2, memory_order_relaxed);
+        atomic_store_explicit(&sums64_impl, sums_f64_avx2, memory_order_relaxed);
+        atomic_store_explicit(&sums32_impl, sums_f32_avx2, memory_order_relaxed);
         atomic_store_explicit(&isa_name, "avx2", memory_order_relaxed);
     } else {
         atomic_store_explicit(&scan_impl, scan_sse2, memory_order_relaxed);
         atomic_store_explicit(&merge_impl, merge_generic, memory_order_relaxed);
         atomic_store_explicit(&check_impl, check_sse2, memory_order_relaxed);
         atomic_store_explicit(&copy_impl, copy_checked_sse2, memory_order_relaxed);
+        atomic_store_explicit(&sums64_impl, sums_f64_sse2, memory_order_relaxed);
+        atomic_store_explicit(&sums32_impl, sums_f32_sse2, memory_order_relaxed);
         atomic_store_explicit(&isa_name, "sse2", memory_order_relaxed);
     }
 #else
@@ -281,6 +512,8 @@ static void select_variant(int variant) {
     atomic_store_explicit(&merge_impl, merge_generic, memory_order_relaxed);
     atomic_store_explicit(&check_impl, check_generic, memory_order_relaxed);
     atomic_store_explicit(&copy_impl, copy_checked_generic, memory_order_relaxed);
+    atomic_store_explicit(&sums64_impl, sums_f64_generic, memory_order_relaxed);
+    atomic_store_explicit(&sums32_impl, sums_f32_generic, memory_order_relaxed);
     atomic_store_explicit(&isa_name, "generic", memory_order_relaxed);
 #endif
 }
@@ -319,4 +552,31 @@ int saliency_copy_row_checked(float *dst, const void *src, int64_t count) {
     copy_fn f = atomic_load_explicit(&copy_impl, memory_order_relaxed);
     if (f == NULL) { select_variant(0); f = atomic_load_explicit(&copy_impl, memory_order_relaxed); }
     return f(dst, src, count);
+}
+
+void *saliency_alloc_huge(size_t bytes) {
+    const size_t huge = (size_t)2 << 20;
+    size_t rounded = (bytes + huge - 1) / huge * huge;
+    if (rounded == 0) rounded = huge;
+    void *p = NULL;
+    if (posix_memalign(&p, huge, rounded) != 0) return NULL;
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+    (void)madvise(p, rounded, MADV_HUGEPAGE);   // a hint: without THP the memory is simply 4 KiB pages
+#endif
+    memset(p, 0, rounded);
+    return p;
+}
+
+void saliency_free_huge(void *p) { free(p); }
+
+void saliency_grimshaw_sums_f64(const double *y, int64_t count, double x, double *sumLog, double *sumRatio) {
+    sums64_fn f = atomic_load_explicit(&sums64_impl, memory_order_relaxed);
+    if (f == NULL) { select_variant(0); f = atomic_load_explicit(&sums64_impl, memory_order_relaxed); }
+    f(y, count, x, sumLog, sumRatio);
+}
+
+void saliency_grimshaw_sums_f32(const float *y, int64_t count, float x, float *sumLog, float *sumRatio) {
+    sums32_fn f = atomic_load_explicit(&sums32_impl, memory_order_relaxed);
+    if (f == NULL) { select_variant(0); f = atomic_load_explicit(&sums32_impl, memory_order_relaxed); }
+    f(y, count, x, sumLog, sumRatio);
 }

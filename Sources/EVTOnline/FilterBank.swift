@@ -186,6 +186,15 @@ public final class FilterBank {
     let fitScratch: UnsafeMutablePointer<Float>
     let censorScratch: UnsafeMutablePointer<Float>
 
+    /// The ring (K × maxPeaks floats, 26 MiB for ResNet-50), zero-filled, on transparent huge pages
+    /// where the kernel allows: events write it at random, and 4 KiB pages made that a TLB miss too.
+    static func hugeColumn(_ count: Int) -> UnsafeMutablePointer<Float> {
+        guard let raw = saliency_alloc_huge(count * MemoryLayout<Float>.size) else {
+            fatalError("out of memory allocating \(count * MemoryLayout<Float>.size) bytes of peak rings")
+        }
+        return raw.bindMemory(to: Float.self, capacity: count)
+    }
+
     /// - Throws: `SaliencyError(.invalidConfiguration)` when `configuration` is invalid or `filterCount < 1`.
     public init(filterCount: Int, configuration: POTConfiguration = .init()) throws(SaliencyError) {
         try configuration.validate()
@@ -210,7 +219,7 @@ public final class FilterBank {
             return p
         }
         thr = col(Float.infinity); ext = col(Float.infinity); shift = col(0); bsum = col(0); bsumsq = col(0)
-        head = col(0); ringCount = col(0); sinceFit = col(0); ring = col(0, k * configuration.maxPeaks); thrD = col(.infinity)
+        head = col(0); ringCount = col(0); sinceFit = col(0); ring = Self.hugeColumn(k * configuration.maxPeaks); thrD = col(.infinity)
         extremesTotal = col(0); blockExtremes = col(0)
         ntAtFit = col(0); shape = col(0); scale = col(1); extD = col(.infinity); method = col(255)
         wCount = col(0); wMean = col(0); wM2 = col(0); sketch = col(0, k * Self.sketchPoints)
@@ -223,7 +232,8 @@ public final class FilterBank {
     }
 
     deinit {
-        for p in [thr, ext, shift, bsum, bsumsq, ring, sketch, fitScratch, censorScratch] as [UnsafeMutablePointer<Float>] { p.deallocate() }
+        for p in [thr, ext, shift, bsum, bsumsq, sketch, fitScratch, censorScratch] as [UnsafeMutablePointer<Float>] { p.deallocate() }
+        saliency_free_huge(ring)
         for p in [thrD, shape, scale, extD, wCount, wMean, wM2, scores] as [UnsafeMutablePointer<Double>] { p.deallocate() }
         for p in [head, ringCount, sinceFit] as [UnsafeMutablePointer<UInt32>] { p.deallocate() }
         extremesTotal.deallocate(); ntAtFit.deallocate(); blockExtremes.deallocate(); method.deallocate()

@@ -1,3 +1,4 @@
+import CKernels
 import RealModule
 
 /// How a `GPDFit` was obtained.
@@ -368,29 +369,20 @@ enum GrimshawCore {
             return Evaluation(w: gamma * (1 + v) + v - tc / k, gamma: gamma, logMeanY: l)
         }
 
-        /// One vectorized pass: `(Σ log(1 + xY), Σ xY/(1 + xY))`. Requires `1 + x max Y > 0`.
+        /// One vectorized pass: `(Σ log(1 + xY), Σ xY/(1 + xY))` (`saliency_grimshaw_sums_f64`:
+        /// AVX2 or SSE2 at run time, the same bits either way; the arithmetic is `term` below, for
+        /// reference). Requires `1 + x max Y > 0`; `count` a multiple of 4.
         @inline(__always)
         private func sums(_ p: UnsafeMutablePointer<Double>, _ count: Int, _ x: Double) -> (Double, Double) {
-            let xv = SIMD2<Double>(repeating: x)
-            var accL0 = SIMD2<Double>(), accV0 = SIMD2<Double>()
-            var accL1 = SIMD2<Double>(), accV1 = SIMD2<Double>()
-            var i = 0
-            let raw = UnsafeRawPointer(p)
-            // Two independent 2-lane chains per iteration (count is a multiple of 4).
-            while i < count {
-                let (l0, v0) = term(xv, raw.loadUnaligned(fromByteOffset: i &* 8, as: SIMD2<Double>.self))
-                let (l1, v1) = term(xv, raw.loadUnaligned(fromByteOffset: (i &+ 2) &* 8, as: SIMD2<Double>.self))
-                accL0 += l0; accV0 += v0
-                accL1 += l1; accV1 += v1
-                i &+= 4
-            }
-            return ((accL0 + accL1).sum(), (accV0 + accV1).sum())
+            var l = 0.0, v = 0.0
+            saliency_grimshaw_sums_f64(p, Int64(count), x, &l, &v)
+            return (l, v)
         }
 
         /// `(log(1 + t), t/(1 + t))` for `t = x y`, lane-wise, with one division for both the
-        /// reciprocal and the log's `f/(2 + f)`.
+        /// reciprocal and the log's `f/(2 + f)`. The kernel's per-element steps; tests compare.
         @inline(__always)
-        private func term(_ x: SIMD2<Double>, _ y: SIMD2<Double>) -> (SIMD2<Double>, SIMD2<Double>) {
+        static func term(_ x: SIMD2<Double>, _ y: SIMD2<Double>) -> (SIMD2<Double>, SIMD2<Double>) {
             let t = x * y
             let a = 1 + t
             let (logA, r) = logAndReciprocal(a)
@@ -438,24 +430,13 @@ enum GrimshawCore {
                           approximate: Evaluation(w: w, gamma: gammaF, logMeanY: l))
         }
 
+        /// `(Σ log(1 + xY), Σ xY/(1 + xY))` in single precision (`saliency_grimshaw_sums_f32`,
+        /// eight partial sums in a fixed tree); `count` a multiple of 8.
         @inline(__always)
         private func sums(_ p: UnsafeMutablePointer<Float>, _ count: Int, _ x: Float) -> (Float, Float) {
-            let xv = SIMD4<Float>(repeating: x)
-            var accL0 = SIMD4<Float>(), accV0 = SIMD4<Float>()
-            var accL1 = SIMD4<Float>(), accV1 = SIMD4<Float>()
-            var i = 0
-            let raw = UnsafeRawPointer(p)
-            while i < count {
-                let t0 = xv * raw.loadUnaligned(fromByteOffset: i &* 4, as: SIMD4<Float>.self)
-                let t1 = xv * raw.loadUnaligned(fromByteOffset: (i &+ 4) &* 4, as: SIMD4<Float>.self)
-                let a0 = 1 + t0, a1 = 1 + t1
-                let (g0, r0) = logAndReciprocal(a0)
-                let (g1, r1) = logAndReciprocal(a1)
-                accL0 += g0 + (t0 - (a0 - 1)) * r0; accV0 += t0 * r0
-                accL1 += g1 + (t1 - (a1 - 1)) * r1; accV1 += t1 * r1
-                i &+= 8
-            }
-            return ((accL0 + accL1).sum(), (accV0 + accV1).sum())
+            var l: Float = 0, v: Float = 0
+            saliency_grimshaw_sums_f32(p, Int64(count), x, &l, &v)
+            return (l, v)
         }
     }
 

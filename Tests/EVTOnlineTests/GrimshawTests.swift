@@ -2,6 +2,7 @@ import Foundation
 import Testing
 import SaliencyCore
 @testable import EVTOnline
+import CKernels
 
 @Suite struct GrimshawTests {
     /// method.md §4: shape within 0.01 of scipy's, or a log-likelihood no worse.
@@ -258,6 +259,55 @@ import SaliencyCore
             var fitter = GrimshawFitter(capacity: 4)
             let y: [Double] = [1, 2, 3, 4, 5]
             _ = y.withUnsafeBufferPointer { fitter.fit($0, minPeaks: 3) }
+        }
+    }
+
+    /// The fit's inner sums run in CKernels (AVX2 or SSE2): both variants return the same bits,
+    /// and those equal the Swift reference steps (`term`, `logAndReciprocal`) summed in the
+    /// kernels' documented tree, element by element.
+    @Test func kernelSumsMatchTheSwiftReferenceBitForBit() {
+        var rng = SplitMix64(seed: 77)
+        let n = 264   // multiple of 8
+        let yd = (0..<n).map { _ in -log(rng.uniform()) * 2.5 }
+        let yf = yd.map { Float($0 / 2.5) }
+        for x in [-0.05, -1e-3, 1e-5, 0.2, 3.0, 40.0] {   // 1 + x·max y > 0 throughout
+            // Double: partial sums by element index mod 4, combined as (S0 + S2) + (S1 + S3).
+            var pl = [Double](repeating: 0, count: 4), pv = [Double](repeating: 0, count: 4)
+            for i in stride(from: 0, to: n, by: 2) {
+                let (l, v) = GrimshawCore.Evaluator.term(SIMD2(repeating: x), SIMD2(yd[i], yd[i + 1]))
+                pl[i % 4] += l[0]; pl[i % 4 + 1] += l[1]; pv[i % 4] += v[0]; pv[i % 4 + 1] += v[1]
+            }
+            let refL = (pl[0] + pl[2]) + (pl[1] + pl[3]), refV = (pv[0] + pv[2]) + (pv[1] + pv[3])
+            var got: [(Double, Double)] = []
+            for baseline in [true, false] {
+                FilterBank.useBaselineKernels(baseline)
+                var l = 0.0, v = 0.0
+                yd.withUnsafeBufferPointer { saliency_grimshaw_sums_f64($0.baseAddress!, Int64(n), x, &l, &v) }
+                got.append((l, v))
+            }
+            FilterBank.useBaselineKernels(false)
+            for (l, v) in got {
+                #expect(l.bitPattern == refL.bitPattern && v.bitPattern == refV.bitPattern, "f64 x=\(x)")
+            }
+            // Float: partial sums by index mod 8, combined as ((S0+S4)+(S2+S6)) + ((S1+S5)+(S3+S7)).
+            let xf = Float(x)
+            var ql = [Float](repeating: 0, count: 8), qv = [Float](repeating: 0, count: 8)
+            for i in stride(from: 0, to: n, by: 4) {
+                let t = SIMD4<Float>(repeating: xf) * SIMD4(yf[i], yf[i + 1], yf[i + 2], yf[i + 3])
+                let a = 1 + t
+                let (g, r) = logAndReciprocal(a)
+                let l = g + (t - (a - 1)) * r, v = t * r
+                for j in 0..<4 { ql[i % 8 + j] += l[j]; qv[i % 8 + j] += v[j] }
+            }
+            func tree(_ p: [Float]) -> Float { ((p[0] + p[4]) + (p[2] + p[6])) + ((p[1] + p[5]) + (p[3] + p[7])) }
+            let refLf = tree(ql), refVf = tree(qv)
+            for baseline in [true, false] {
+                FilterBank.useBaselineKernels(baseline)
+                var l: Float = 0, v: Float = 0
+                yf.withUnsafeBufferPointer { saliency_grimshaw_sums_f32($0.baseAddress!, Int64(n), xf, &l, &v) }
+                #expect(l.bitPattern == refLf.bitPattern && v.bitPattern == refVf.bitPattern, "f32 x=\(x) baseline=\(baseline)")
+            }
+            FilterBank.useBaselineKernels(false)
         }
     }
 }

@@ -11,6 +11,7 @@
 #ifndef SALIENCY_KERNELS_H
 #define SALIENCY_KERNELS_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 /// Columns of a FilterBank read or written by the row scan (all `count` long).
@@ -58,12 +59,28 @@ int saliency_row_has_invalid(const void *row, int64_t count);
 /// and returns what `saliency_row_has_invalid` would say of them, in one pass.
 int saliency_copy_row_checked(float *dst, const void *src, int64_t count);
 
+/// The Grimshaw sums of the GPD fit (EVTOnline/Grimshaw.swift), for t_i = x*y_i:
+///   *sumLog = sum log(1 + t_i),   *sumRatio = sum t_i/(1 + t_i)
+/// with fdlibm's log polynomial and one shared division (see `logAndReciprocal` there).
+/// Double: `count` a multiple of 4; single: a multiple of 8 (callers pad with zeros, which add
+/// nothing). Requires 1 + x*max(y) > 0 and normal values. The reduction tree is fixed (4 and 8
+/// partial sums), so every variant returns the same bits.
+void saliency_grimshaw_sums_f64(const double *y, int64_t count, double x, double *sumLog, double *sumRatio);
+void saliency_grimshaw_sums_f32(const float *y, int64_t count, float x, float *sumLog, float *sumRatio);
+
 /// The instruction set the kernels use: "avx2" or "sse2" (x86-64), "generic" elsewhere.
 const char *saliency_kernels_isa(void);
 
 /// Forces a variant (0 = best available, 1 = baseline) for tests and benchmarks. Returns 0, or
 /// -1 if the request cannot be honoured (AVX2 unavailable is not an error: best = baseline).
 int saliency_kernels_force(int variant);
+
+/// Allocates `bytes` (zero-filled) aligned to 2 MiB and asks the kernel to back them with
+/// transparent huge pages (madvise MADV_HUGEPAGE, Linux; a hint only). For the FilterBank's large
+/// columns: random accesses into a 26 MiB ring then miss the TLB far less. NULL on failure.
+/// Free with `saliency_free_huge`.
+void *saliency_alloc_huge(size_t bytes);
+void saliency_free_huge(void *p);
 
 /// Hint that the cache line holding `p` will be written soon (PREFETCHW where available).
 static inline __attribute__((always_inline)) void saliency_prefetch_write(const void *p) {
