@@ -320,37 +320,28 @@ public final class FilterBank {
         let groups = Int(saliency_scan_row(&columns, row, eventBase, eventMask, &peaks))
         // Events touch cold per-filter columns at random: request them all first (independent
         // misses overlap), then the ring lines (their address needs `head`), then do the work.
-        for g in 0..<groups {
-            let base = Int(eventBase[g])
-            var m = eventMask[g]
-            while m != 0 {
-                let j = base &+ m.trailingZeroBitCount
-                saliency_prefetch_read(head + j)
-                saliency_prefetch_read(thrD + j)
-                saliency_prefetch_read(ringCount + j)
-                saliency_prefetch_read(frozen + j)
-                m &= m &- 1
-            }
+        forEachEvent(groups) { j in
+            saliency_prefetch_read(head + j)
+            saliency_prefetch_read(thrD + j)
+            saliency_prefetch_read(ringCount + j)
+            saliency_prefetch_read(frozen + j)
         }
-        for g in 0..<groups {
-            let base = Int(eventBase[g])
-            var m = eventMask[g]
-            while m != 0 {
-                let j = base &+ m.trailingZeroBitCount
-                saliency_prefetch_write(ring + (j &* cap &+ Int(head[j])))
-                m &= m &- 1
-            }
-        }
-        for g in 0..<groups {
-            let base = Int(eventBase[g])
-            var m = eventMask[g]
-            while m != 0 {
-                let j = base &+ m.trailingZeroBitCount
-                handleEvent(j, row[j])
-                m &= m &- 1
-            }
-        }
+        forEachEvent(groups) { j in saliency_prefetch_write(ring + (j &* cap &+ Int(head[j]))) }
+        forEachEvent(groups) { j in handleEvent(j, row[j]) }
         return Int(peaks) &- extremeCount
+    }
+
+    /// Calls `body` with the filter of every event lane of the last scan's `groups` groups, ascending.
+    @inline(__always)
+    private func forEachEvent(_ groups: Int, _ body: (Int) -> Void) {
+        for g in 0..<groups {
+            let base = Int(eventBase[g])
+            var m = eventMask[g]
+            while m != 0 {
+                body(base &+ m.trailingZeroBitCount)
+                m &= m &- 1
+            }
+        }
     }
 
     /// An event of the vector pass for filter j, whose peak is already counted in `sinceFit`.
