@@ -29,6 +29,7 @@ public enum SaliencyDaemon {
         let level = Logger.Level(rawValue: configuration.monitor.logLevel) ?? .info
         LoggingSystem.bootstrap { DaemonLogHandler(label: $0, level: level) }
         let logger = Logger(label: "saliencyd")
+        for w in configuration.warnings { logger.warning("configuration", metadata: ["advice": "\(w)"]) }
         let registry = PrometheusCollectorRegistry()
         MetricsSystem.bootstrap(PrometheusMetricsFactory(registry: registry))
         let notifier = SystemdNotifier()

@@ -247,6 +247,21 @@ public struct DaemonConfiguration: Sendable, Hashable {
 }
 
 extension DaemonConfiguration {
+    /// Peaks per filter below which the first GPD fits are too noisy to trust (see `warnings`).
+    public static let recommendedInitialPeaks = 50.0
+
+    /// Valid settings that are probably not what the operator wants, each saying what to change.
+    /// Printed by `--check-config` and logged at start; never fatal.
+    public var warnings: [String] {
+        var out: [String] = []
+        let initialPeaks = Double(pot.calibration) * (1 - pot.level)
+        if initialPeaks < Self.recommendedInitialPeaks {
+            let needed = Int((Self.recommendedInitialPeaks / (1 - pot.level)).rounded(.up))
+            out.append("pot.calibration × (1 − pot.level) = \(Int(initialPeaks.rounded())) peaks per filter for the first GPD fits; with fewer than \(Int(Self.recommendedInitialPeaks)) the extreme thresholds are noisy and, until refits have seen more peaks, filters exceed them several times more often than q (BENCHMARKS.md: 2–6× q at 20 peaks). Raise pot.calibration to \(needed) or lower pot.level.")
+        }
+        return out
+    }
+
     /// Effective settings as TOML-like text (for `--check-config`).
     public var effectiveSummary: String {
         """

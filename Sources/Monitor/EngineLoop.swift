@@ -1,3 +1,4 @@
+import EVTOnline
 import Foundation
 import Logging
 import SaliencyCore
@@ -61,7 +62,7 @@ final class EngineLoop: @unchecked Sendable {
         logger.notice("saliencyd ready", metadata: [
             "feed": "\(cfg.feed.endpoint)\(cfg.feed.bind ? " (bind)" : " (connect)")", "alerts": "\(cfg.alerts.endpoint)",
             "query": "\(cfg.query.endpoint)", "state": "\(stateDir)", "models_restored": "\(core.engines.count)",
-            "next_alert_seq": "\(alertLog.nextSequence)", "zmq": "\(ZMQVersion.string)",
+            "next_alert_seq": "\(alertLog.nextSequence)", "zmq": "\(ZMQVersion.string)", "kernels": "\(FilterBank.kernelISA)",
         ])
         readyState.withLock { $0 = "ready" }
         notifier.notify("READY=1\nSTATUS=\(core.statusLine)\nMAINPID=\(getpid())")

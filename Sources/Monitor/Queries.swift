@@ -15,6 +15,10 @@ extension DaemonCore {
         var firing: Int; var model_alert: Bool; var refits: UInt64; var due: Int
         var alert_rule: RuleInfo; var rejected_rows: [String: UInt64]
         var extremes_by_layer: [String: UInt64]
+        /// Ring sampling stride m (every m-th peak enters a filter's ring; docs/statistics.md).
+        var peak_stride: Int
+        /// Upper bound on rows between a filter becoming due and its refit (nil: idle refits only).
+        var max_refit_lag_rows: Int?
     }
     struct ProducerStatus: Codable { var producer: String; var model: String; var received: UInt64; var gaps: UInt64; var reordered: UInt64; var last_sequence: UInt64 }
     struct StatusReply: Codable {
@@ -22,6 +26,8 @@ extension DaemonCore {
         var rejected: [String: UInt64]; var gaps: UInt64; var producers: [ProducerStatus]
         var firing: Int; var alert_seq: UInt64; var queries: UInt64
         var state_directory: String; var last_snapshot: String?
+        /// Instruction set of the FilterBank kernels on this CPU ("avx2", "sse2", "generic").
+        var kernels: String
         /// Arrival of an alert-triggering prediction → its alerts sent on PUB, µs (last ≤ 4096 such messages).
         var alert_latency_us: [String: Double]
     }
@@ -105,7 +111,7 @@ extension DaemonCore {
                 refits: e.bank.refitCount, due: e.bank.isCalibrated ? e.bank.dueCount : 0,
                 alert_rule: RuleInfo(window: e.tracker.rule.window, fire_count: e.tracker.rule.fireCount, resolve_below: e.tracker.rule.resolveBelow),
                 rejected_rows: Dictionary(uniqueKeysWithValues: e.bank.rejected.map { ($0.key.rawValue, $0.value) }),
-                extremes_by_layer: byLayer)
+                extremes_by_layer: byLayer, peak_stride: e.bank.peakStride, max_refit_lag_rows: e.bank.maxRefitLagRows)
         }
         let prods = producers.sorted { $0.key < $1.key }.map { id, p in
             ProducerStatus(producer: String(id, radix: 16), model: p.model, received: p.received, gaps: p.gaps, reordered: p.reordered, last_sequence: p.lastSequence)
@@ -114,6 +120,7 @@ extension DaemonCore {
                            firing: engines.values.reduce(0) { $0 + $1.active.count + ($1.modelAlert == nil ? 0 : 1) },
                            alert_seq: alertLog.nextSequence - 1, queries: queries,
                            state_directory: configuration.resolvedStateDirectory, last_snapshot: lastSnapshot,
+                           kernels: FilterBank.kernelISA,
                            alert_latency_us: latencySummary())
     }
 

@@ -101,7 +101,8 @@ struct Status: ParsableCommand {
             let c = try QueryClient(endpoints)
             if output.json { print(String(decoding: try c.askRaw(["op": "status"]), as: UTF8.self)); return }
             let s = try c.ask(["op": "status"])
-            print("saliencyd \(str(s["version"])), up \(fmt(num(s["uptime_s"]), 4)) s, state in \(str(s["state_directory"]))")
+            let kernels = s["kernels"].map { ", kernels \(str($0))" } ?? ""   // absent from older daemons
+            print("saliencyd \(str(s["version"])), up \(fmt(num(s["uptime_s"]), 4)) s, state in \(str(s["state_directory"]))\(kernels)")
             print("alerts: \(str(s["firing"])) firing, last seq \(str(s["alert_seq"])); sequence gaps \(str(s["gaps"])); queries \(str(s["queries"]))")
             var t = Table(headers: ["model", "filters", "phase", "calibration", "rows", "rate/s", "firing", "due", "rule m/c/L"])
             for m in s["models"] as? [[String: Any]] ?? [] {

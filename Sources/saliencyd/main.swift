@@ -52,6 +52,7 @@ struct Saliencyd: AsyncParsableCommand {
                 let c = try load()
                 try c.validate()
                 print(c.effectiveSummary)
+                for w in c.warnings { print("warning: \(w)") }
                 print("configuration OK")
                 throw ExitCode.success
             } catch let e as SaliencyError {

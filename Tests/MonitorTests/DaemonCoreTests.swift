@@ -303,6 +303,18 @@ struct Harness {
         try c.validate()
     }
 
+    /// Valid but doubtful settings get advice (not an error); the defaults get none.
+    @Test func doubtfulSettingsGetAdvice() throws {
+        #expect(DaemonConfiguration().warnings.isEmpty)
+        let c = try DaemonConfiguration.parse(toml: "[pot]\nlevel = 0.98\ncalibration = 1000")
+        try c.validate()
+        #expect(c.warnings.count == 1)
+        #expect(c.warnings.first?.contains("20 peaks per filter") == true)
+        #expect(c.warnings.first?.contains("Raise pot.calibration to 2500") == true)
+        let ok = try DaemonConfiguration.parse(toml: "[pot]\nlevel = 0.98\ncalibration = 2500")
+        #expect(ok.warnings.isEmpty)
+    }
+
     @Test func mistakesAreExplained() {
         func err(_ toml: String) -> String {
             do { _ = try DaemonConfiguration.parse(toml: toml); return "" } catch { return error.message }
