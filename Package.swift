@@ -82,7 +82,7 @@ let package = Package(
         .executableTarget(
             name: "saliencyctl",
             dependencies: [
-                "SaliencyCore", "EVTOnline", "SaliencyStream", "SaliencyMonitor",
+                "SaliencyCore", "EVTOnline", "SaliencyStream", "SaliencyMonitor", "CKernels",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             path: "Sources/saliencyctl"

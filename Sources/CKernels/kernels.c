@@ -1,6 +1,7 @@
 // See include/saliency_kernels.h. Every variant performs the same IEEE operations in the same
 // order; contraction into FMA is disabled so that no variant rounds differently.
 #pragma clang fp contract(off)
+#define _GNU_SOURCE 1   // sched_getcpu, sched_setaffinity (saliency_pin_to_current_cpu)
 
 #include "saliency_kernels.h"
 #include <stdatomic.h>
@@ -8,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 #if defined(__linux__)
+#include <sched.h>
 #include <sys/mman.h>
 #endif
 
@@ -579,4 +581,17 @@ void saliency_grimshaw_sums_f32(const float *y, int64_t count, float x, float *s
     sums32_fn f = atomic_load_explicit(&sums32_impl, memory_order_relaxed);
     if (f == NULL) { select_variant(0); f = atomic_load_explicit(&sums32_impl, memory_order_relaxed); }
     f(y, count, x, sumLog, sumRatio);
+}
+
+int saliency_pin_to_current_cpu(void) {
+#if defined(__linux__)
+    int cpu = sched_getcpu();
+    if (cpu < 0 || cpu >= CPU_SETSIZE) return -1;
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    CPU_SET(cpu, &set);
+    return sched_setaffinity(0, sizeof set, &set) == 0 ? cpu : -1;
+#else
+    return -1;
+#endif
 }

@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import CKernels
 import EVTOnline
 import SaliencyCore
 
@@ -168,6 +169,7 @@ struct Bench: ParsableCommand {
     @Option(name: .customLong("max-peaks"), help: "Ring capacity per filter.") var maxPeaks = POTConfiguration().maxPeaks
     @Option(name: .customLong("peak-stride"), help: "Ring sampling stride (a power of two; 0 = automatic).") var peakStride = POTConfiguration().peakStride
     @Option(help: "Vector kernels: best (the CPU's best instruction set) or baseline (SSE2 on x86-64).") var kernels: KernelChoice = .best
+    @Flag(name: .customLong("no-pin"), help: "Do not pin the measuring thread to the CPU it starts on (by default it is pinned: a thread the scheduler migrates loses its L2 cache, and on small VMs runs then scatter by ±25 %).") var noPin = false
     enum KernelChoice: String, ExpressibleByArgument, CaseIterable { case best, baseline }
     @OptionGroup var output: OutputOptions
 
@@ -175,7 +177,7 @@ struct Bench: ParsableCommand {
         var filters: Int; var predictions: Int; var level: Double
         var predictions_per_second: Double; var values_per_second: Double; var ns_per_value: Double; var bytes_per_filter: Int
         var refits: UInt64; var peaks_per_row: Double; var extremes: Int
-        var peak_stride: Int; var kernels: String
+        var peak_stride: Int; var kernels: String; var pinned_cpu: Int?
     }
 
     func run() throws {
@@ -186,6 +188,7 @@ struct Bench: ParsableCommand {
         cfg.maxPeaks = maxPeaks
         cfg.peakStride = peakStride
         FilterBank.useBaselineKernels(kernels == .baseline)
+        let pinnedCPU = noPin ? nil : pinToCurrentCPU()
         let bank: FilterBank
         do { bank = try FilterBank(filterCount: filters, configuration: cfg) } catch { throw InputError(error.message) }
         var rng = SplitMix64(seed: seed)
@@ -223,10 +226,17 @@ struct Bench: ParsableCommand {
                        values_per_second: pps * Double(filters), ns_per_value: secs * 1e9 / (Double(predictions) * Double(filters)),
                        bytes_per_filter: bank.bytesPerFilter, refits: bank.refitCount - refitsBefore,
                        peaks_per_row: Double(peaks) / Double(predictions), extremes: extremes,
-                       peak_stride: bank.peakStride, kernels: FilterBank.kernelISA)
+                       peak_stride: bank.peakStride, kernels: FilterBank.kernelISA, pinned_cpu: pinnedCPU)
         if output.json { try IO.printJSON(r); return }
-        var t = Table(headers: ["filters", "level", "predictions/s", "values/s", "ns/value", "bytes/filter", "refits", "peaks/row", "stride", "kernels"])
-        t.rows.append([String(filters), fmt(level, 3), fmt(pps, 6), fmt(r.values_per_second, 4), fmt(r.ns_per_value, 3), String(r.bytes_per_filter), String(r.refits), fmt(r.peaks_per_row, 5), String(r.peak_stride), r.kernels])
+        var t = Table(headers: ["filters", "level", "predictions/s", "values/s", "ns/value", "bytes/filter", "refits", "peaks/row", "stride", "kernels", "cpu"])
+        t.rows.append([String(filters), fmt(level, 3), fmt(pps, 6), fmt(r.values_per_second, 4), fmt(r.ns_per_value, 3), String(r.bytes_per_filter), String(r.refits), fmt(r.peaks_per_row, 5), String(r.peak_stride), r.kernels, pinnedCPU.map(String.init) ?? "any"])
         print(t.render())
     }
+}
+
+/// Pins the calling thread to the CPU it is running on (`saliency_pin_to_current_cpu`, Linux);
+/// returns that CPU, or nil where this is not possible. For single-core measurements.
+func pinToCurrentCPU() -> Int? {
+    let cpu = saliency_pin_to_current_cpu()
+    return cpu >= 0 ? Int(cpu) : nil
 }

@@ -82,6 +82,11 @@ int saliency_kernels_force(int variant);
 void *saliency_alloc_huge(size_t bytes);
 void saliency_free_huge(void *p);
 
+/// Pins the calling thread to the CPU it is running on (Linux); returns that CPU, or -1. For
+/// single-core measurements (`saliencyctl bench`): a thread migrated between CPUs loses its
+/// private caches, which on small VMs makes runs of the same benchmark scatter by ±25 %.
+int saliency_pin_to_current_cpu(void);
+
 /// Hint that the cache line holding `p` will be written soon (PREFETCHW where available).
 static inline __attribute__((always_inline)) void saliency_prefetch_write(const void *p) {
     __builtin_prefetch(p, 1, 3);
