@@ -23,6 +23,26 @@ public struct ByteWriter: Sendable {
         write(UInt64(blob.count))
         bytes.append(contentsOf: blob)
     }
+    /// A length-prefixed (u64) blob written in place by `body`: no intermediate array, so a large
+    /// state is copied once, into this writer.
+    public mutating func writeBlob(_ body: (inout ByteWriter) -> Void) {
+        let at = bytes.count
+        write(UInt64(0))
+        body(&self)
+        overwrite(UInt64(bytes.count - at - 8), at: at)
+    }
+    /// Replaces the bytes of an integer written earlier at byte offset `at`.
+    public mutating func overwrite<T: FixedWidthInteger>(_ v: T, at offset: Int) {
+        precondition(offset >= 0 && offset + MemoryLayout<T>.size <= bytes.count, "overwrite out of range")
+        withUnsafeBytes(of: v.littleEndian) { src in
+            bytes.withUnsafeMutableBytes { dst in
+                UnsafeMutableRawBufferPointer(rebasing: dst[offset..<(offset + src.count)]).copyMemory(from: src)
+            }
+        }
+    }
+    public mutating func reserveCapacity(_ n: Int) { bytes.reserveCapacity(n) }
+    /// Bytes written so far.
+    public var count: Int { bytes.count }
 }
 
 public struct ByteReader: Sendable {

@@ -8,8 +8,20 @@ extension FilterBank {
 
     /// Serializes the learned state. O(K · maxPeaks).
     public func serializedState() -> [UInt8] {
+        var w = ByteWriter(capacity: serializedSizeBound)
+        serialize(into: &w)
+        return w.bytes
+    }
+
+    /// An upper bound on the size of `serializedState()`, for reserving capacity.
+    public var serializedSizeBound: Int {
+        filterCount * (bytesPerFilter + 16) + (calib == nil ? 0 : calibSeen * filterCount * 4)
+            + (driftRing == nil ? 0 : filterCount * (configuration.driftWindow * 4 + 12)) + rejected.count * 64 + 256
+    }
+
+    /// Appends the state `serializedState()` returns to `w` (one copy of the state, into `w`).
+    public func serialize(into w: inout ByteWriter) {
         let k = filterCount
-        var w = ByteWriter(capacity: k * (bytesPerFilter + 16) + (calib == nil ? 0 : calibSeen * k * 4) + 256)
         w.write(Self.stateVersion)
         w.write(UInt64(k)); w.write(UInt64(cap))
         let c = configuration
@@ -38,7 +50,6 @@ extension FilterBank {
         for (r, n) in rejected.sorted(by: { $0.key.rawValue < $1.key.rawValue }) {
             w.write(blob: Array(r.rawValue.utf8)); w.write(n)
         }
-        return w.bytes
     }
 
     /// Restores a bank from `serializedState()`. The configuration stored must match `configuration`

@@ -36,16 +36,25 @@ final class SnapshotStore {
     struct Header: Codable { var created: String; var next_alert_seq: UInt64; var models: Int }
     struct ProducerEntry: Codable { var id: UInt64; var model: String; var last: UInt64; var gaps: UInt64; var reordered: UInt64; var received: UInt64 }
 
+    /// The snapshot file's bytes. The large part (each FilterBank's state) is serialized straight
+    /// into one pre-sized buffer, so encoding costs about one copy of the learned state.
     static func encode(_ core: DaemonCore) throws -> [UInt8] {
-        var w = ByteWriter()
         let json = JSONEncoder()
         json.nonConformingFloatEncodingStrategy = .convertToString(positiveInfinity: "inf", negativeInfinity: "-inf", nan: "nan")
-        w.write(blob: [UInt8](try json.encode(Header(created: AlertRecord.now(), next_alert_seq: core.alertLog.nextSequence, models: core.engines.count))))
         let engines = core.engines.values.sorted { $0.schema.model < $1.schema.model }
+        var w = ByteWriter(capacity: engines.reduce(1 << 16) { $0 + $1.bank.serializedSizeBound + 192 * $1.filterCount })   // + tracker JSON (~120 B per filter measured)
+        // Header: magic, version, payload length and checksum (patched once the payload is written).
+        for b in magic { w.write(b) }
+        w.write(version)
+        let lengthAt = w.count
+        w.write(UInt64(0))
+        w.write(UInt64(0))
+        let payloadStart = w.count
+        w.write(blob: [UInt8](try json.encode(Header(created: AlertRecord.now(), next_alert_seq: core.alertLog.nextSequence, models: core.engines.count))))
         w.write(UInt32(engines.count))
         for e in engines {
             w.write(blob: SchemaMessage.encode(e.schema))
-            w.write(blob: e.bank.serializedState())
+            w.writeBlob { e.bank.serialize(into: &$0) }
             w.write(blob: [UInt8](try json.encode(e.tracker.state)))
             w.write(blob: [UInt8](try json.encode(e.active.values.sorted { $0.seq < $1.seq })))
             w.write(blob: [UInt8](try json.encode(e.modelAlert.map { [$0] } ?? [])))
@@ -55,15 +64,10 @@ final class SnapshotStore {
         w.write(blob: [UInt8](try json.encode(prods)))
         w.write(blob: [UInt8](try json.encode(core.rejected)))
         w.write(core.gapsTotal)
-        let payload = w.bytes
-        var out = ByteWriter(capacity: payload.count + 24)
-        for b in magic { out.write(b) }
-        out.write(version)
-        out.write(UInt64(payload.count))
-        out.write(payload.withUnsafeBytes { fnv1a64($0) })
-        var bytes = out.bytes
-        bytes += payload
-        return bytes
+        let checksum = w.bytes.withUnsafeBytes { fnv1a64(UnsafeRawBufferPointer(rebasing: $0[payloadStart...])) }
+        w.overwrite(UInt64(w.count - payloadStart), at: lengthAt)
+        w.overwrite(checksum, at: lengthAt + 8)
+        return w.bytes
     }
 
     struct Restored {

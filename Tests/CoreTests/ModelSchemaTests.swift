@@ -28,3 +28,25 @@ import Testing
         #expect(s.fingerprint == 0xeb102410212d9b2d)
     }
 }
+
+@Suite struct ByteWriterTests {
+    /// A blob written in place has the bytes of the same blob written from an array, and
+    /// `overwrite` patches an earlier integer without moving anything else.
+    @Test func inPlaceBlobsAndPatches() {
+        let payload: [UInt8] = (0..<300).map { UInt8(truncatingIfNeeded: $0 &* 7) }
+        var a = ByteWriter()
+        a.write(UInt32(7))
+        a.write(blob: payload)
+        a.write(UInt16(9))
+        var b = ByteWriter(capacity: 16)
+        b.write(UInt32(7))
+        b.writeBlob { w in for byte in payload { w.write(byte) } }
+        b.write(UInt16(9))
+        #expect(a.bytes == b.bytes)
+        b.overwrite(UInt32(0xDEAD_BEEF), at: 0)
+        #expect(Array(b.bytes[0..<4]) == [0xEF, 0xBE, 0xAD, 0xDE])
+        #expect(Array(b.bytes[4...]) == Array(a.bytes[4...]))
+        var r = ByteReader(b.bytes)
+        #expect((try? r.read(UInt32.self, "x")) == 0xDEAD_BEEF)
+    }
+}
