@@ -38,6 +38,14 @@ struct Harness {
         core.handleFeed(count: frames.count) { i in UnsafeRawBufferPointer(rebasing: UnsafeRawBufferPointer(buffers[i])[0..<frames[i].count]) }
     }
 
+    /// Feeds the frames through a real ZeroMQ message (inproc PUSH → PULL into a ZMQMultipart), so
+    /// the core takes the zero-copy path: a valid payload frame is moved into the model's window.
+    func feedViaSocket(_ frames: [[UInt8]], _ pair: SocketPair) throws {
+        for (i, f) in frames.enumerated() { _ = try pair.push.send(f, more: i < frames.count - 1) }
+        guard try pair.pull.receive(into: pair.message) else { throw SaliencyError(.io, "inproc receive timed out") }
+        core.handleFeed(count: pair.message.count, message: pair.message) { pair.message.frame($0) }
+    }
+
     func sendSchema() { feed([Topic.schema(schema.model), SchemaMessage.encode(schema)]) }
 
     mutating func row(scale: Float = 1) -> [Float] { (0..<schema.filterCount).map { _ in scale * Float(exp(0.5 * rng.normal())) } }
@@ -56,7 +64,53 @@ struct Harness {
     var engine: ModelEngine? { core.engines[schema.fingerprint] }
 }
 
+/// An inproc PUSH/PULL pair and a receive buffer, for feeding a DaemonCore real ZeroMQ messages.
+final class SocketPair {
+    let ctx: ZMQContext
+    let push: ZMQSocket
+    let pull: ZMQSocket
+    let message = ZMQMultipart(maxFrames: 4)
+    init() throws {
+        ctx = try ZMQContext()
+        pull = try ctx.socket(.pull)
+        let ep = "inproc://core-\(UInt64.random(in: 0...UInt64.max))"
+        try pull.bind(ep)
+        try pull.setReceiveTimeout(2000)
+        push = try ctx.socket(.push)
+        try push.connect(ep)
+    }
+}
+
 @Suite struct DaemonCoreTests {
+    /// The zero-copy path (payload frame moved into the window, read where libzmq put it) leaves
+    /// exactly the state the copying path leaves, for payloads small enough to live inside the
+    /// message structure and large ones, and rejects bad payloads without touching the window.
+    @Test(arguments: [[2, 3, 1], [200, 150, 90]])
+    func zeroCopyFeedEqualsCopyingFeed(filters: [Int]) throws {
+        var a = try Harness(seed: 5, calibration: 200, filters: filters)
+        let b = try Harness(seed: 5, calibration: 200, filters: filters)
+        defer { try? FileManager.default.removeItem(atPath: a.dir); try? FileManager.default.removeItem(atPath: b.dir) }
+        let pair = try SocketPair()
+        a.sendSchema()
+        try b.feedViaSocket([Topic.schema(b.schema.model), SchemaMessage.encode(b.schema)], pair)
+        var header = a.header
+        for i in 0..<400 {
+            var r = a.row(scale: i >= 300 && i % 7 == 0 ? 30 : 1)
+            if i == 350 { r[1] = .nan }   // rejected by both, windows untouched
+            header.sequence += 1
+            let frames = [Topic.prediction(a.schema.model), header.encoded(), r.withUnsafeBytes { Array($0) }]
+            a.feed(frames)
+            try b.feedViaSocket(frames, pair)
+            let ea = try #require(a.engine), eb = try #require(b.engine)
+            #expect(Array(try #require(ea.latestRow)) == Array(try #require(eb.latestRow)))
+        }
+        let ea = try #require(a.engine), eb = try #require(b.engine)
+        #expect(ea.bank.serializedState() == eb.bank.serializedState())
+        #expect(ea.tracker.state == eb.tracker.state)
+        #expect(ea.recentRows(10).map(Array.init) == eb.recentRows(10).map(Array.init))
+        #expect(a.core.rejected == b.core.rejected && a.core.rejected["non_finite"] == 1)
+    }
+
     /// Property test of the frame path: random and mutated frames never crash, never enter the
     /// statistics, and every message is either absorbed or counted as rejected.
     @Test func randomAndMutatedFramesAreRejectedAndCounted() throws {
