@@ -63,12 +63,6 @@ static int check_generic(const void *row, int64_t count) {
     return bad;
 }
 
-static int copy_checked_generic(float *dst, const void *src, int64_t count) {
-    const unsigned char *p = (const unsigned char *)src;
-    for (int64_t i = 0; i < count; i++) __builtin_memcpy(dst + i, p + 4 * i, 4);
-    return check_generic(dst, count);
-}
-
 static inline void merge_one(const saliency_merge_columns *c, int64_t j) {
     double nb = c->rowsInBlock - (double)c->blockExtremes[j];
     if (nb > 0) {
@@ -228,19 +222,6 @@ static int check_sse2(const void *bytes, int64_t count) {
     return (_mm_movemask_ps(good) != 0xF) | check_generic((const unsigned char *)bytes + 4 * n, count - n);
 }
 
-static int copy_checked_sse2(float *dst, const void *src, int64_t count) {
-    int64_t n = count & ~(int64_t)3;
-    const float *in = (const float *)src;
-    const __m128 zero = _mm_setzero_ps(), inf = _mm_set1_ps(__builtin_inff());
-    __m128 good = _mm_castsi128_ps(_mm_set1_epi32(-1));
-    for (int64_t i = 0; i < n; i += 4) {
-        __m128 s = _mm_loadu_ps(in + i);
-        _mm_storeu_ps(dst + i, s);
-        good = _mm_and_ps(good, _mm_and_ps(_mm_cmpge_ps(s, zero), _mm_cmplt_ps(s, inf)));
-    }
-    return (_mm_movemask_ps(good) != 0xF) | copy_checked_generic(dst + n, (const unsigned char *)src + 4 * n, count - n);
-}
-
 static void sums_f64_sse2(const double *y, int64_t count, double x, double *sumLog, double *sumRatio) {
     const __m128d one = _mm_set1_pd(1.0), two = _mm_set1_pd(2.0), half = _mm_set1_pd(0.5), xv = _mm_set1_pd(x);
     const __m128i magic = _mm_set1_epi64x(0x00095f619980c433LL), bias = _mm_set1_epi64x(1023), expo = _mm_set1_epi64x(0x4330000000000000LL);
@@ -308,20 +289,6 @@ static void sums_f32_sse2(const float *y, int64_t count, float x, float *sumLog,
 }
 
 // MARK: - AVX2: 8 filters per step
-
-__attribute__((target("avx2")))
-static int copy_checked_avx2(float *dst, const void *src, int64_t count) {
-    int64_t n = count & ~(int64_t)7;
-    const float *in = (const float *)src;
-    const __m256 zero = _mm256_setzero_ps(), inf = _mm256_set1_ps(__builtin_inff());
-    __m256 good = _mm256_castsi256_ps(_mm256_set1_epi32(-1));
-    for (int64_t i = 0; i < n; i += 8) {
-        __m256 s = _mm256_loadu_ps(in + i);
-        _mm256_storeu_ps(dst + i, s);
-        good = _mm256_and_ps(good, _mm256_and_ps(_mm256_cmp_ps(s, zero, _CMP_GE_OQ), _mm256_cmp_ps(s, inf, _CMP_LT_OQ)));
-    }
-    return (_mm256_movemask_ps(good) != 0xFF) | copy_checked_generic(dst + n, (const unsigned char *)src + 4 * n, count - n);
-}
 
 __attribute__((target("avx2")))
 static int check_avx2(const void *bytes, int64_t count) {
@@ -469,8 +436,6 @@ typedef int64_t (*scan_fn)(const saliency_scan_columns *, const float *, int32_t
 typedef void (*merge_fn)(const saliency_merge_columns *);
 typedef int (*check_fn)(const void *, int64_t);
 static _Atomic(check_fn) check_impl = NULL;
-typedef int (*copy_fn)(float *, const void *, int64_t);
-static _Atomic(copy_fn) copy_impl = NULL;
 typedef void (*sums64_fn)(const double *, int64_t, double, double *, double *);
 typedef void (*sums32_fn)(const float *, int64_t, float, float *, float *);
 static _Atomic(sums64_fn) sums64_impl = NULL;
@@ -495,7 +460,6 @@ static void select_variant(int variant) {
         atomic_store_explicit(&scan_impl, scan_avx2, memory_order_relaxed);
         atomic_store_explicit(&merge_impl, merge_avx2, memory_order_relaxed);
         atomic_store_explicit(&check_impl, check_avx2, memory_order_relaxed);
-        atomic_store_explicit(&copy_impl, copy_checked_avx2, memory_order_relaxed);
         atomic_store_explicit(&sums64_impl, sums_f64_avx2, memory_order_relaxed);
         atomic_store_explicit(&sums32_impl, sums_f32_avx2, memory_order_relaxed);
         atomic_store_explicit(&isa_name, "avx2", memory_order_relaxed);
@@ -503,7 +467,6 @@ static void select_variant(int variant) {
         atomic_store_explicit(&scan_impl, scan_sse2, memory_order_relaxed);
         atomic_store_explicit(&merge_impl, merge_generic, memory_order_relaxed);
         atomic_store_explicit(&check_impl, check_sse2, memory_order_relaxed);
-        atomic_store_explicit(&copy_impl, copy_checked_sse2, memory_order_relaxed);
         atomic_store_explicit(&sums64_impl, sums_f64_sse2, memory_order_relaxed);
         atomic_store_explicit(&sums32_impl, sums_f32_sse2, memory_order_relaxed);
         atomic_store_explicit(&isa_name, "sse2", memory_order_relaxed);
@@ -513,7 +476,6 @@ static void select_variant(int variant) {
     atomic_store_explicit(&scan_impl, scan_generic, memory_order_relaxed);
     atomic_store_explicit(&merge_impl, merge_generic, memory_order_relaxed);
     atomic_store_explicit(&check_impl, check_generic, memory_order_relaxed);
-    atomic_store_explicit(&copy_impl, copy_checked_generic, memory_order_relaxed);
     atomic_store_explicit(&sums64_impl, sums_f64_generic, memory_order_relaxed);
     atomic_store_explicit(&sums32_impl, sums_f32_generic, memory_order_relaxed);
     atomic_store_explicit(&isa_name, "generic", memory_order_relaxed);
@@ -548,12 +510,6 @@ int saliency_row_has_invalid(const void *row, int64_t count) {
     check_fn f = atomic_load_explicit(&check_impl, memory_order_relaxed);
     if (f == NULL) { select_variant(0); f = atomic_load_explicit(&check_impl, memory_order_relaxed); }
     return f(row, count);
-}
-
-int saliency_copy_row_checked(float *dst, const void *src, int64_t count) {
-    copy_fn f = atomic_load_explicit(&copy_impl, memory_order_relaxed);
-    if (f == NULL) { select_variant(0); f = atomic_load_explicit(&copy_impl, memory_order_relaxed); }
-    return f(dst, src, count);
 }
 
 void *saliency_alloc_huge(size_t bytes) {

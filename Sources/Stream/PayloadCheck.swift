@@ -49,19 +49,6 @@ public enum PayloadCheck {
         return nil
     }
 
-    /// `validate` and a copy of the payload into `destination` (`expectedCount` floats), in one
-    /// pass: the payload is read once and the copy is left cache-hot for whoever reads it next.
-    /// On rejection `destination` holds an unspecified prefix of the payload (callers write into
-    /// a spare slot, never into data they still need).
-    public static func validateCopying(_ raw: UnsafeRawBufferPointer, expectedCount: Int,
-                                       into destination: UnsafeMutablePointer<Float>) -> RowRejection? {
-        guard expectedCount >= 0, raw.count == expectedCount &* 4 else { return .wrongWidth }
-        guard let base = raw.baseAddress, expectedCount > 0 else { return nil }
-        // One vector pass (CKernels: AVX2 or SSE2 at run time); only a bad row pays for saying which.
-        guard saliency_copy_row_checked(destination, base, Int64(expectedCount)) != 0 else { return nil }
-        return reason(raw)
-    }
-
     /// Calls `body` with the payload as a contiguous `Float` buffer.
     ///
     /// Zero-copy when the frame is 4-byte aligned (the memory is temporarily bound to `Float`);

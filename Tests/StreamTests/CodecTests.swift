@@ -116,14 +116,8 @@ struct PayloadCheckTests {
             let raw = UnsafeRawBufferPointer(rebasing: b[(misalign ? 1 : 0)...])
             let n = expected ?? values.count
             let verdict = PayloadCheck.validate(raw, expectedCount: n)
-            // The fused validate-and-copy of the daemon's hot path agrees, and copies exactly.
-            let dest = UnsafeMutablePointer<Float>.allocate(capacity: max(n, 1))
-            defer { dest.deallocate() }
-            let fused = PayloadCheck.validateCopying(raw, expectedCount: n, into: dest)
-            #expect(fused == verdict)
-            if fused == nil {
-                #expect((0..<n).allSatisfy { dest[$0].bitPattern == values[$0].bitPattern })
-            }
+            // The fast C verdict agrees with the bit-pattern reason finder on every input.
+            if n >= 0, raw.count == n * 4 { #expect((verdict == nil) == (PayloadCheck.reason(raw) == nil)) }
             return verdict
         }
     }

@@ -55,10 +55,6 @@ void saliency_merge_moments(const saliency_merge_columns *c);
 /// or negative (-0.0 is accepted: a zero magnitude), else 0. Branch-free over the row.
 int saliency_row_has_invalid(const void *row, int64_t count);
 
-/// Copies `count` float32 values from `src` (any alignment; little-endian bit patterns) to `dst`
-/// and returns what `saliency_row_has_invalid` would say of them, in one pass.
-int saliency_copy_row_checked(float *dst, const void *src, int64_t count);
-
 /// The Grimshaw sums of the GPD fit (EVTOnline/Grimshaw.swift), for t_i = x*y_i:
 ///   *sumLog = sum log(1 + t_i),   *sumRatio = sum t_i/(1 + t_i)
 /// with fdlibm's log polynomial and one shared division (see `logAndReciprocal` there).
