@@ -32,6 +32,7 @@ public enum SaliencyDaemon {
         for w in configuration.warnings { logger.warning("configuration", metadata: ["advice": "\(w)"]) }
         let registry = PrometheusCollectorRegistry()
         MetricsSystem.bootstrap(PrometheusMetricsFactory(registry: registry))
+        DaemonMetrics.publishBuildInfo(version: DaemonCore.version)
         let notifier = SystemdNotifier()
         let loop: EngineLoop
         do {

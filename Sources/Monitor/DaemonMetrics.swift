@@ -26,6 +26,12 @@ final class DaemonMetrics {
     /// Ranks exported by `saliencyd_top_score` (bounded: never a series per filter).
     static let topRanks = 10
 
+    /// `saliencyd_build_info{version, kernels} 1`: which build runs and which instruction set its
+    /// FilterBank kernels use on this CPU (capacity differs ~1.5× between avx2 and sse2).
+    static func publishBuildInfo(version: String) {
+        Gauge(label: "saliencyd_build_info", dimensions: [("version", version), ("kernels", FilterBank.kernelISA)]).record(1)
+    }
+
     /// Per-layer extreme exceedances (bounded by the number of layers), pushed periodically.
     func publishLayers(_ engine: ModelEngine) {
         let m = engine.schema.model

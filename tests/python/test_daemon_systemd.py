@@ -93,8 +93,12 @@ def test_notify_reload_metrics_and_stop(tmp_path):
             except OSError:
                 time.sleep(0.1)
         assert "saliencyd_snapshots_total" in body
+        assert "saliencyd_build_info" in body and 'version="0.1.0"' in body
         q = QueryClient(f"ipc://{tmp_path}/query", timeout=3.0)
-        assert q.status()["ok"]
+        st = q.status()
+        assert st["ok"]
+        # The kernels' instruction set is the same in the status reply and the metric.
+        assert st["kernels"] in ("avx2", "sse2", "generic") and f'kernels="{st["kernels"]}"' in body
 
         # Feed a small model: per-layer and bounded top-k series appear (every 5 s), none per filter.
         import numpy as np
