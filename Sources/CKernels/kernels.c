@@ -178,6 +178,61 @@ static void sums_f32_generic(const float *y, int64_t count, float x, float *sumL
 #ifdef SALIENCY_X86
 // MARK: - SSE2 (baseline x86-64): 8 filters as two 4-lane halves
 
+// The per-element steps of the Grimshaw sums (term_f64/term_f32 above), one vector at a time:
+// P is the intrinsic prefix (_mm, _mm256) and W the register width in bits (128, 256), so one
+// body serves both instruction sets. NAME(t, &lg, &ratio): lg = log(1 + t), ratio = t/(1 + t).
+#define DEFINE_TERM_PD(NAME, ATTR, VD, VI, P, W) \
+ATTR static inline void NAME(VD t, VD *lgOut, VD *ratioOut) { \
+    const VD one = P##_set1_pd(1.0), two = P##_set1_pd(2.0), half = P##_set1_pd(0.5); \
+    VD a = P##_add_pd(one, t); \
+    VI ix = P##_castpd_si##W(a); \
+    VI e = P##_srli_epi64(P##_add_epi64(ix, P##_set1_epi64x(0x00095f619980c433LL)), 52); \
+    VD m = P##_castsi##W##_pd(P##_sub_epi64(ix, P##_slli_epi64(P##_sub_epi64(e, P##_set1_epi64x(1023)), 52))); \
+    VD kd = P##_sub_pd(P##_castsi##W##_pd(P##_or_si##W(e, P##_set1_epi64x(0x4330000000000000LL))), \
+                       P##_set1_pd(4503599627370496.0 + 1023)); \
+    VD f = P##_sub_pd(m, one), g = P##_add_pd(two, f); \
+    VD d = P##_div_pd(one, P##_mul_pd(a, g)); \
+    VD sv = P##_mul_pd(P##_mul_pd(f, a), d), r = P##_mul_pd(g, d); \
+    VD z = P##_mul_pd(sv, sv), w = P##_mul_pd(z, z); \
+    VD t1 = P##_mul_pd(w, P##_add_pd(P##_set1_pd(LG2), P##_mul_pd(w, P##_add_pd(P##_set1_pd(LG4), P##_mul_pd(w, P##_set1_pd(LG6)))))); \
+    VD t2 = P##_mul_pd(z, P##_add_pd(P##_set1_pd(LG1), P##_mul_pd(w, P##_add_pd(P##_set1_pd(LG3), \
+                       P##_mul_pd(w, P##_add_pd(P##_set1_pd(LG5), P##_mul_pd(w, P##_set1_pd(LG7)))))))); \
+    VD rr = P##_add_pd(t2, t1); \
+    VD hfsq = P##_mul_pd(P##_mul_pd(half, f), f); \
+    VD logA = P##_sub_pd(P##_mul_pd(kd, P##_set1_pd(LN2HI)), \
+                         P##_sub_pd(P##_sub_pd(hfsq, P##_add_pd(P##_mul_pd(sv, P##_add_pd(hfsq, rr)), P##_mul_pd(kd, P##_set1_pd(LN2LO)))), f)); \
+    *lgOut = P##_add_pd(logA, P##_mul_pd(P##_sub_pd(t, P##_sub_pd(a, one)), r)); \
+    *ratioOut = P##_mul_pd(t, r); \
+}
+
+#define DEFINE_TERM_PS(NAME, ATTR, VF, VI, P, W) \
+ATTR static inline void NAME(VF t, VF *lgOut, VF *ratioOut) { \
+    const VF one = P##_set1_ps(1.0f), two = P##_set1_ps(2.0f), half = P##_set1_ps(0.5f); \
+    VF a = P##_add_ps(one, t); \
+    VI ix = P##_castps_si##W(a); \
+    VI e = P##_srli_epi32(P##_add_epi32(ix, P##_set1_epi32(0x004afb0d)), 23); \
+    VF m = P##_castsi##W##_ps(P##_sub_epi32(ix, P##_slli_epi32(P##_sub_epi32(e, P##_set1_epi32(127)), 23))); \
+    VF kf = P##_sub_ps(P##_castsi##W##_ps(P##_or_si##W(e, P##_set1_epi32(0x4b000000))), P##_set1_ps(8388608.0f + 127.0f)); \
+    VF f = P##_sub_ps(m, one), g = P##_add_ps(two, f); \
+    VF d = P##_div_ps(one, P##_mul_ps(a, g)); \
+    VF sv = P##_mul_ps(P##_mul_ps(f, a), d), r = P##_mul_ps(g, d); \
+    VF z = P##_mul_ps(sv, sv), w = P##_mul_ps(z, z); \
+    VF t1 = P##_mul_ps(w, P##_add_ps(P##_set1_ps(LG2F), P##_mul_ps(w, P##_set1_ps(LG4F)))); \
+    VF t2 = P##_mul_ps(z, P##_add_ps(P##_set1_ps(LG1F), P##_mul_ps(w, P##_set1_ps(LG3F)))); \
+    VF rr = P##_add_ps(t2, t1); \
+    VF hfsq = P##_mul_ps(P##_mul_ps(half, f), f); \
+    VF logA = P##_sub_ps(P##_mul_ps(kf, P##_set1_ps(LN2HIF)), \
+                         P##_sub_ps(P##_sub_ps(hfsq, P##_add_ps(P##_mul_ps(sv, P##_add_ps(hfsq, rr)), P##_mul_ps(kf, P##_set1_ps(LN2LOF)))), f)); \
+    *lgOut = P##_add_ps(logA, P##_mul_ps(P##_sub_ps(t, P##_sub_ps(a, one)), r)); \
+    *ratioOut = P##_mul_ps(t, r); \
+}
+
+DEFINE_TERM_PD(term_pd_sse2, , __m128d, __m128i, _mm, 128)
+DEFINE_TERM_PS(term_ps_sse2, , __m128, __m128i, _mm, 128)
+DEFINE_TERM_PD(term_pd_avx2, __attribute__((target("avx2"))), __m256d, __m256i, _mm256, 256)
+DEFINE_TERM_PS(term_ps_avx2, __attribute__((target("avx2"))), __m256, __m256i, _mm256, 256)
+
+
 static inline unsigned sse_half(const saliency_scan_columns *c, const float *row, int64_t i, __m128i *peakAcc) {
     __m128 s = _mm_loadu_ps(row + i);
     __m128 isExt = _mm_cmpgt_ps(s, _mm_loadu_ps(c->ext + i));
@@ -223,31 +278,15 @@ static int check_sse2(const void *bytes, int64_t count) {
 }
 
 static void sums_f64_sse2(const double *y, int64_t count, double x, double *sumLog, double *sumRatio) {
-    const __m128d one = _mm_set1_pd(1.0), two = _mm_set1_pd(2.0), half = _mm_set1_pd(0.5), xv = _mm_set1_pd(x);
-    const __m128i magic = _mm_set1_epi64x(0x00095f619980c433LL), bias = _mm_set1_epi64x(1023), expo = _mm_set1_epi64x(0x4330000000000000LL);
-    const __m128d kbias = _mm_set1_pd(4503599627370496.0 + 1023);
+    const __m128d xv = _mm_set1_pd(x);
+    // Two 2-lane accumulators, alternating: lane sums S0, S1 | S2, S3 by element index mod 4.
     __m128d accL0 = _mm_setzero_pd(), accV0 = _mm_setzero_pd(), accL1 = _mm_setzero_pd(), accV1 = _mm_setzero_pd();
-    for (int64_t i = 0; i < count; i += 2) {
-        __m128d t = _mm_mul_pd(xv, _mm_loadu_pd(y + i));
-        __m128d a = _mm_add_pd(one, t);
-        __m128i ix = _mm_castpd_si128(a);
-        __m128i e = _mm_srli_epi64(_mm_add_epi64(ix, magic), 52);
-        __m128d m = _mm_castsi128_pd(_mm_sub_epi64(ix, _mm_slli_epi64(_mm_sub_epi64(e, bias), 52)));
-        __m128d kd = _mm_sub_pd(_mm_castsi128_pd(_mm_or_si128(e, expo)), kbias);
-        __m128d f = _mm_sub_pd(m, one), g = _mm_add_pd(two, f);
-        __m128d d = _mm_div_pd(one, _mm_mul_pd(a, g));
-        __m128d sv = _mm_mul_pd(_mm_mul_pd(f, a), d), r = _mm_mul_pd(g, d);
-        __m128d z = _mm_mul_pd(sv, sv), w = _mm_mul_pd(z, z);
-        __m128d t1 = _mm_mul_pd(w, _mm_add_pd(_mm_set1_pd(LG2), _mm_mul_pd(w, _mm_add_pd(_mm_set1_pd(LG4), _mm_mul_pd(w, _mm_set1_pd(LG6))))));
-        __m128d t2 = _mm_mul_pd(z, _mm_add_pd(_mm_set1_pd(LG1), _mm_mul_pd(w, _mm_add_pd(_mm_set1_pd(LG3), _mm_mul_pd(w, _mm_add_pd(_mm_set1_pd(LG5), _mm_mul_pd(w, _mm_set1_pd(LG7))))))));
-        __m128d rr = _mm_add_pd(t2, t1);
-        __m128d hfsq = _mm_mul_pd(_mm_mul_pd(half, f), f);
-        __m128d logA = _mm_sub_pd(_mm_mul_pd(kd, _mm_set1_pd(LN2HI)),
-                                  _mm_sub_pd(_mm_sub_pd(hfsq, _mm_add_pd(_mm_mul_pd(sv, _mm_add_pd(hfsq, rr)), _mm_mul_pd(kd, _mm_set1_pd(LN2LO)))), f));
-        __m128d lg = _mm_add_pd(logA, _mm_mul_pd(_mm_sub_pd(t, _mm_sub_pd(a, one)), r));
-        __m128d ratio = _mm_mul_pd(t, r);
-        if (((i >> 1) & 1) == 0) { accL0 = _mm_add_pd(accL0, lg); accV0 = _mm_add_pd(accV0, ratio); }
-        else { accL1 = _mm_add_pd(accL1, lg); accV1 = _mm_add_pd(accV1, ratio); }
+    for (int64_t i = 0; i < count; i += 4) {
+        __m128d lg, ratio;
+        term_pd_sse2(_mm_mul_pd(xv, _mm_loadu_pd(y + i)), &lg, &ratio);
+        accL0 = _mm_add_pd(accL0, lg); accV0 = _mm_add_pd(accV0, ratio);
+        term_pd_sse2(_mm_mul_pd(xv, _mm_loadu_pd(y + i + 2)), &lg, &ratio);
+        accL1 = _mm_add_pd(accL1, lg); accV1 = _mm_add_pd(accV1, ratio);
     }
     double l0[2], l1[2], v0[2], v1[2];
     _mm_storeu_pd(l0, accL0); _mm_storeu_pd(l1, accL1); _mm_storeu_pd(v0, accV0); _mm_storeu_pd(v1, accV1);
@@ -256,31 +295,14 @@ static void sums_f64_sse2(const double *y, int64_t count, double x, double *sumL
 }
 
 static void sums_f32_sse2(const float *y, int64_t count, float x, float *sumLog, float *sumRatio) {
-    const __m128 one = _mm_set1_ps(1.0f), two = _mm_set1_ps(2.0f), half = _mm_set1_ps(0.5f), xv = _mm_set1_ps(x);
-    const __m128i magic = _mm_set1_epi32(0x004afb0d), bias = _mm_set1_epi32(127), expo = _mm_set1_epi32(0x4b000000);
-    const __m128 kbias = _mm_set1_ps(8388608.0f + 127.0f);
+    const __m128 xv = _mm_set1_ps(x);
     __m128 accL0 = _mm_setzero_ps(), accV0 = _mm_setzero_ps(), accL1 = _mm_setzero_ps(), accV1 = _mm_setzero_ps();
-    for (int64_t i = 0; i < count; i += 4) {
-        __m128 t = _mm_mul_ps(xv, _mm_loadu_ps(y + i));
-        __m128 a = _mm_add_ps(one, t);
-        __m128i ix = _mm_castps_si128(a);
-        __m128i e = _mm_srli_epi32(_mm_add_epi32(ix, magic), 23);
-        __m128 m = _mm_castsi128_ps(_mm_sub_epi32(ix, _mm_slli_epi32(_mm_sub_epi32(e, bias), 23)));
-        __m128 kf = _mm_sub_ps(_mm_castsi128_ps(_mm_or_si128(e, expo)), kbias);
-        __m128 f = _mm_sub_ps(m, one), g = _mm_add_ps(two, f);
-        __m128 d = _mm_div_ps(one, _mm_mul_ps(a, g));
-        __m128 sv = _mm_mul_ps(_mm_mul_ps(f, a), d), r = _mm_mul_ps(g, d);
-        __m128 z = _mm_mul_ps(sv, sv), w = _mm_mul_ps(z, z);
-        __m128 t1 = _mm_mul_ps(w, _mm_add_ps(_mm_set1_ps(LG2F), _mm_mul_ps(w, _mm_set1_ps(LG4F))));
-        __m128 t2 = _mm_mul_ps(z, _mm_add_ps(_mm_set1_ps(LG1F), _mm_mul_ps(w, _mm_set1_ps(LG3F))));
-        __m128 rr = _mm_add_ps(t2, t1);
-        __m128 hfsq = _mm_mul_ps(_mm_mul_ps(half, f), f);
-        __m128 logA = _mm_sub_ps(_mm_mul_ps(kf, _mm_set1_ps(LN2HIF)),
-                                 _mm_sub_ps(_mm_sub_ps(hfsq, _mm_add_ps(_mm_mul_ps(sv, _mm_add_ps(hfsq, rr)), _mm_mul_ps(kf, _mm_set1_ps(LN2LOF)))), f));
-        __m128 lg = _mm_add_ps(logA, _mm_mul_ps(_mm_sub_ps(t, _mm_sub_ps(a, one)), r));
-        __m128 ratio = _mm_mul_ps(t, r);
-        if (((i >> 2) & 1) == 0) { accL0 = _mm_add_ps(accL0, lg); accV0 = _mm_add_ps(accV0, ratio); }
-        else { accL1 = _mm_add_ps(accL1, lg); accV1 = _mm_add_ps(accV1, ratio); }
+    for (int64_t i = 0; i < count; i += 8) {
+        __m128 lg, ratio;
+        term_ps_sse2(_mm_mul_ps(xv, _mm_loadu_ps(y + i)), &lg, &ratio);
+        accL0 = _mm_add_ps(accL0, lg); accV0 = _mm_add_ps(accV0, ratio);
+        term_ps_sse2(_mm_mul_ps(xv, _mm_loadu_ps(y + i + 4)), &lg, &ratio);
+        accL1 = _mm_add_ps(accL1, lg); accV1 = _mm_add_ps(accV1, ratio);
     }
     float l[8], v[8];
     _mm_storeu_ps(l, accL0); _mm_storeu_ps(l + 4, accL1); _mm_storeu_ps(v, accV0); _mm_storeu_ps(v + 4, accV1);
@@ -367,29 +389,12 @@ static void merge_avx2(const saliency_merge_columns *c) {
 
 __attribute__((target("avx2")))
 static void sums_f64_avx2(const double *y, int64_t count, double x, double *sumLog, double *sumRatio) {
-    const __m256d one = _mm256_set1_pd(1.0), two = _mm256_set1_pd(2.0), half = _mm256_set1_pd(0.5), xv = _mm256_set1_pd(x);
-    const __m256i magic = _mm256_set1_epi64x(0x00095f619980c433LL), bias = _mm256_set1_epi64x(1023), expo = _mm256_set1_epi64x(0x4330000000000000LL);
-    const __m256d kbias = _mm256_set1_pd(4503599627370496.0 + 1023);
+    const __m256d xv = _mm256_set1_pd(x);
     __m256d accL = _mm256_setzero_pd(), accV = _mm256_setzero_pd();
     for (int64_t i = 0; i < count; i += 4) {
-        __m256d t = _mm256_mul_pd(xv, _mm256_loadu_pd(y + i));
-        __m256d a = _mm256_add_pd(one, t);
-        __m256i ix = _mm256_castpd_si256(a);
-        __m256i e = _mm256_srli_epi64(_mm256_add_epi64(ix, magic), 52);
-        __m256d m = _mm256_castsi256_pd(_mm256_sub_epi64(ix, _mm256_slli_epi64(_mm256_sub_epi64(e, bias), 52)));
-        __m256d kd = _mm256_sub_pd(_mm256_castsi256_pd(_mm256_or_si256(e, expo)), kbias);
-        __m256d f = _mm256_sub_pd(m, one), g = _mm256_add_pd(two, f);
-        __m256d d = _mm256_div_pd(one, _mm256_mul_pd(a, g));
-        __m256d sv = _mm256_mul_pd(_mm256_mul_pd(f, a), d), r = _mm256_mul_pd(g, d);
-        __m256d z = _mm256_mul_pd(sv, sv), w = _mm256_mul_pd(z, z);
-        __m256d t1 = _mm256_mul_pd(w, _mm256_add_pd(_mm256_set1_pd(LG2), _mm256_mul_pd(w, _mm256_add_pd(_mm256_set1_pd(LG4), _mm256_mul_pd(w, _mm256_set1_pd(LG6))))));
-        __m256d t2 = _mm256_mul_pd(z, _mm256_add_pd(_mm256_set1_pd(LG1), _mm256_mul_pd(w, _mm256_add_pd(_mm256_set1_pd(LG3), _mm256_mul_pd(w, _mm256_add_pd(_mm256_set1_pd(LG5), _mm256_mul_pd(w, _mm256_set1_pd(LG7))))))));
-        __m256d rr = _mm256_add_pd(t2, t1);
-        __m256d hfsq = _mm256_mul_pd(_mm256_mul_pd(half, f), f);
-        __m256d logA = _mm256_sub_pd(_mm256_mul_pd(kd, _mm256_set1_pd(LN2HI)),
-                                     _mm256_sub_pd(_mm256_sub_pd(hfsq, _mm256_add_pd(_mm256_mul_pd(sv, _mm256_add_pd(hfsq, rr)), _mm256_mul_pd(kd, _mm256_set1_pd(LN2LO)))), f));
-        accL = _mm256_add_pd(accL, _mm256_add_pd(logA, _mm256_mul_pd(_mm256_sub_pd(t, _mm256_sub_pd(a, one)), r)));
-        accV = _mm256_add_pd(accV, _mm256_mul_pd(t, r));
+        __m256d lg, ratio;
+        term_pd_avx2(_mm256_mul_pd(xv, _mm256_loadu_pd(y + i)), &lg, &ratio);
+        accL = _mm256_add_pd(accL, lg); accV = _mm256_add_pd(accV, ratio);
     }
     double l[4], v[4];
     _mm256_storeu_pd(l, accL); _mm256_storeu_pd(v, accV);
@@ -399,29 +404,12 @@ static void sums_f64_avx2(const double *y, int64_t count, double x, double *sumL
 
 __attribute__((target("avx2")))
 static void sums_f32_avx2(const float *y, int64_t count, float x, float *sumLog, float *sumRatio) {
-    const __m256 one = _mm256_set1_ps(1.0f), two = _mm256_set1_ps(2.0f), half = _mm256_set1_ps(0.5f), xv = _mm256_set1_ps(x);
-    const __m256i magic = _mm256_set1_epi32(0x004afb0d), bias = _mm256_set1_epi32(127), expo = _mm256_set1_epi32(0x4b000000);
-    const __m256 kbias = _mm256_set1_ps(8388608.0f + 127.0f);
+    const __m256 xv = _mm256_set1_ps(x);
     __m256 accL = _mm256_setzero_ps(), accV = _mm256_setzero_ps();
     for (int64_t i = 0; i < count; i += 8) {
-        __m256 t = _mm256_mul_ps(xv, _mm256_loadu_ps(y + i));
-        __m256 a = _mm256_add_ps(one, t);
-        __m256i ix = _mm256_castps_si256(a);
-        __m256i e = _mm256_srli_epi32(_mm256_add_epi32(ix, magic), 23);
-        __m256 m = _mm256_castsi256_ps(_mm256_sub_epi32(ix, _mm256_slli_epi32(_mm256_sub_epi32(e, bias), 23)));
-        __m256 kf = _mm256_sub_ps(_mm256_castsi256_ps(_mm256_or_si256(e, expo)), kbias);
-        __m256 f = _mm256_sub_ps(m, one), g = _mm256_add_ps(two, f);
-        __m256 d = _mm256_div_ps(one, _mm256_mul_ps(a, g));
-        __m256 sv = _mm256_mul_ps(_mm256_mul_ps(f, a), d), r = _mm256_mul_ps(g, d);
-        __m256 z = _mm256_mul_ps(sv, sv), w = _mm256_mul_ps(z, z);
-        __m256 t1 = _mm256_mul_ps(w, _mm256_add_ps(_mm256_set1_ps(LG2F), _mm256_mul_ps(w, _mm256_set1_ps(LG4F))));
-        __m256 t2 = _mm256_mul_ps(z, _mm256_add_ps(_mm256_set1_ps(LG1F), _mm256_mul_ps(w, _mm256_set1_ps(LG3F))));
-        __m256 rr = _mm256_add_ps(t2, t1);
-        __m256 hfsq = _mm256_mul_ps(_mm256_mul_ps(half, f), f);
-        __m256 logA = _mm256_sub_ps(_mm256_mul_ps(kf, _mm256_set1_ps(LN2HIF)),
-                                    _mm256_sub_ps(_mm256_sub_ps(hfsq, _mm256_add_ps(_mm256_mul_ps(sv, _mm256_add_ps(hfsq, rr)), _mm256_mul_ps(kf, _mm256_set1_ps(LN2LOF)))), f));
-        accL = _mm256_add_ps(accL, _mm256_add_ps(logA, _mm256_mul_ps(_mm256_sub_ps(t, _mm256_sub_ps(a, one)), r)));
-        accV = _mm256_add_ps(accV, _mm256_mul_ps(t, r));
+        __m256 lg, ratio;
+        term_ps_avx2(_mm256_mul_ps(xv, _mm256_loadu_ps(y + i)), &lg, &ratio);
+        accL = _mm256_add_ps(accL, lg); accV = _mm256_add_ps(accV, ratio);
     }
     float l[8], v[8];
     _mm256_storeu_ps(l, accL); _mm256_storeu_ps(v, accV);
