@@ -130,17 +130,17 @@ public final class FilterBank {
     static let blockRows = 32
     static let sketchPoints = 17
 
-    // hot, read every row
+    // hot: every row's vector pass (saliency_scan_row) reads these, and writes the last three
     let thr: UnsafeMutablePointer<Float>       // t_j rounded toward −∞ (so s > thr ⇔ s > t exactly)
     let ext: UnsafeMutablePointer<Float>       // z_j rounded toward −∞; +∞ when no tail model
     let shift: UnsafeMutablePointer<Float>     // Float(μ_j) at the last merge
     let bsum: UnsafeMutablePointer<Float>      // Σ (s − shift) over the current block (non-extreme only)
     let bsumsq: UnsafeMutablePointer<Float>    // Σ (s − shift)²
-    // per peak
+    let sinceFit: UnsafeMutablePointer<UInt32> // peaks since the last fit (also the ring-stride phase)
+    // per event (ring sample, extreme, filter becoming due)
     let head: UnsafeMutablePointer<UInt32>     // ring write position
     let ringCount: UnsafeMutablePointer<UInt32>
-    let sinceFit: UnsafeMutablePointer<UInt32> // peaks since the last fit
-    let ring: UnsafeMutablePointer<Float>      // K × cap excesses s − t
+    let ring: UnsafeMutablePointer<Float>      // K × cap excesses s − t (huge pages where available)
     let thrD: UnsafeMutablePointer<Double>     // exact t_j
     // per extreme
     let extremesTotal: UnsafeMutablePointer<UInt64>
