@@ -20,6 +20,10 @@ struct SyntheticFeed {
     mutating func rows(_ n: Int) -> [[Float]] { (0..<n).map { _ in row() } }
 }
 
+/// Serializes tests that switch the process-wide kernel variant (`FilterBank.useBaselineKernels`):
+/// suites run in parallel, and one test's switch must not land inside another's measurement.
+let kernelSwitchLock = NSLock()
+
 func numpyLinearQuantile(_ xs: [Float], _ p: Double) -> Double {
     let s = xs.map(Double.init).sorted()
     let pos = p * Double(s.count - 1)
@@ -308,6 +312,8 @@ func feed(_ bank: FilterBank, _ row: [Float]) -> FilterBank.RowResult {
     /// The vector kernels (AVX2 where the CPU has it, SSE2 baseline) leave bit-identical state,
     /// on a width that is not a multiple of 8, with extremes, frozen filters and a stride.
     @Test func kernelsAreBitIdenticalAcrossInstructionSets() throws {
+        kernelSwitchLock.lock()
+        defer { kernelSwitchLock.unlock() }
         let k = 203, n = 300
         var cfg = config(calibration: n, q: 1e-3, refits: 0.3)
         cfg.peakStride = 2

@@ -266,6 +266,8 @@ import CKernels
     /// and those equal the Swift reference steps (`term`, `logAndReciprocal`) summed in the
     /// kernels' documented tree, element by element.
     @Test func kernelSumsMatchTheSwiftReferenceBitForBit() {
+        kernelSwitchLock.lock()
+        defer { kernelSwitchLock.unlock() }
         var rng = SplitMix64(seed: 77)
         let n = 264   // multiple of 8
         let yd = (0..<n).map { _ in -log(rng.uniform()) * 2.5 }
