@@ -444,6 +444,53 @@ func feed(_ bank: FilterBank, _ row: [Float]) -> FilterBank.RowResult {
         #expect(rates[0]! > 4 * rates[50]!)
     }
 
+    /// The DSPOT (scalar) pass samples the ring with the same stride as the vector pass: every
+    /// peak counts in N_t, and exactly every m-th residual peak since the last fit (censored if
+    /// extreme) enters the ring, in order.
+    @Test func driftPassSamplesTheRingWithTheStride() throws {
+        let k = 5, n = 300, d = 20, m = 4
+        var cfg = config(calibration: n, refits: 0)   // no budgeted refits: the ring only grows
+        cfg.driftWindow = d
+        cfg.peakStride = m
+        cfg.maxPeaks = 256
+        let bank = try FilterBank(filterCount: k, configuration: cfg)
+        var f = SyntheticFeed(seed: 52, filters: k)
+        for r in f.rows(n) { feed(bank, r) }
+        let start = (0..<k).map { bank.report(filter: $0) }
+        var samples = [[Float]](repeating: [], count: k)
+        var since = [Int](repeating: 0, count: k)
+        for _ in 0..<2000 {
+            let row = f.row()
+            let before = (0..<k).map { j -> (Double, Double, Double) in
+                let r = bank.report(filter: j)
+                return (bank.driftMean(j)!, r.threshold, r.extremeThreshold)
+            }
+            feed(bank, row)
+            let ex = Set(bank.lastExtremes.map(Int.init))
+            for j in 0..<k {
+                let (mean, t, z) = before[j]
+                let resid = Double(row[j]) - mean
+                guard resid > t else { continue }
+                since[j] += 1
+                if since[j] % m == 0 { samples[j].append(ex.contains(j) ? -Float(z - t) : Float(resid - t)) }
+            }
+        }
+        for j in 0..<k {
+            let r = bank.report(filter: j)
+            #expect(r.peaks == start[j].peaks + UInt64(since[j]), "N_t counts every peak, filter \(j)")
+            #expect(r.peaksInRing == min(256, start[j].peaksInRing + since[j] / m), "filter \(j)")
+            #expect(r.peaksSinceFit == since[j])
+        }
+        #expect(since.allSatisfy { $0 > 100 })
+        // The newest ring entries are exactly the samples tracked here, in order (no wrap yet).
+        for j in 0..<k {
+            let h = Int(bank.head[j]), c = samples[j].count
+            #expect(h >= c && Int(bank.ringCount[j]) < bank.cap, "filter \(j)")
+            let newest = (0..<c).map { bank.ring[j * bank.cap + h - c + $0] }
+            #expect(newest.map(\.bitPattern) == samples[j].map(\.bitPattern), "filter \(j)")
+        }
+    }
+
     @Test func stateIsBoundedAtDefaults() throws {
         let bank = try FilterBank(filterCount: 8)
         #expect(bank.bytesPerFilter <= 2048)
