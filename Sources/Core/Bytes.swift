@@ -40,7 +40,6 @@ public struct ByteWriter: Sendable {
             }
         }
     }
-    public mutating func reserveCapacity(_ n: Int) { bytes.reserveCapacity(n) }
     /// Bytes written so far.
     public var count: Int { bytes.count }
 }

@@ -507,6 +507,8 @@ private let ln2Lo = 1.90821492927058770002e-10
 /// division). Reduction: `a = 2^k m` with `m ∈ [√½, √2)` by integer arithmetic on the bit
 /// pattern; `k` becomes a Double with the 2^52 trick, so every step vectorizes.
 /// Not for zero, subnormal, infinite or NaN lanes (the fit never produces them).
+/// The specification of the C kernels' steps (`saliency_grimshaw_sums_f64`, which the fit calls):
+/// `kernelSumsMatchTheSwiftReferenceBitForBit` checks they agree bit for bit.
 @inline(__always)
 func logAndReciprocal(_ a: SIMD2<Double>) -> (log: SIMD2<Double>, reciprocal: SIMD2<Double>) {
     let ix = unsafeBitCast(a, to: SIMD2<UInt64>.self)
@@ -538,7 +540,7 @@ private let ln2HiF: Float = 6.9313812256e-01
 private let ln2LoF: Float = 9.0580006145e-06
 
 /// Single-precision `(log a, 1/a)`, fdlibm `e_logf.c` polynomial, same reduction as the Double
-/// version. For the sign scan only.
+/// version: the specification of `saliency_grimshaw_sums_f32` (the sign scan), checked bit for bit.
 @inline(__always)
 func logAndReciprocal(_ a: SIMD4<Float>) -> (log: SIMD4<Float>, reciprocal: SIMD4<Float>) {
     let ix = unsafeBitCast(a, to: SIMD4<UInt32>.self)

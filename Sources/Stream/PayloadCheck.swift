@@ -48,30 +48,6 @@ public enum PayloadCheck {
         if negative { return .negative }
         return nil
     }
-
-    /// Calls `body` with the payload as a contiguous `Float` buffer.
-    ///
-    /// Zero-copy when the frame is 4-byte aligned (the memory is temporarily bound to `Float`);
-    /// when it is misaligned (small or offset frames from libzmq), copies it into `scratch`, which
-    /// must hold at least `raw.count / 4` floats. Either way no allocation.
-    /// `raw.count` must be a multiple of 4 (validate first).
-    public static func withFloats<R, E: Error>(
-        _ raw: UnsafeRawBufferPointer,
-        scratch: UnsafeMutableBufferPointer<Float>,
-        _ body: (UnsafeBufferPointer<Float>) throws(E) -> R
-    ) throws(E) -> R {
-        precondition(raw.count % 4 == 0, "payload of \(raw.count) bytes is not a whole number of float32")
-        let n = raw.count / 4
-        guard let base = raw.baseAddress, n > 0 else { return try body(UnsafeBufferPointer(start: nil, count: 0)) }
-        if Int(bitPattern: base) % MemoryLayout<Float>.alignment == 0 {
-            return try base.withMemoryRebound(to: Float.self, capacity: n) { (p) throws(E) -> R in
-                try body(UnsafeBufferPointer(start: p, count: n))
-            }
-        }
-        precondition(scratch.count >= n, "scratch holds \(scratch.count) floats, payload has \(n)")
-        UnsafeMutableRawBufferPointer(scratch).copyMemory(from: raw)
-        return try body(UnsafeBufferPointer(rebasing: scratch[0..<n]))
-    }
 }
 
 /// A zero-copy, alignment-agnostic view of a payload as `Float`s (each element read with
