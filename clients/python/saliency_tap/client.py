@@ -6,8 +6,10 @@ from typing import Dict, Iterator, Optional
 
 import zmq
 
+from ._socket import SocketOwner
 
-class AlertSubscriber:
+
+class AlertSubscriber(SocketOwner):
     """SUB to the daemon's alert socket, filtered on `prefix` (default every alert).
 
     Iterate to get parsed alert dicts (with "_topic" added), or call `recv(timeout)`.
@@ -41,15 +43,6 @@ class AlertSubscriber:
         while True:
             yield self.recv()
 
-    def close(self) -> None:
-        self.socket.close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
 
 class QueryError(RuntimeError):
     """The daemon answered {"ok": false, "error": {"code", "message"}}."""
@@ -60,7 +53,7 @@ class QueryError(RuntimeError):
         self.message = message
 
 
-class QueryClient:
+class QueryClient(SocketOwner):
     """REQ to the daemon's query socket, with a timeout.
 
     On a timeout the REQ socket is in a state that cannot send again, so it is closed and recreated
@@ -112,11 +105,5 @@ class QueryClient:
 
     def close(self) -> None:
         if self.socket is not None:
-            self.socket.close(linger=0)
+            self.socket.close(linger=0)   # a pending request is abandoned, never waited for
             self.socket = None
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()

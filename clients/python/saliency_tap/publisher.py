@@ -9,12 +9,13 @@ from typing import Dict, Optional
 import numpy as np
 import zmq
 
+from ._socket import SocketOwner
 from .saliency import SaliencyBatch, SaliencyComputer
 from .schema import filter_count, schema_fingerprint, schema_from_model, schema_json, validate_model_name
 from .wire import pack_header
 
 
-class Publisher:
+class Publisher(SocketOwner):
     """Publishes `schema.<model>` and `pred.<model>` messages.
 
     The socket is an XPUB (wire-compatible with PUB) so the publisher sees subscriptions: whenever a
@@ -106,15 +107,6 @@ class Publisher:
         for i in range(len(batch)):
             self.publish(batch.saliency[i], int(batch.predicted[i]), int(batch.target[i]), batch.target_kind,
                          float(batch.confidence[i]), None if sample_ids is None else int(sample_ids[i]))
-
-    def close(self) -> None:
-        self.socket.close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
 
 
 class Tap:
