@@ -500,20 +500,40 @@ int saliency_row_has_invalid(const void *row, int64_t count) {
     return f(row, count);
 }
 
-void *saliency_alloc_huge(size_t bytes) {
-    const size_t huge = (size_t)2 << 20;
-    size_t rounded = (bytes + huge - 1) / huge * huge;
-    if (rounded == 0) rounded = huge;
-    void *p = NULL;
-    if (posix_memalign(&p, huge, rounded) != 0) return NULL;
-#if defined(__linux__) && defined(MADV_HUGEPAGE)
-    (void)madvise(p, rounded, MADV_HUGEPAGE);   // a hint: without THP the memory is simply 4 KiB pages
-#endif
-    memset(p, 0, rounded);
-    return p;
+static size_t huge_rounded(size_t bytes) {
+    const size_t huge = (size_t)2 << 20, page = 4096;
+    if (bytes == 0) bytes = 1;
+    /* Small columns round to pages: a small model must not pay 2 MiB per ring. */
+    return bytes < huge ? (bytes + page - 1) / page * page : (bytes + huge - 1) / huge * huge;
 }
 
-void saliency_free_huge(void *p) { free(p); }
+void *saliency_alloc_huge(size_t bytes) {
+    size_t rounded = huge_rounded(bytes);
+    if (rounded < bytes) return NULL;   /* overflow */
+#if defined(__linux__)
+    /* Anonymous pages are zero and claimed only when first written: the ring's memory follows
+       what the filters have learned, not what the schema announced. */
+    void *p = mmap(NULL, rounded, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) return NULL;
+#if defined(MADV_HUGEPAGE)
+    if (rounded >= ((size_t)2 << 20)) (void)madvise(p, rounded, MADV_HUGEPAGE);   /* a hint */
+#endif
+    return p;
+#else
+    void *p = calloc(1, rounded);
+    return p;
+#endif
+}
+
+void saliency_free_huge(void *p, size_t bytes) {
+    if (p == NULL) return;
+#if defined(__linux__)
+    (void)munmap(p, huge_rounded(bytes));
+#else
+    (void)bytes;
+    free(p);
+#endif
+}
 
 void saliency_grimshaw_sums_f64(const double *y, int64_t count, double x, double *sumLog, double *sumRatio) {
     sums64_fn f = atomic_load_explicit(&sums64_impl, memory_order_relaxed);

@@ -51,6 +51,9 @@ public struct POTConfiguration: Sendable, Hashable, Codable {
         return m
     }
 
+    /// Largest `calibration` accepted (the calibration buffer holds `calibration × K` floats).
+    public static let maxCalibration = 1_000_000
+
     /// Checks every field and explains what is wrong.
     public func validate() throws(SaliencyError) {
         func bad(_ m: String) -> SaliencyError { SaliencyError(.invalidConfiguration, m) }
@@ -58,15 +61,24 @@ public struct POTConfiguration: Sendable, Hashable, Codable {
         guard q > 0, q < 1 - level else {
             throw bad("q must be in (0, 1 - level) = (0, \(1 - level)), got \(q): the extreme threshold must lie above the initial threshold")
         }
-        guard calibration >= 10 else { throw bad("calibration must be at least 10 predictions, got \(calibration)") }
+        guard calibration >= 10, calibration <= Self.maxCalibration else {
+            throw bad("calibration must be in 10...\(Self.maxCalibration) predictions, got \(calibration)")
+        }
         guard Double(calibration) * (1 - level) + 1e-9 >= Double(minPeaks) else {
             throw bad("calibration × (1 − level) = \(Int((Double(calibration) * (1 - level)).rounded())) expected peaks is below min_peaks = \(minPeaks); raise calibration or lower level")
         }
         guard maxPeaks >= 8, maxPeaks <= 65_536 else { throw bad("max_peaks must be in 8...65536, got \(maxPeaks)") }
         guard minPeaks >= 3, minPeaks <= maxPeaks else { throw bad("min_peaks must be in 3...max_peaks, got \(minPeaks)") }
-        guard refitAfterPeaks >= 1 else { throw bad("refit_after_peaks must be ≥ 1, got \(refitAfterPeaks)") }
-        guard refitsPerRow >= 0, refitsPerRow <= 1e6 else { throw bad("refits_per_row must be in 0...1e6, got \(refitsPerRow)") }
+        guard refitAfterPeaks >= 1, refitAfterPeaks <= 1 << 20 else { throw bad("refit_after_peaks must be in 1...1048576, got \(refitAfterPeaks)") }
+        guard refitsPerRow >= 0, refitsPerRow <= 1024 else { throw bad("refits_per_row must be in 0...1024, got \(refitsPerRow)") }
         guard driftWindow >= 0, driftWindow <= 100_000 else { throw bad("drift_window must be in 0...100000, got \(driftWindow)") }
+        if driftWindow > 0 {
+            // DSPOT seeds the drift windows with the first d calibration rows and calibrates on the rest.
+            let residuals = calibration - driftWindow
+            guard residuals > 0, Double(residuals) * (1 - level) + 1e-9 >= Double(minPeaks) else {
+                throw bad("drift_window = \(driftWindow) leaves calibration − drift_window = \(residuals) residuals, too few for min_peaks = \(minPeaks) at level \(level) (need ≥ \(Int((Double(minPeaks) / (1 - level)).rounded(.up)))); raise calibration or lower drift_window")
+            }
+        }
         guard peakStride >= 0, peakStride <= 1 << 20, peakStride & (peakStride - 1) == 0 || peakStride == 0 else {
             throw bad("peak_stride must be 0 (automatic) or a power of two up to 1048576, got \(peakStride)")
         }

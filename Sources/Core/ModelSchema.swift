@@ -58,26 +58,43 @@ public struct ModelSchema: Sendable, Hashable, Codable {
         guard !layers.isEmpty else {
             throw SaliencyError(.invalidSchema, "schema for '\(model)' has no layers")
         }
+        // Checked arithmetic throughout: a hostile schema may carry any Int (e.g. 1 and Int.max).
+        guard layers.count <= Self.maxLayers else {
+            throw SaliencyError(.invalidSchema, "schema for '\(model)' has \(layers.count) layers; the limit is \(Self.maxLayers)")
+        }
         var offsets = [0]
         offsets.reserveCapacity(layers.count + 1)
         var seen = Set<String>()
+        seen.reserveCapacity(layers.count)
         for (i, layer) in layers.enumerated() {
-            guard layer.filters > 0 else {
-                throw SaliencyError(.invalidSchema, "layer \(i) '\(layer.name)' has \(layer.filters) filters; every layer needs at least one")
+            guard layer.filters > 0, layer.filters <= Self.maxFilters else {
+                throw SaliencyError(.invalidSchema, "layer \(i) '\(layer.name.prefix(64))' has \(layer.filters) filters; every layer needs 1...\(Self.maxFilters)")
             }
-            guard !layer.name.isEmpty else {
-                throw SaliencyError(.invalidSchema, "layer \(i) has an empty name")
+            guard !layer.name.isEmpty, layer.name.utf8.count <= Self.maxLayerNameBytes else {
+                throw SaliencyError(.invalidSchema, "layer \(i) name must be 1...\(Self.maxLayerNameBytes) bytes, got \(layer.name.utf8.count)")
+            }
+            guard layer.name.unicodeScalars.allSatisfy({ $0.value >= 0x20 && $0.value != 0x7F && !(0x80...0x9F).contains($0.value) }) else {
+                throw SaliencyError(.invalidSchema, "layer \(i) name contains control characters")
+            }
+            if let d = layer.depth, d < 0 || d > Self.maxLayers {
+                throw SaliencyError(.invalidSchema, "layer \(i) '\(layer.name.prefix(64))' has depth \(d); depths are 0...\(Self.maxLayers)")
             }
             guard seen.insert(layer.name).inserted else {
-                throw SaliencyError(.invalidSchema, "layer name '\(layer.name)' appears twice")
+                throw SaliencyError(.invalidSchema, "layer name '\(layer.name.prefix(64))' appears twice")
             }
-            offsets.append(offsets[i] + layer.filters)
-        }
-        guard offsets.last! <= 1 << 24 else {
-            throw SaliencyError(.invalidSchema, "schema has \(offsets.last!) filters; the limit is \(1 << 24)")
+            let (sum, overflow) = offsets[i].addingReportingOverflow(layer.filters)
+            guard !overflow, sum <= Self.maxFilters else {
+                throw SaliencyError(.invalidSchema, "schema has more than \(Self.maxFilters) filters in total (at layer \(i)); the limit is \(Self.maxFilters)")
+            }
+            offsets.append(sum)
         }
         self.offsets = offsets
     }
+
+    /// Hard limits of the layout itself (the daemon's admission budgets are usually tighter).
+    public static let maxFilters = 1 << 24
+    public static let maxLayers = 65_535
+    public static let maxLayerNameBytes = 512
 
     /// Total number of filters `K`.
     public var filterCount: Int { offsets.last ?? 0 }

@@ -224,7 +224,9 @@ public final class FilterBank {
         ntAtFit = col(0); shape = col(0); scale = col(1); extD = col(.infinity); method = col(255)
         wCount = col(0); wMean = col(0); wM2 = col(0); sketch = col(0, k * Self.sketchPoints)
         isDue = col(false); frozen = col(false); inQueue = col(false); queue = col(0); extremeOut = col(0); eventBase = col(0, k / 8 + 1); eventMask = col(0, k / 8 + 1); scores = col(0); fitScratch = col(0, configuration.maxPeaks); censorScratch = col(0, configuration.maxPeaks)
-        calib = col(0, k * configuration.calibration)
+        // Not initialized: rows are written before they are read, so the buffer's pages are claimed
+        // as calibration rows arrive (memory follows what is learned, not what a schema announces).
+        calib = .allocate(capacity: k * configuration.calibration)
         driftRing = d > 0 ? col(0, k * d) : nil
         driftHead = d > 0 ? col(0, k) : nil
         driftSum = d > 0 ? col(0, k) : nil
@@ -233,7 +235,7 @@ public final class FilterBank {
 
     deinit {
         for p in [thr, ext, shift, bsum, bsumsq, sketch, fitScratch, censorScratch] as [UnsafeMutablePointer<Float>] { p.deallocate() }
-        saliency_free_huge(ring)
+        saliency_free_huge(ring, filterCount * cap * MemoryLayout<Float>.size)
         for p in [thrD, shape, scale, extD, wCount, wMean, wM2, scores] as [UnsafeMutablePointer<Double>] { p.deallocate() }
         for p in [head, ringCount, sinceFit] as [UnsafeMutablePointer<UInt32>] { p.deallocate() }
         extremesTotal.deallocate(); ntAtFit.deallocate(); blockExtremes.deallocate(); method.deallocate()
@@ -825,13 +827,33 @@ public final class FilterBank {
     public static func useBaselineKernels(_ on: Bool) { _ = saliency_kernels_force(on ? 1 : 0) }
 
     /// Bytes of learned state per filter at this configuration (excluding the transient calibration buffer).
-    public var bytesPerFilter: Int {
+    public var bytesPerFilter: Int { Self.bytesPerFilter(configuration) }
+
+    /// Bytes of learned state per filter at `configuration` (excluding the calibration buffer).
+    public static func bytesPerFilter(_ configuration: POTConfiguration) -> Int {
         let hot = 5 * MemoryLayout<Float>.size
-        let peak = 3 * MemoryLayout<UInt32>.size + cap * MemoryLayout<Float>.size + MemoryLayout<Double>.size
+        let peak = 3 * MemoryLayout<UInt32>.size + configuration.maxPeaks * MemoryLayout<Float>.size + MemoryLayout<Double>.size
         let rare = MemoryLayout<UInt64>.size + MemoryLayout<UInt16>.size
         let driftBytes = configuration.driftWindow > 0 ? configuration.driftWindow * 4 + 4 + 8 : 0
-        let cold = driftBytes + 7 * MemoryLayout<Double>.size + 1 + Self.sketchPoints * MemoryLayout<Float>.size + 3 + MemoryLayout<Int32>.size  // + due/queued/frozen flags
+        let cold = driftBytes + 7 * MemoryLayout<Double>.size + 1 + sketchPoints * MemoryLayout<Float>.size + 3 + MemoryLayout<Int32>.size  // + due/queued/frozen flags
         let scratch = MemoryLayout<Int32>.size + MemoryLayout<Double>.size + 1   // extremes, scores, event groups (5 B per 8 filters)
         return hot + peak + rare + cold + scratch
+    }
+
+    /// The most memory a bank of `filterCount` filters at `configuration` can claim: every column,
+    /// the peak rings, the calibration buffer (`calibration × K` floats, freed once calibrated),
+    /// the fitter's scratch. Nil when that does not fit in an `Int` (a hostile size). Admission
+    /// control budgets models with it before anything is allocated; the pages themselves are
+    /// claimed as rows arrive. `configuration` must be valid.
+    public static func maximumBytes(filterCount: Int, configuration: POTConfiguration) -> Int? {
+        guard filterCount >= 0 else { return nil }
+        let perFilter = bytesPerFilter(configuration)
+        let (calibBytes, o1) = configuration.calibration.multipliedReportingOverflow(by: MemoryLayout<Float>.size)
+        let (perFilterAll, o2) = perFilter.addingReportingOverflow(calibBytes)
+        let (columns, o3) = filterCount.multipliedReportingOverflow(by: perFilterAll)
+        let fitter = GrimshawCore.scratchBound(max(configuration.maxPeaks, configuration.calibration)) * MemoryLayout<Double>.size
+        let fixed = fitter + 2 * configuration.maxPeaks * MemoryLayout<Float>.size + 4096
+        let (total, o4) = columns.addingReportingOverflow(fixed)
+        return o1 || o2 || o3 || o4 ? nil : total
     }
 }

@@ -18,6 +18,8 @@ public enum SaliencyDaemon {
     /// - Returns: the process exit code.
     public static func run(load: @escaping @Sendable () throws(SaliencyError) -> DaemonConfiguration) async -> Int32 {
         MessageMemory.keepFreedMemory()   // no page fault + zeroing per received row (MessageMemory)
+        // A file-size limit (RLIMIT_FSIZE) must fail a write with EFBIG, not kill the daemon.
+        signal(SIGXFSZ, SIG_IGN)
         let configuration: DaemonConfiguration
         do {
             configuration = try load()
@@ -59,7 +61,7 @@ public enum SaliencyDaemon {
             return 1
         }
         let state = loop.readyState.withLock { $0 }
-        if state.hasPrefix("failed") {
+        if state.hasPrefix("failed") || loop.finalSnapshotFailed.load(ordering: .acquiring) {
             return 1
         }
         return withExtendedLifetime(loop) { 0 }

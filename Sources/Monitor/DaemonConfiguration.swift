@@ -25,6 +25,12 @@ public struct DaemonConfiguration: Sendable, Hashable {
     }
     public struct Query: Sendable, Hashable {
         public var endpoint = "tcp://127.0.0.1:5562"
+        /// Requests one peer may have queued (and replies waiting for it to read): libzmq's
+        /// per-connection high-water marks on the query socket. Beyond it the peer is throttled
+        /// (its TCP window closes) and undelivered replies are dropped, never buffered.
+        public var maxInflight = 4
+        /// Largest reply; `alerts` answers are cut to fit (`"truncated": true`, continue with `since`).
+        public var maxReplyBytes = 1 << 20
     }
     public struct State: Sendable, Hashable {
         /// Empty: `$STATE_DIRECTORY` when run by systemd, else `./saliencyd-state`.
@@ -36,6 +42,30 @@ public struct DaemonConfiguration: Sendable, Hashable {
         /// `host:port` of the Prometheus `/metrics` endpoint; empty disables it.
         public var listen = "127.0.0.1:9464"
     }
+    /// What one peer's input may claim (docs/security.md): admission of schemas against memory
+    /// budgets, expiry of models nobody feeds, bounded tables and metric cardinality.
+    public struct Limits: Sendable, Hashable {
+        /// A schema whose full learned state (calibration buffer, rings, columns, window, alert
+        /// state) would exceed this is refused (`over_budget`). 1 GiB fits a ResNet-152-sized model.
+        public var maxModelBytes = 1 << 30
+        /// The same, summed over all admitted models.
+        public var maxTotalBytes = 4 << 30
+        /// Layers per schema.
+        public var maxLayers = 4096
+        /// Producer ids tracked for sequence gaps (least recently seen forgotten first).
+        public var maxProducers = 1024
+        /// Per-layer metric series over all models; layers beyond it are summed as `layer="_other"`.
+        public var maxLayerSeries = 2048
+        /// Seconds after which a model still calibrating that no accepted row reached is forgotten
+        /// (it has learned nothing that a restart of its producer would not relearn); 0 = never.
+        public var calibratingIdleExpiry = 3600.0
+        /// Seconds after which a calibrated model that no accepted row reached is forgotten, with
+        /// its learned state. 0 = never (the default: learned state is never dropped unasked).
+        public var idleExpiry = 0.0
+        /// A schema with another layout under a live model's name: `refuse` it (the default; reset
+        /// the model first) or `replace` the name's mapping (the old layout stays until it expires).
+        public var layoutChange = "refuse"
+    }
     public struct Security: Sendable, Hashable {
         /// CURVE on every socket. Needs `server_secret_key_file`.
         public var curve = false
@@ -44,6 +74,9 @@ public struct DaemonConfiguration: Sendable, Hashable {
         public var allowedClientsFile = ""
         /// Clients allowed to send state-changing queries (snapshot, reset).
         public var adminClientsFile = ""
+        /// Which client keys may announce which models (lines `KEY model…`, `*` = any model).
+        /// Empty: any allowed client may announce any model.
+        public var schemaKeysFile = ""
     }
     public struct Monitor: Sendable, Hashable {
         /// Recent valid rows kept per model for `top` over a window (memory: rows × K × 4 bytes).
@@ -52,6 +85,9 @@ public struct DaemonConfiguration: Sendable, Hashable {
         public var maxModels = 16
         /// Log level: trace, debug, info, notice, warning, error, critical.
         public var logLevel = "info"
+        /// Per-event log lines (gaps, new producers, rejected input, refused schemas) allowed per
+        /// kind per minute; the rest are counted and reported in one "suppressed" line.
+        public var logBurst = 20
     }
 
     public var feed = Feed()
@@ -61,6 +97,7 @@ public struct DaemonConfiguration: Sendable, Hashable {
     public var metrics = Metrics()
     public var security = Security()
     public var monitor = Monitor()
+    public var limits = Limits()
     public var pot = POTConfiguration()
     public var alerting = AlertBudget()
     /// The alert rule meets its budget at `safety_factor × q`: streaming SPOT's realized per-filter
@@ -92,11 +129,30 @@ public struct DaemonConfiguration: Sendable, Hashable {
         guard Set([feed.endpoint, alerts.endpoint, query.endpoint]).count == 3 else {
             throw bad("feed.endpoint, alerts.endpoint and query.endpoint must differ")
         }
-        guard feed.maxMessageBytes >= 1024 else { throw bad("feed.max_message_bytes must be ≥ 1024, got \(feed.maxMessageBytes)") }
-        guard feed.receiveHighWaterMark >= 0 else { throw bad("feed.receive_hwm must be ≥ 0 (0 = unlimited)") }
-        guard alerts.resendInterval > 0 else { throw bad("alerts.resend_interval must be > 0 seconds") }
-        guard alerts.logMaxEntries >= 100 else { throw bad("alerts.log_max_entries must be ≥ 100, got \(alerts.logMaxEntries)") }
-        guard state.snapshotInterval >= 1 else { throw bad("state.snapshot_interval must be ≥ 1 second, got \(state.snapshotInterval)") }
+        func range<T: Comparable>(_ key: String, _ v: T, _ r: ClosedRange<T>, _ unit: String = "") throws(SaliencyError) {
+            guard r.contains(v) else { throw bad("\(key) must be in \(r.lowerBound)...\(r.upperBound)\(unit), got \(v)") }
+        }
+        func finite(_ key: String, _ v: Double, _ r: ClosedRange<Double>, _ unit: String) throws(SaliencyError) {
+            guard v.isFinite, r.contains(v) else { throw bad("\(key) must be a finite number in \(r.lowerBound)...\(r.upperBound)\(unit), got \(v)") }
+        }
+        try range("feed.max_message_bytes", feed.maxMessageBytes, 1024...(1 << 30), " bytes")
+        try range("feed.receive_hwm", feed.receiveHighWaterMark, 1...1_000_000, " messages per producer")
+        try finite("alerts.resend_interval", alerts.resendInterval, 0.1...86_400, " seconds")
+        try range("alerts.log_max_entries", alerts.logMaxEntries, 100...10_000_000)
+        try finite("state.snapshot_interval", state.snapshotInterval, 1...86_400, " seconds")
+        try range("query.max_inflight", query.maxInflight, 1...1000, " requests per peer")
+        try range("query.max_reply_bytes", query.maxReplyBytes, 4096...(64 << 20), " bytes")
+        try range("limits.max_model_bytes", limits.maxModelBytes, (1 << 16)...(1 << 46), " bytes")
+        try range("limits.max_total_bytes", limits.maxTotalBytes, limits.maxModelBytes...(1 << 48), " bytes (at least limits.max_model_bytes)")
+        try range("limits.max_layers", limits.maxLayers, 1...ModelSchema.maxLayers)
+        try range("limits.max_producers", limits.maxProducers, 1...1_000_000)
+        try range("limits.max_layer_series", limits.maxLayerSeries, 0...100_000)
+        try finite("limits.calibrating_idle_expiry", limits.calibratingIdleExpiry, 0...31_536_000, " seconds (0 = never)")
+        try finite("limits.idle_expiry", limits.idleExpiry, 0...315_360_000, " seconds (0 = never)")
+        guard ["refuse", "replace"].contains(limits.layoutChange) else {
+            throw bad("limits.layout_change = \"\(limits.layoutChange)\"; use \"refuse\" or \"replace\"")
+        }
+        try range("monitor.log_burst", monitor.logBurst, 1...100_000, " lines per kind per minute")
         if !metrics.listen.isEmpty {
             guard let c = metrics.listen.lastIndex(of: ":"), let p = Int(metrics.listen[metrics.listen.index(after: c)...]), (0...65535).contains(p) else {
                 throw bad("metrics.listen = \"\(metrics.listen)\" must be HOST:PORT (or \"\" to disable)")
@@ -105,13 +161,16 @@ public struct DaemonConfiguration: Sendable, Hashable {
         if security.curve, security.serverSecretKeyFile.isEmpty {
             throw bad("security.curve = true needs security.server_secret_key_file (create one with `saliencyctl keygen`)")
         }
-        guard monitor.recentRows >= 1, monitor.recentRows <= 10_000 else { throw bad("monitor.recent_rows must be in 1...10000") }
-        guard monitor.maxModels >= 1 else { throw bad("monitor.max_models must be ≥ 1") }
+        if !security.curve, !security.allowedClientsFile.isEmpty || !security.adminClientsFile.isEmpty || !security.schemaKeysFile.isEmpty {
+            throw bad("security.allowed_clients_file, admin_clients_file and schema_keys_file need security.curve = true (without CURVE no client is authenticated, so the lists would protect nothing)")
+        }
+        try range("monitor.recent_rows", monitor.recentRows, 1...10_000)
+        try range("monitor.max_models", monitor.maxModels, 1...4096)
         guard ["trace", "debug", "info", "notice", "warning", "error", "critical"].contains(monitor.logLevel) else {
             throw bad("monitor.log_level = \"\(monitor.logLevel)\"; use trace, debug, info, notice, warning, error or critical")
         }
-        try pot.validate()
-        try alerting.validate()
+        do { try pot.validate() } catch { throw bad("[pot] \(error.message)") }
+        do { try alerting.validate() } catch { throw bad("[alerting] \(error.message)") }
         guard modelBurnIn >= 100, modelBurnIn <= 10_000_000 else { throw bad("alerting.model_burn_in must be in 100...10000000 predictions, got \(modelBurnIn)") }
         guard alertSafetyFactor >= 1, alertSafetyFactor <= 100 else { throw bad("alerting.safety_factor must be in 1...100, got \(alertSafetyFactor)") }
     }
@@ -128,6 +187,7 @@ public struct DaemonConfiguration: Sendable, Hashable {
         if pot != old.pot { out.append("pot") }
         if alerting != old.alerting || alertSafetyFactor != old.alertSafetyFactor || modelBurnIn != old.modelBurnIn { out.append("alerting") }
         if monitor.recentRows != old.monitor.recentRows || monitor.maxModels != old.monitor.maxModels { out.append("monitor.recent_rows/max_models") }
+        if limits.maxProducers != old.limits.maxProducers || limits.maxLayerSeries != old.limits.maxLayerSeries { out.append("limits.max_producers/max_layer_series") }
         return out
     }
 
@@ -137,11 +197,12 @@ public struct DaemonConfiguration: Sendable, Hashable {
     static let knownKeys: [String: [String]] = [
         "feed": ["endpoint", "bind", "max_message_bytes", "receive_hwm"],
         "alerts": ["endpoint", "resend_interval", "log_max_entries"],
-        "query": ["endpoint"],
+        "query": ["endpoint", "max_inflight", "max_reply_bytes"],
         "state": ["directory", "snapshot_interval"],
         "metrics": ["listen"],
-        "security": ["curve", "server_secret_key_file", "allowed_clients_file", "admin_clients_file"],
-        "monitor": ["recent_rows", "max_models", "log_level"],
+        "security": ["curve", "server_secret_key_file", "allowed_clients_file", "admin_clients_file", "schema_keys_file"],
+        "monitor": ["recent_rows", "max_models", "log_level", "log_burst"],
+        "limits": ["max_model_bytes", "max_total_bytes", "max_layers", "max_producers", "max_layer_series", "calibrating_idle_expiry", "idle_expiry", "layout_change"],
         "pot": ["level", "q", "calibration", "max_peaks", "min_peaks", "refit_after_peaks", "refits_per_row", "drift_window", "peak_stride"],
         "alerting": ["expected_run_time", "model_share", "safety_factor", "model_burn_in"],
     ]
@@ -190,6 +251,18 @@ public struct DaemonConfiguration: Sendable, Hashable {
         if let v = dbl("alerts", "resend_interval") { c.alerts.resendInterval = v }
         if let v = int("alerts", "log_max_entries") { c.alerts.logMaxEntries = v }
         if let v = str("query", "endpoint") { c.query.endpoint = v }
+        if let v = int("query", "max_inflight") { c.query.maxInflight = v }
+        if let v = int("query", "max_reply_bytes") { c.query.maxReplyBytes = v }
+        if let v = int("limits", "max_model_bytes") { c.limits.maxModelBytes = v }
+        if let v = int("limits", "max_total_bytes") { c.limits.maxTotalBytes = v }
+        if let v = int("limits", "max_layers") { c.limits.maxLayers = v }
+        if let v = int("limits", "max_producers") { c.limits.maxProducers = v }
+        if let v = int("limits", "max_layer_series") { c.limits.maxLayerSeries = v }
+        if let v = dbl("limits", "calibrating_idle_expiry") { c.limits.calibratingIdleExpiry = v }
+        if let v = dbl("limits", "idle_expiry") { c.limits.idleExpiry = v }
+        if let v = str("limits", "layout_change") { c.limits.layoutChange = v }
+        if let v = str("security", "schema_keys_file") { c.security.schemaKeysFile = v }
+        if let v = int("monitor", "log_burst") { c.monitor.logBurst = v }
         if let v = str("state", "directory") { c.state.directory = v }
         if let v = dbl("state", "snapshot_interval") { c.state.snapshotInterval = v }
         if let v = str("metrics", "listen") { c.metrics.listen = v }
@@ -219,13 +292,46 @@ public struct DaemonConfiguration: Sendable, Hashable {
         return c
     }
 
-    /// Loads and validates a file.
+    /// Loads a file (`parse(contents:source:)`); `validate()` checks the values.
     public static func load(path: String) throws(SaliencyError) -> DaemonConfiguration {
         guard let data = FileManager.default.contents(atPath: path) else {
             throw SaliencyError(.invalidConfiguration, "cannot read configuration file '\(path)' (missing or unreadable)")
         }
-        let c = try parse(toml: String(decoding: data, as: UTF8.self), source: path)
-        return c
+        return try parse(contents: [UInt8](data), source: path)
+    }
+
+    /// Largest configuration file accepted (1 MiB; the example with every key is ~8 KiB).
+    public static let maxFileBytes = 1 << 20
+
+    /// Parses a configuration file's raw bytes. The TOML parser reads C strings, so a NUL byte
+    /// would silently end the file early (and drop e.g. `[security] curve = true` after it):
+    /// NUL bytes, invalid UTF-8, an empty file and oversized files are refused, naming the offset.
+    public static func parse(contents bytes: [UInt8], source: String = "configuration") throws(SaliencyError) -> DaemonConfiguration {
+        func bad(_ m: String) -> SaliencyError { SaliencyError(.invalidConfiguration, "\(source): \(m)") }
+        guard bytes.count <= maxFileBytes else { throw bad("file is \(bytes.count) bytes; the limit is \(maxFileBytes)") }
+        guard !bytes.isEmpty else {
+            throw bad("file is empty; give at least one key (a comment-only file is fine), or drop --config to run on the embedded defaults")
+        }
+        if let nul = bytes.firstIndex(of: 0) {
+            let line = bytes[..<nul].reduce(1) { $0 + ($1 == 0x0A ? 1 : 0) }
+            throw bad("NUL byte at offset \(nul) (line \(line)); a configuration file is UTF-8 text")
+        }
+        guard let text = String(validating: bytes, as: UTF8.self) else {
+            var offset = 0
+            // Find the first offset where decoding fails, for the message.
+            var it = bytes.makeIterator()
+            var dec = UTF8()
+            var consumed = 0
+            loop: while true {
+                switch dec.decode(&it) {
+                case .scalarValue(let s): consumed += UTF8.width(s); offset = consumed
+                case .emptyInput: break loop
+                case .error: break loop
+                }
+            }
+            throw bad("invalid UTF-8 near offset \(offset); a configuration file is UTF-8 text")
+        }
+        return try parse(toml: text, source: source)
     }
 
     static func suggest(_ key: String, _ candidates: [String]) -> String {
@@ -271,7 +377,9 @@ extension DaemonConfiguration {
         [state]    directory = "\(resolvedStateDirectory)"  snapshot_interval = \(state.snapshotInterval)
         [metrics]  listen = "\(metrics.listen)"
         [security] curve = \(security.curve)
-        [monitor]  recent_rows = \(monitor.recentRows)  max_models = \(monitor.maxModels)  log_level = "\(monitor.logLevel)"
+        [query]    max_inflight = \(query.maxInflight)  max_reply_bytes = \(query.maxReplyBytes)
+        [monitor]  recent_rows = \(monitor.recentRows)  max_models = \(monitor.maxModels)  log_level = "\(monitor.logLevel)"  log_burst = \(monitor.logBurst)
+        [limits]   max_model_bytes = \(limits.maxModelBytes)  max_total_bytes = \(limits.maxTotalBytes)  max_layers = \(limits.maxLayers)  max_producers = \(limits.maxProducers)  max_layer_series = \(limits.maxLayerSeries)  calibrating_idle_expiry = \(limits.calibratingIdleExpiry)  idle_expiry = \(limits.idleExpiry)  layout_change = "\(limits.layoutChange)"
         [pot]      level = \(pot.level)  q = \(pot.q)  calibration = \(pot.calibration)  max_peaks = \(pot.maxPeaks)  min_peaks = \(pot.minPeaks)  refit_after_peaks = \(pot.refitAfterPeaks)  refits_per_row = \(pot.refitsPerRow)  drift_window = \(pot.driftWindow)  peak_stride = \(pot.peakStride == 0 ? "auto" : String(pot.peakStride))
         [alerting] expected_run_time = \(alerting.expectedRunTime)  model_share = \(alerting.modelShare)  safety_factor = \(alertSafetyFactor)  model_burn_in = \(modelBurnIn)
         """

@@ -17,11 +17,22 @@ final class DaemonCore {
     var byName: [String: UInt64] = [:]
     /// Rejected input by reason (docs/protocol.md §2, §4).
     var rejected: [String: UInt64] = [:]
-    struct Producer { var model: String; var lastSequence: UInt64; var gaps: UInt64; var reordered: UInt64; var received: UInt64 }
+    struct Producer {
+        var model: String; var lastSequence: UInt64; var gaps: UInt64; var reordered: UInt64; var received: UInt64
+        /// Feed tick of the last accepted row (least recently seen producers are forgotten first).
+        var lastSeen: UInt64 = 0
+    }
     var producers: [UInt64: Producer] = [:]
-    static let maxProducers = 4096
+    /// Accepted rows since start, as a clock for `Producer.lastSeen`.
+    var feedTick: UInt64 = 0
     var gapsTotal: UInt64 = 0
     var queries: UInt64 = 0
+    /// Memory admitted models may claim (`ModelEngine.maximumBytes` summed; docs/security.md).
+    var admittedBytes = 0
+    var modelsExpired: UInt64 = 0
+    /// Which CURVE client keys may announce which models (`security.schema_keys_file`); nil: any.
+    var schemaKeys: SchemaKeys?
+    let logLimiter: LogLimiter
 
     /// Alerts ready to publish: (topic, JSON). The loop drains it after each message.
     var outbox: [(topic: [UInt8], body: [UInt8])] = []
@@ -37,28 +48,42 @@ final class DaemonCore {
     /// Called when calibration progress or phase changes, for the systemd STATUS line.
     var statusDirty = true
 
-    init(configuration: DaemonConfiguration, alertLog: AlertLog, logger: Logger, metrics: DaemonMetrics) {
+    init(configuration: DaemonConfiguration, alertLog: AlertLog, logger: Logger, metrics: DaemonMetrics, schemaKeys: SchemaKeys? = nil) {
         self.configuration = configuration
         self.alertLog = alertLog
         self.logger = logger
         self.metrics = metrics
+        self.schemaKeys = schemaKeys
+        self.logLimiter = LogLimiter(burst: configuration.monitor.logBurst)
+        let m = metrics
+        logLimiter.onSuppressed = { m.logSuppressed($0) }
+        metrics.budget(used: 0, limit: configuration.limits.maxTotalBytes)
     }
 
+    /// Applies the settings a reload may change (`restartRequired` lists the others).
     func apply(reloaded c: DaemonConfiguration) {
         configuration.alerts.resendInterval = c.alerts.resendInterval
         configuration.alerts.logMaxEntries = c.alerts.logMaxEntries
         configuration.state.snapshotInterval = c.state.snapshotInterval
         configuration.monitor.logLevel = c.monitor.logLevel
+        configuration.monitor.logBurst = c.monitor.logBurst
+        configuration.limits.maxModelBytes = c.limits.maxModelBytes
+        configuration.limits.maxTotalBytes = c.limits.maxTotalBytes
+        configuration.limits.maxLayers = c.limits.maxLayers
+        configuration.limits.calibratingIdleExpiry = c.limits.calibratingIdleExpiry
+        configuration.limits.idleExpiry = c.limits.idleExpiry
+        configuration.limits.layoutChange = c.limits.layoutChange
+        logLimiter.setBurst(c.monitor.logBurst)
+        metrics.budget(used: admittedBytes, limit: configuration.limits.maxTotalBytes)
     }
 
+    /// Counts rejected input by reason (a code-defined string, never peer bytes) and logs it,
+    /// rate-limited per reason.
     func reject(_ reason: String, _ message: @autoclosure () -> String) {
         rejected[reason, default: 0] += 1
         metrics.rejected(reason)
-        // Rate-limited by power of two counts so a flood does not flood the journal.
-        let n = rejected[reason]!
-        if n & (n - 1) == 0 {
-            logger.warning("rejected input", metadata: ["reason": "\(reason)", "count": "\(n)", "detail": "\(message())"])
-        }
+        logLimiter.log(logger, .warning, kind: "rejected \(reason)", "rejected input",
+                       metadata: ["reason": "\(reason)", "count": "\(rejected[reason] ?? 0)", "detail": "\(message())"])
     }
 
     // MARK: - Feed
@@ -66,52 +91,136 @@ final class DaemonCore {
     /// One multipart message from the feed socket: `count` frames, read through `frame(i)` without
     /// copying. `message`, when given, is the multipart the frames belong to: a valid payload frame
     /// is then moved into the model's window instead of copied (test doubles pass nil).
-    func handleFeed(count: Int, message: ZMQMultipart? = nil, _ frame: (Int) -> UnsafeRawBufferPointer) {
+    /// `userID`: the CURVE client key that sent it (ZAP user id), when CURVE is on.
+    func handleFeed(count: Int, message: ZMQMultipart? = nil, userID: @autoclosure () -> String? = nil, _ frame: (Int) -> UnsafeRawBufferPointer) {
         guard count > 0 else { return reject("malformed_frame", "empty message") }
         let first = frame(0)
         switch Topic.parse(first) {
         case .schema(let model):
             guard count == 2 else { return reject("malformed_frame", "schema message for '\(model)' has \(count) frames, expected 2") }
-            handleSchema(model: model, frame(1))
+            handleSchema(model: model, frame(1), userID: schemaKeys == nil ? nil : userID())
         case .prediction(let model):
             guard count == 3 else { return reject("malformed_frame", "prediction for '\(model)' has \(count) frames, expected 3 (topic, header, payload)") }
             handlePrediction(model: model, header: frame(1), payload: frame(2), message: message)
         case .unknown:
-            reject("malformed_frame", "unknown topic '\(String(decoding: first.prefix(64), as: UTF8.self))'")
+            reject("malformed_frame", "unknown topic '\(printable(first.prefix(64)))'")
         }
     }
 
-    func handleSchema(model: String, _ raw: UnsafeRawBufferPointer) {
+    /// Admission control (docs/security.md): a schema is decoded with checked arithmetic, its
+    /// full cost computed before anything is allocated, and admitted only within the budgets;
+    /// a different layout never silently takes a live model's name.
+    func handleSchema(model: String, _ raw: UnsafeRawBufferPointer, userID: String? = nil) {
+        if let keys = schemaKeys, !keys.allows(key: userID, model: model) {
+            return reject("forbidden_schema", "schema for '\(model)' from client key \(userID ?? "(none)") refused: security.schema_keys_file does not let that key announce this model")
+        }
         let schema: ModelSchema
         do {
             schema = try SchemaMessage.decode(raw, topicModel: model)
         } catch {
             return reject("invalid_schema", error.message)
         }
+        let limits = configuration.limits
+        guard schema.layers.count <= limits.maxLayers else {
+            return reject("invalid_schema", "schema '\(schema.model)' has \(schema.layers.count) layers; limits.max_layers = \(limits.maxLayers)")
+        }
         let fp = schema.fingerprint
         if engines[fp] != nil {
-            byName[schema.model] = fp
+            if byName[schema.model] == nil { byName[schema.model] = fp }
+            if byName[schema.model] != fp, limits.layoutChange == "replace" { byName[schema.model] = fp }
             return
+        }
+        if let old = byName[schema.model], old != fp, engines[old] != nil, limits.layoutChange != "replace" {
+            return reject("schema_conflict", "schema '\(schema.model)' with layout \(SchemaMessage.hex(fp)) (\(schema.filterCount) filters) refused: the live model of that name has layout \(SchemaMessage.hex(old)) (\(engines[old]!.filterCount) filters). To move to the new layout, reset the model (query {\"op\":\"reset\"}) or set limits.layout_change = \"replace\"")
         }
         guard engines.count < configuration.monitor.maxModels else {
             return reject("too_many_models", "schema '\(schema.model)' refused: monitor.max_models = \(configuration.monitor.maxModels) reached")
         }
+        guard let cost = ModelEngine.maximumBytes(schema: schema, configuration: configuration) else {
+            return reject("over_budget", "schema '\(schema.model)' (\(schema.filterCount) filters): its state size overflows")
+        }
+        guard cost <= limits.maxModelBytes else {
+            return reject("over_budget", "schema '\(schema.model)' (\(schema.filterCount) filters) would claim up to \(cost) bytes; limits.max_model_bytes = \(limits.maxModelBytes) (raise it, or lower pot.calibration / pot.max_peaks)")
+        }
+        guard admittedBytes + cost <= limits.maxTotalBytes else {
+            return reject("over_budget", "schema '\(schema.model)' (\(schema.filterCount) filters) would claim up to \(cost) bytes; admitted models already hold \(admittedBytes) of limits.max_total_bytes = \(limits.maxTotalBytes)")
+        }
         do {
-            let engine = try ModelEngine(schema: schema, pot: configuration.pot, budget: configuration.alerting, safetyFactor: configuration.alertSafetyFactor, modelBurnIn: configuration.modelBurnIn, recentRows: configuration.monitor.recentRows)
-            engines[fp] = engine
+            let engine = try ModelEngine(schema: schema, pot: configuration.pot, budget: configuration.alerting, safetyFactor: configuration.alertSafetyFactor, modelBurnIn: configuration.modelBurnIn, recentRows: configuration.monitor.recentRows,
+                                         rule: try alertRule(filters: schema.filterCount))
+            admit(engine)
             if let old = byName[schema.model], old != fp {
-                logger.warning("model schema changed; the new layout starts calibrating from zero", metadata: ["model": "\(schema.model)", "old": "\(SchemaMessage.hex(old))", "new": "\(SchemaMessage.hex(fp))"])
+                logLimiter.log(logger, .warning, kind: "schema changed", "model schema changed; the new layout starts calibrating from zero (limits.layout_change = \"replace\")", metadata: ["model": "\(schema.model)", "old": "\(SchemaMessage.hex(old))", "new": "\(SchemaMessage.hex(fp))"])
             }
             byName[schema.model] = fp
-            statusDirty = true
-            logger.notice("model registered; calibrating", metadata: [
+            logLimiter.log(logger, .notice, kind: "model registered", "model registered; calibrating", metadata: [
                 "model": "\(schema.model)", "filters": "\(schema.filterCount)", "layers": "\(schema.layers.count)",
                 "fingerprint": "\(SchemaMessage.hex(fp))", "calibration": "\(configuration.pot.calibration)",
                 "alert_window": "\(engine.tracker.rule.window)", "alert_count": "\(engine.tracker.rule.fireCount)",
+                "max_bytes": "\(cost)",
             ])
         } catch {
             reject("invalid_schema", "schema '\(schema.model)': \(error.message)")
         }
+    }
+
+    /// The alert rule for a model of `filters` filters. Designing one costs O(16 · m · c)
+    /// (~25 ms at m = 10,000), so designs are remembered per filter count (at most 64; the
+    /// settings they depend on need a restart to change).
+    func alertRule(filters: Int) throws(SaliencyError) -> AlertRule {
+        if let r = ruleCache[filters] { return r }
+        let r = try AlertRule.design(filters: filters, q: configuration.pot.q, budget: configuration.alerting,
+                                     safetyFactor: configuration.alertSafetyFactor, model: ModelShiftRule(burnIn: configuration.modelBurnIn))
+        if ruleCache.count >= 64 { ruleCache.removeAll(keepingCapacity: true) }
+        ruleCache[filters] = r
+        return r
+    }
+    private var ruleCache: [Int: AlertRule] = [:]
+
+    /// Adds an engine (new or restored) and charges its cost to the budget.
+    func admit(_ engine: ModelEngine) {
+        engines[engine.fingerprint] = engine
+        admittedBytes += engine.maximumBytes
+        metrics.budget(used: admittedBytes, limit: configuration.limits.maxTotalBytes)
+        statusDirty = true
+    }
+
+    /// Forgets a model: its learned state, its name (if it still points at it), its metric series.
+    func remove(_ fp: UInt64) {
+        guard let e = engines.removeValue(forKey: fp) else { return }
+        if byName[e.schema.model] == fp {
+            byName[e.schema.model] = engines.values.first { $0.schema.model == e.schema.model }?.fingerprint
+        }
+        admittedBytes -= e.maximumBytes
+        metrics.forget(model: e)
+        metrics.budget(used: admittedBytes, limit: configuration.limits.maxTotalBytes)
+        statusDirty = true
+    }
+
+    /// Forgets models nobody fed for the configured time (`limits.calibrating_idle_expiry` while
+    /// calibrating, `limits.idle_expiry` once calibrated; 0 = never). Returns how many.
+    @discardableResult
+    func expireIdleModels(now: ContinuousClock.Instant = .now) -> Int {
+        let l = configuration.limits
+        var gone: [UInt64] = []
+        for (fp, e) in engines {
+            let limit = e.bank.isCalibrated ? l.idleExpiry : l.calibratingIdleExpiry
+            guard limit > 0 else { continue }
+            let idle = now - (e.lastArrival ?? e.registeredAt)
+            if idle >= .milliseconds(Int64(limit * 1000)) { gone.append(fp) }
+        }
+        for fp in gone {
+            guard let e = engines[fp] else { continue }
+            let calibrated = e.bank.isCalibrated
+            logLimiter.log(logger, .notice, kind: "model expired", "model expired: no accepted prediction for \(calibrated ? l.idleExpiry : l.calibratingIdleExpiry) s; its state is forgotten", metadata: [
+                "model": "\(e.schema.model)", "fingerprint": "\(SchemaMessage.hex(fp))", "rows": "\(e.bank.rows)",
+                "phase": "\(calibrated ? "monitoring" : "calibrating")", "setting": "\(calibrated ? "limits.idle_expiry" : "limits.calibrating_idle_expiry")",
+            ])
+            remove(fp)
+            modelsExpired &+= 1
+            metrics.modelExpired()
+        }
+        return gone.count
     }
 
     func handlePrediction(model: String, header raw: UnsafeRawBufferPointer, payload: UnsafeRawBufferPointer,
@@ -128,11 +237,14 @@ final class DaemonCore {
         guard engine.schema.model == model else {
             return reject("topic_mismatch", "topic says model '\(model)' but the fingerprint belongs to '\(engine.schema.model)'")
         }
-        trackSequence(header, model: model)
         if let why = PayloadCheck.validate(payload, expectedCount: engine.filterCount) {
             return reject(why.rawValue, "prediction \(header.sequence) from producer \(String(header.producerID, radix: 16)) for '\(model)': \(why.rawValue) (payload \(payload.count) bytes, expected \(4 * engine.filterCount) finite non-negative float32)")
         }
+        // Bookkeeping only for rows that are scored: a rejected forged frame never moves a
+        // producer's sequence state.
+        trackSequence(header, model: model)
         let started = ContinuousClock.now
+        engine.lastArrival = started
         let wasCalibrated = engine.bank.isCalibrated
         // Zero-copy when the frame can be retained: the window keeps the payload where libzmq put it.
         let result: FilterBank.RowResult
@@ -159,7 +271,10 @@ final class DaemonCore {
         metrics.latency(ContinuousClock.now - started)
     }
 
+    /// Sequence bookkeeping of an accepted row: gaps (drops upstream) and reordering per producer.
+    /// The table holds at most `limits.max_producers` ids; the least recently seen is forgotten.
     func trackSequence(_ h: PredictionHeader, model: String) {
+        feedTick &+= 1
         if var p = producers[h.producerID] {
             if h.sequence == p.lastSequence &+ 1 {
                 p.lastSequence = h.sequence
@@ -168,19 +283,23 @@ final class DaemonCore {
                 p.gaps &+= missing
                 gapsTotal &+= missing
                 metrics.gaps(missing, model: model)
-                logger.warning("sequence gap: predictions lost upstream", metadata: ["producer": "\(String(h.producerID, radix: 16))", "model": "\(model)", "missing": "\(missing)", "at": "\(h.sequence)"])
+                logLimiter.log(logger, .warning, kind: "sequence gap", "sequence gap: predictions lost upstream", metadata: ["producer": "\(String(h.producerID, radix: 16))", "model": "\(model)", "missing": "\(missing)", "at": "\(h.sequence)"])
                 p.lastSequence = h.sequence
             } else {
                 p.reordered &+= 1
             }
             p.received &+= 1
+            p.lastSeen = feedTick
             producers[h.producerID] = p
         } else {
-            if producers.count >= Self.maxProducers, let victim = producers.min(by: { $0.value.received < $1.value.received })?.key {
+            if producers.count >= configuration.limits.maxProducers,
+               let victim = producers.min(by: { $0.value.lastSeen < $1.value.lastSeen })?.key {
                 producers[victim] = nil
+                logLimiter.log(logger, .info, kind: "producer forgotten", "producer table full (limits.max_producers); forgot the least recently seen producer",
+                               metadata: ["producer": "\(String(victim, radix: 16))", "max_producers": "\(configuration.limits.maxProducers)"])
             }
-            producers[h.producerID] = Producer(model: model, lastSequence: h.sequence, gaps: 0, reordered: 0, received: 1)
-            logger.info("new producer", metadata: ["producer": "\(String(h.producerID, radix: 16))", "model": "\(model)", "sequence": "\(h.sequence)"])
+            producers[h.producerID] = Producer(model: model, lastSequence: h.sequence, gaps: 0, reordered: 0, received: 1, lastSeen: feedTick)
+            logLimiter.log(logger, .info, kind: "new producer", "new producer", metadata: ["producer": "\(String(h.producerID, radix: 16))", "model": "\(model)", "sequence": "\(h.sequence)"])
         }
     }
 
@@ -247,11 +366,12 @@ final class DaemonCore {
         do {
             try alertLog.append(seq: rec.seq, json: body)
         } catch {
-            logger.error("alert log append failed; publishing anyway", metadata: ["seq": "\(rec.seq)", "error": "\(error)"])
+            metrics.alertLogFailure()
+            logLimiter.log(logger, .error, kind: "alert log failure", "alert log append failed; the alert is published but not retained (alerts --since will not serve it)", metadata: ["seq": "\(rec.seq)", "error": "\(error.message)", "failures": "\(alertLog.failures)"])
         }
         outbox.append((Topic.alert(status: status, model: rec.model, layer: layer), body))
         metrics.alert(status: status.rawValue, model: rec.model)
-        logger.notice("alert \(status.rawValue)", metadata: ["seq": "\(rec.seq)", "model": "\(rec.model)", "layer": "\(layer)", "filter": "\(rec.filter.map(String.init) ?? "-")"])
+        logLimiter.log(logger, .notice, kind: "alert \(status.rawValue)", "alert \(status.rawValue)", metadata: ["seq": "\(rec.seq)", "model": "\(rec.model)", "layer": "\(layer)", "filter": "\(rec.filter.map(String.init) ?? "-")"])
     }
 
     /// Re-sends firing alerts every `resend_interval` seconds (same seq, `resent: true`).
@@ -309,6 +429,18 @@ final class DaemonCore {
             }
         }.joined(separator: "; ")
     }
+}
+
+/// Peer bytes made safe for a log line: printable ASCII kept, everything else as `\xNN`.
+func printable(_ bytes: some Collection<UInt8>) -> String {
+    var out = ""
+    for b in bytes {
+        if b >= 0x20 && b < 0x7F && b != UInt8(ascii: "\\") { out.unicodeScalars.append(Unicode.Scalar(b)) } else {
+            let h = Array("0123456789abcdef".unicodeScalars)
+            out += "\\x"; out.unicodeScalars.append(h[Int(b >> 4)]); out.unicodeScalars.append(h[Int(b & 15)])
+        }
+    }
+    return out
 }
 
 extension Error {

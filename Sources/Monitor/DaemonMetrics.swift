@@ -19,12 +19,52 @@ final class DaemonMetrics {
     let queries = Counter(label: "saliencyd_queries_total")
     let snapshots = Counter(label: "saliencyd_snapshots_total")
     let snapshotFailures = Counter(label: "saliencyd_snapshot_failures_total")
+    private let alertLogFailures = Counter(label: "saliencyd_alert_log_failures_total")
+    private let suppressedLines = Counter(label: "saliencyd_log_lines_suppressed_total")
+    private let expiredModels = Counter(label: "saliencyd_models_expired_total")
+    private let admittedBytes = Gauge(label: "saliencyd_admitted_state_bytes")
+    private let admittedLimit = Gauge(label: "saliencyd_admitted_state_limit_bytes")
+    /// Per-layer series over all models (`limits.max_layer_series`); layers beyond it share one
+    /// `layer="_other"` series per model, so a schema cannot create unbounded series.
+    let maxLayerSeries: Int
+    private var layerSeries = 0
     private var latencyCountdown = 0
     private var layerCounters: [String: [Counter]] = [:]
     private var layerPushed: [String: [UInt64]] = [:]
     private var topGauges: [String: [Gauge]] = [:]
     /// Ranks exported by `saliencyd_top_score` (bounded: never a series per filter).
     static let topRanks = 10
+
+    init(maxLayerSeries: Int = 2048) {
+        self.maxLayerSeries = maxLayerSeries
+    }
+
+    func alertLogFailure() { alertLogFailures.increment() }
+    func logSuppressed(_ n: UInt64) { suppressedLines.increment(by: Int(clamping: n)) }
+    func modelExpired() { expiredModels.increment() }
+    func budget(used: Int, limit: Int) {
+        admittedBytes.record(used)
+        admittedLimit.record(limit)
+    }
+
+    /// Destroys every series of a model that is forgotten (reset or expired), so churn cannot
+    /// accumulate series and the layer-series budget is given back.
+    func forget(model engine: ModelEngine) {
+        let m = engine.schema.model
+        // Another live layout of the same name keeps the per-model series.
+        for dict in [acceptedByModel, extremesByModel, peaksByModel, refitsByModel, gapsByModel] { dict[m]?.destroy() }
+        acceptedByModel[m] = nil; extremesByModel[m] = nil; peaksByModel[m] = nil; refitsByModel[m] = nil; gapsByModel[m] = nil
+        calibrationByModel.removeValue(forKey: m)?.destroy()
+        firingByModel.removeValue(forKey: m)?.destroy()
+        if let cs = layerCounters.removeValue(forKey: m) {
+            layerSeries -= cs.count
+            for c in cs { c.destroy() }
+        }
+        layerPushed[m] = nil
+        layerOther[m] = nil
+        for g in topGauges.removeValue(forKey: m) ?? [] { g.destroy() }
+    }
+    private var layerOther: [String: Int] = [:]
 
     /// `saliencyd_build_info{version, kernels} 1`: which build runs and which instruction set its
     /// FilterBank kernels use on this CPU (capacity differs ~1.5× between avx2 and sse2).
@@ -36,14 +76,29 @@ final class DaemonMetrics {
     func publishLayers(_ engine: ModelEngine) {
         let m = engine.schema.model
         if layerCounters[m] == nil {
-            layerCounters[m] = engine.schema.layers.map { Counter(label: "saliencyd_layer_extreme_exceedances_total", dimensions: [("model", m), ("layer", $0.name)]) }
-            layerPushed[m] = Array(repeating: 0, count: engine.schema.layers.count)
+            // Own series for the first layers while the budget lasts; the rest share `_other`.
+            let layers = engine.schema.layers
+            let own = max(0, min(layers.count, maxLayerSeries - layerSeries - (layers.count > maxLayerSeries - layerSeries ? 1 : 0)))
+            var cs = layers.prefix(own).map { Counter(label: "saliencyd_layer_extreme_exceedances_total", dimensions: [("model", m), ("layer", $0.name)]) }
+            if own < layers.count {
+                cs.append(Counter(label: "saliencyd_layer_extreme_exceedances_total", dimensions: [("model", m), ("layer", "_other")]))
+            }
+            layerSeries += cs.count
+            layerOther[m] = own
+            layerCounters[m] = cs
+            layerPushed[m] = Array(repeating: 0, count: cs.count)
         }
+        let own = layerOther[m] ?? 0
+        var pushed = layerPushed[m]!
+        var other: UInt64 = 0
+        for i in 0..<engine.layerExtremes.count where i >= own { other &+= engine.layerExtremes[i] }
         for (i, c) in layerCounters[m]!.enumerated() {
-            let now = engine.layerExtremes[i], before = layerPushed[m]![i]
+            let now = i < own ? engine.layerExtremes[i] : other
+            let before = pushed[i]
             if now > before { c.increment(by: Int(clamping: now - before)) }
-            layerPushed[m]![i] = now
+            pushed[i] = now
         }
+        layerPushed[m] = pushed
     }
 
     /// The POT scores of the top `topRanks` filters of the latest prediction, by rank.

@@ -17,16 +17,24 @@ final class EngineLoop: @unchecked Sendable {
     let initialConfiguration: DaemonConfiguration
     let logger: Logger
     let notifier: SystemdNotifier
-    let metrics = DaemonMetrics()
+    let metrics: DaemonMetrics
     let stopRequested = Atomic<Bool>(false)
+    /// Set when the final snapshot at shutdown failed: the process exits non-zero, so systemd
+    /// (and the operator) learn that learned state since the last good snapshot is lost.
+    let finalSnapshotFailed = Atomic<Bool>(false)
+    /// Snapshot failures and the last reason (written by the snapshot queue, read by `status`).
+    let snapshotHealth = SnapshotHealth()
     let reloadMailbox = Mutex<DaemonConfiguration?>(nil)
     /// "starting" → "ready" (endpoints bound) or "failed: …"; read by tests and the service.
     let readyState = Mutex<String>("starting")
     private(set) var zap: ZAPHandler?
 
     init(configuration: DaemonConfiguration, logger: Logger, notifier: SystemdNotifier) throws(SaliencyError) {
-        do { context = try ZMQContext() } catch { throw error.saliencyError }
+        // Two I/O threads: the feed on one, queries and alerts on the other (socket affinity), so
+        // a flood of connections to the query port cannot stall ingest, nor the feed the queries.
+        do { context = try ZMQContext(ioThreads: 2) } catch { throw error.saliencyError }
         initialConfiguration = configuration
+        metrics = DaemonMetrics(maxLayerSeries: configuration.limits.maxLayerSeries)
         self.logger = logger
         self.notifier = notifier
     }
@@ -43,10 +51,21 @@ final class EngineLoop: @unchecked Sendable {
     func run() throws(SaliencyError) {
         let cfg = initialConfiguration
         let stateDir = cfg.resolvedStateDirectory
-        try AtomicFile.ensureDirectory(stateDir)
-        let alertLog = try AlertLog(directory: stateDir, maxEntries: cfg.alerts.logMaxEntries)
+        let directory = StateDirectory(path: stateDir)
+        let alertLog: AlertLog
+        var schemaKeys: SchemaKeys?
+        do {
+            try AtomicFile.ensureDirectory(stateDir)
+            try directory.lock()
+            for line in directory.tidy() { logger.warning("state directory: \(line)", metadata: ["state": "\(stateDir)"]) }
+            alertLog = try AlertLog(directory: stateDir, maxEntries: cfg.alerts.logMaxEntries)
+            if cfg.security.curve, !cfg.security.schemaKeysFile.isEmpty { schemaKeys = try SchemaKeys.load(path: cfg.security.schemaKeysFile) }
+        } catch {
+            readyState.withLock { $0 = "failed: \(error.message)" }
+            throw error
+        }
         if let note = alertLog.recoveryNote { logger.warning("\(note)") }
-        let core = DaemonCore(configuration: cfg, alertLog: alertLog, logger: logger, metrics: metrics)
+        let core = DaemonCore(configuration: cfg, alertLog: alertLog, logger: logger, metrics: metrics, schemaKeys: schemaKeys)
         let store = SnapshotStore(directory: stateDir, logger: logger)
         store.restore(into: core)
 
@@ -89,11 +108,15 @@ final class EngineLoop: @unchecked Sendable {
             core.outbox.removeAll(keepingCapacity: true)
         }
         let snapshotCounter = metrics.snapshots, snapshotFailures = metrics.snapshotFailures, log = logger
+        let health = snapshotHealth
         let onSnapshot: @Sendable (Result<String, SaliencyError>) -> Void = { r in
             switch r {
-            case .success: snapshotCounter.increment()
+            case .success:
+                snapshotCounter.increment()
+                health.succeeded()
             case .failure(let e):
                 snapshotFailures.increment()
+                health.failed(e.message)
                 log.error("snapshot failed; learned state since the last snapshot is at risk", metadata: ["error": "\(e.message)"])
             }
         }
@@ -129,7 +152,7 @@ final class EngineLoop: @unchecked Sendable {
                         continue
                     }
                     let arrived = clock.now
-                    core.handleFeed(count: message.count, message: message) { message.frame($0) }
+                    core.handleFeed(count: message.count, message: message, userID: message.property("User-Id")) { message.frame($0) }
                     if !core.outbox.isEmpty {
                         flushOutbox()
                         let d = clock.now - arrived
@@ -147,9 +170,11 @@ final class EngineLoop: @unchecked Sendable {
                             reply = QueryReply.error(code: .badRequest, message: "send exactly one frame holding a JSON object")
                         } else {
                             let admin = !cfg.security.curve || request.property("User-Id").map { adminKeys.contains($0) } == true
-                            reply = core.handleQuery(request.frame(0), admin: admin, snapshot: { snapshotNow(wait: true) }, lastSnapshot: store.lastWritten)
+                            reply = core.handleQuery(request.frame(0), admin: admin, snapshot: { snapshotNow(wait: true) }, lastSnapshot: store.lastWritten,
+                                                     snapshotHealth: snapshotHealth.value)
                         }
-                        _ = try rep.send(reply)
+                        // Never blocks: a peer whose replies pile up past query.max_inflight loses them.
+                        _ = try rep.send(reply, dontWait: true)
                     }
                 } catch let e where e.isTerminated {
                     break loop
@@ -167,8 +192,12 @@ final class EngineLoop: @unchecked Sendable {
                 nextWatchdog = now + w
             }
             if now >= nextStatus || core.statusDirty {
+                if now >= nextStatus {
+                    core.expireIdleModels(now: now)
+                    core.logLimiter.flush(logger, now: now)
+                    core.publishPeriodicMetrics()
+                }
                 notifier.notify("STATUS=\(core.statusLine)")
-                if now >= nextStatus { core.publishPeriodicMetrics() }
                 core.statusDirty = false
                 nextStatus = now + .seconds(5)
             }
@@ -191,9 +220,13 @@ final class EngineLoop: @unchecked Sendable {
         notifier.notify("STOPPING=1\nSTATUS=stopping: writing state")
         logger.notice("stopping: writing final snapshot")
         store.drain()
-        _ = snapshotNow(wait: true)
+        let final = snapshotNow(wait: true)
         alertLog.syncNow()
         zap?.stop()
+        if case .failure(let e) = final {
+            finalSnapshotFailed.store(true, ordering: .releasing)
+            logger.critical("final snapshot failed: learned state since the last good snapshot is lost; exiting non-zero", metadata: ["error": "\(e.message)", "state": "\(stateDir)"])
+        }
         logger.notice("stopped", metadata: ["alert_seq": "\(alertLog.nextSequence - 1)"])
     }
 
@@ -232,6 +265,8 @@ final class EngineLoop: @unchecked Sendable {
         let feed = try step("feed socket \(cfg.feed.endpoint)") { () throws(ZMQError) -> ZMQSocket in
             let s = try context.socket(.sub)
             try secure(s)
+            try s.setAffinity(1)
+            try s.setHandshakeInterval(5000)
             try s.setReceiveHighWaterMark(Int32(clamping: cfg.feed.receiveHighWaterMark))
             try s.setMaxMessageSize(Int64(cfg.feed.maxMessageBytes))
             try s.subscribe(Topic.predictionPrefix)
@@ -242,14 +277,25 @@ final class EngineLoop: @unchecked Sendable {
         let pub = try step("alerts socket \(cfg.alerts.endpoint)") { () throws(ZMQError) -> ZMQSocket in
             let s = try context.socket(.pub)
             try secure(s)
+            try s.setAffinity(2)
+            try s.setHandshakeInterval(5000)
             try s.setSendHighWaterMark(100_000)
+            // Subscribers send only subscriptions: a peer sending more is disconnected.
+            try s.setMaxMessageSize(4096)
             try s.bind(cfg.alerts.endpoint)
             return s
         }
         let rep = try step("query socket \(cfg.query.endpoint)") { () throws(ZMQError) -> ZMQSocket in
             let s = try context.socket(.rep)
             try secure(s)
-            try s.setMaxMessageSize(1 << 20)
+            try s.setAffinity(2)
+            try s.setHandshakeInterval(5000)
+            // Per peer: at most max_inflight requests queued and replies waiting to be read; a
+            // frame larger than a request may be (64 KiB) disconnects the peer unread.
+            try s.setReceiveHighWaterMark(Int32(cfg.query.maxInflight))
+            try s.setSendHighWaterMark(Int32(cfg.query.maxInflight))
+            try s.setMaxMessageSize(Int64(QueryRequest.maxBytes + 1024))
+            try s.setBacklog(256)
             try s.bind(cfg.query.endpoint)
             return s
         }
@@ -276,4 +322,12 @@ final class EngineLoop: @unchecked Sendable {
         }
         return keys
     }
+}
+
+/// Snapshot failures so far and the last reason (the snapshot queue writes, `status` reads).
+final class SnapshotHealth: Sendable {
+    private let state = Mutex<(failures: UInt64, error: String?)>((0, nil))
+    func succeeded() { state.withLock { $0.error = nil } }
+    func failed(_ reason: String) { state.withLock { $0.failures &+= 1; $0.error = reason } }
+    var value: (failures: UInt64, error: String?) { state.withLock { $0 } }
 }

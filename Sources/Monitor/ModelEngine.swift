@@ -22,7 +22,12 @@ final class ModelEngine {
     var recentCount = 0
     /// Rows accepted since the daemon (re)started, for rates.
     var acceptedSinceStart: UInt64 = 0
+    /// When the last accepted row arrived (nil: none since the daemon started) and when the
+    /// model was registered or restored: idle expiry measures from the later of the two.
     var lastArrival: ContinuousClock.Instant?
+    let registeredAt = ContinuousClock.now
+    /// The most memory this model may claim, charged against `limits.max_total_bytes`.
+    private(set) var maximumBytes = 0
     /// Active alerts: filter → record; `nil` key handled separately for the model level.
     var active: [Int: AlertRecord] = [:]
     var modelAlert: AlertRecord?
@@ -31,10 +36,14 @@ final class ModelEngine {
     /// Layer index per filter (hot path: per-layer counting of extremes).
     let layerOf: [UInt16]
 
-    convenience init(schema: ModelSchema, pot: POTConfiguration, budget: AlertBudget, safetyFactor: Double, modelBurnIn: Int = 10_000, recentRows: Int) throws(SaliencyError) {
+    convenience init(schema: ModelSchema, pot: POTConfiguration, budget: AlertBudget, safetyFactor: Double, modelBurnIn: Int = 10_000, recentRows: Int,
+                     rule designed: AlertRule? = nil) throws(SaliencyError) {
         let bank = try FilterBank(filterCount: schema.filterCount, configuration: pot)
-        let rule = try AlertRule.design(filters: schema.filterCount, q: pot.q, budget: budget, safetyFactor: safetyFactor,
+        let rule: AlertRule
+        if let designed { rule = designed } else {
+            rule = try AlertRule.design(filters: schema.filterCount, q: pot.q, budget: budget, safetyFactor: safetyFactor,
                                         model: ModelShiftRule(burnIn: modelBurnIn))
+        }
         try self.init(schema: schema, bank: bank, tracker: AlertTracker(filterCount: schema.filterCount, rule: rule), recentRows: recentRows)
     }
 
@@ -52,7 +61,26 @@ final class ModelEngine {
             for j in schema.offsets[l]..<schema.offsets[l + 1] { layerOf[j] = UInt16(l) }
         }
         self.layerOf = layerOf
-        events.reserveCapacity(1024)
+        events.reserveCapacity(64)
+        self.maximumBytes = Self.windowAndAlertBytes(filters: schema.filterCount, layers: schema.layers.count, recentRows: recentRows)
+            + (FilterBank.maximumBytes(filterCount: schema.filterCount, configuration: bank.configuration) ?? 0)
+    }
+
+    /// Upper bound of the alert tracker's fire count (`AlertRule.design`'s `maxFireCount`).
+    static let maxFireCount = 16
+
+    /// Bytes besides the FilterBank: the recent-rows window (`recentRows × K` floats, whether
+    /// retained frames or copies), the layer index, the alert tracker (`8·K·c + 9·K`, c ≤ 16).
+    static func windowAndAlertBytes(filters k: Int, layers: Int, recentRows: Int) -> Int {
+        k * (recentRows * 4 + 2 + 8 * maxFireCount + 9) + layers * 64 + recentRows * 128 + 16_384
+    }
+
+    /// The most memory a model of `schema` can claim under `configuration` (nil: overflows),
+    /// computed before anything is allocated (admission control, docs/security.md).
+    static func maximumBytes(schema: ModelSchema, configuration: DaemonConfiguration) -> Int? {
+        guard let bank = FilterBank.maximumBytes(filterCount: schema.filterCount, configuration: configuration.pot) else { return nil }
+        let (t, o) = bank.addingReportingOverflow(windowAndAlertBytes(filters: schema.filterCount, layers: schema.layers.count, recentRows: configuration.monitor.recentRows))
+        return o ? nil : t
     }
 
     deinit { copies?.deallocate() }

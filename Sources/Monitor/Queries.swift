@@ -14,7 +14,11 @@ extension DaemonCore {
         var rows: UInt64; var rows_since_start: UInt64; var rate_per_s: Double
         var firing: Int; var model_alert: Bool; var refits: UInt64; var due: Int
         var alert_rule: RuleInfo; var rejected_rows: [String: UInt64]
+        /// Extreme exceedances of the (at most 32) layers with the most, and the sum of the rest.
         var extremes_by_layer: [String: UInt64]
+        var extremes_other_layers: UInt64
+        /// The most memory this model may claim (its charge against limits.max_total_bytes).
+        var max_bytes: Int
         /// Ring sampling stride m (every m-th peak enters a filter's ring; docs/statistics.md).
         var peak_stride: Int
         /// Upper bound on rows between a filter becoming due and its refit (nil: idle refits only).
@@ -30,7 +34,25 @@ extension DaemonCore {
         var kernels: String
         /// Arrival of an alert-triggering prediction → its alerts sent on PUB, µs (last ≤ 4096 such messages).
         var alert_latency_us: [String: Double]
+        /// Producers tracked (≤ limits.max_producers); `producers` lists the 32 most recently seen.
+        var producer_count: Int
+        var limits: LimitsStatus
+        var persistence: PersistenceStatus
+        /// Log lines suppressed by the per-kind rate limit (monitor.log_burst).
+        var log_suppressed: UInt64
+        var models_expired: UInt64
     }
+    struct LimitsStatus: Codable {
+        var admitted_bytes: Int; var max_total_bytes: Int; var max_model_bytes: Int; var max_models: Int
+        var max_layers: Int; var max_producers: Int
+    }
+    struct PersistenceStatus: Codable {
+        var alert_log_failures: UInt64; var alert_log_error: String?
+        var snapshot_failures: UInt64; var snapshot_error: String?
+    }
+    /// Producers listed by `status` (the rest are counted in `producer_count`).
+    static let statusProducers = 32
+    static let statusLayers = 32
     struct RecentScore: Codable { var value: Double; var score: Double; var p: Double; var zscore: Double }
     struct FilterReply: Codable {
         var ok = true; var model: String; var filter: Int; var layer: String; var channel: Int
@@ -43,7 +65,17 @@ extension DaemonCore {
     static let version = "0.1.0"
 
     /// Handles one request. `admin`: whether the client may change state (CURVE admin list, or no CURVE).
-    func handleQuery(_ raw: UnsafeRawBufferPointer, admin: Bool, snapshot: () -> Result<String, SaliencyError>, lastSnapshot: String?) -> [UInt8] {
+    func handleQuery(_ raw: UnsafeRawBufferPointer, admin: Bool, snapshot: () -> Result<String, SaliencyError>, lastSnapshot: String?,
+                     snapshotHealth: (failures: UInt64, error: String?) = (0, nil)) -> [UInt8] {
+        let reply = answer(raw, admin: admin, snapshot: snapshot, lastSnapshot: lastSnapshot, snapshotHealth: snapshotHealth)
+        guard reply.count <= configuration.query.maxReplyBytes else {
+            return QueryReply.error(code: .tooLarge, message: "the reply would be \(reply.count) bytes; query.max_reply_bytes = \(configuration.query.maxReplyBytes) (ask for less: a smaller k, or alerts with since)")
+        }
+        return reply
+    }
+
+    private func answer(_ raw: UnsafeRawBufferPointer, admin: Bool, snapshot: () -> Result<String, SaliencyError>, lastSnapshot: String?,
+                        snapshotHealth: (failures: UInt64, error: String?)) -> [UInt8] {
         queries &+= 1
         let request: QueryRequest
         do {
@@ -59,7 +91,7 @@ extension DaemonCore {
         do {
             switch request {
             case .status:
-                return try encode(status(lastSnapshot: lastSnapshot))
+                return try encode(status(lastSnapshot: lastSnapshot, snapshotHealth: snapshotHealth))
             case .top(let model, let k, let by, let window):
                 return try encode(top(model: model, k: k, by: by, window: window))
             case .filter(let model, let selector):
@@ -73,8 +105,7 @@ extension DaemonCore {
                 }
             case .reset(let model):
                 guard let fp = byName[model], let e = engines[fp] else { throw SaliencyError(.notFound, "no model '\(model)'; status lists the models") }
-                engines[fp] = nil
-                byName[model] = nil
+                remove(fp)
                 logger.warning("model state reset by query; it recalibrates when its schema arrives again", metadata: ["model": "\(model)", "rows_forgotten": "\(e.bank.rows)"])
                 statusDirty = true
                 return Array("{\"ok\":true,\"reset\":\(jsonString(model))}".utf8)
@@ -94,7 +125,7 @@ extension DaemonCore {
         return e
     }
 
-    func status(lastSnapshot: String?) -> StatusReply {
+    func status(lastSnapshot: String?, snapshotHealth: (failures: UInt64, error: String?) = (0, nil)) -> StatusReply {
         let uptime = ContinuousClock.now - startedAt
         let secs = Double(uptime.components.seconds) + Double(uptime.components.attoseconds) * 1e-18
         let models = engines.values.sorted { $0.schema.model < $1.schema.model }.map { e -> ModelStatus in
@@ -103,7 +134,11 @@ extension DaemonCore {
             case .monitoring: ("monitoring", configuration.pot.calibration, configuration.pot.calibration)
             }
             var byLayer: [String: UInt64] = [:]
-            for (i, l) in e.schema.layers.enumerated() where e.layerExtremes[i] > 0 { byLayer[l.name] = e.layerExtremes[i] }
+            var other: UInt64 = 0
+            let ranked = e.layerExtremes.indices.filter { e.layerExtremes[$0] > 0 }.sorted { e.layerExtremes[$0] > e.layerExtremes[$1] }
+            for (r, i) in ranked.enumerated() {
+                if r < Self.statusLayers { byLayer[e.schema.layers[i].name] = e.layerExtremes[i] } else { other &+= e.layerExtremes[i] }
+            }
             return ModelStatus(
                 model: e.schema.model, fingerprint: SchemaMessage.hex(e.fingerprint), filters: e.filterCount, layers: e.schema.layers.count,
                 phase: phase, calibration_seen: seen, calibration_total: total, rows: e.bank.rows, rows_since_start: e.acceptedSinceStart,
@@ -111,9 +146,9 @@ extension DaemonCore {
                 refits: e.bank.refitCount, due: e.bank.isCalibrated ? e.bank.dueCount : 0,
                 alert_rule: RuleInfo(window: e.tracker.rule.window, fire_count: e.tracker.rule.fireCount, resolve_below: e.tracker.rule.resolveBelow),
                 rejected_rows: Dictionary(uniqueKeysWithValues: e.bank.rejected.map { ($0.key.rawValue, $0.value) }),
-                extremes_by_layer: byLayer, peak_stride: e.bank.peakStride, max_refit_lag_rows: e.bank.maxRefitLagRows)
+                extremes_by_layer: byLayer, extremes_other_layers: other, max_bytes: e.maximumBytes, peak_stride: e.bank.peakStride, max_refit_lag_rows: e.bank.maxRefitLagRows)
         }
-        let prods = producers.sorted { $0.key < $1.key }.map { id, p in
+        let prods = producers.sorted { $0.value.lastSeen > $1.value.lastSeen }.prefix(Self.statusProducers).map { id, p in
             ProducerStatus(producer: String(id, radix: 16), model: p.model, received: p.received, gaps: p.gaps, reordered: p.reordered, last_sequence: p.lastSequence)
         }
         return StatusReply(version: Self.version, uptime_s: secs, models: models, rejected: rejected, gaps: gapsTotal, producers: prods,
@@ -121,7 +156,14 @@ extension DaemonCore {
                            alert_seq: alertLog.nextSequence - 1, queries: queries,
                            state_directory: configuration.resolvedStateDirectory, last_snapshot: lastSnapshot,
                            kernels: FilterBank.kernelISA,
-                           alert_latency_us: latencySummary())
+                           alert_latency_us: latencySummary(),
+                           producer_count: producers.count,
+                           limits: LimitsStatus(admitted_bytes: admittedBytes, max_total_bytes: configuration.limits.maxTotalBytes,
+                                                max_model_bytes: configuration.limits.maxModelBytes, max_models: configuration.monitor.maxModels,
+                                                max_layers: configuration.limits.maxLayers, max_producers: configuration.limits.maxProducers),
+                           persistence: PersistenceStatus(alert_log_failures: alertLog.failures, alert_log_error: alertLog.lastError,
+                                                          snapshot_failures: snapshotHealth.failures, snapshot_error: snapshotHealth.error),
+                           log_suppressed: logLimiter.suppressedTotal, models_expired: modelsExpired)
     }
 
     func latencySummary() -> [String: Double] {
@@ -183,18 +225,32 @@ extension DaemonCore {
                            recent: recent)
     }
 
+    /// Alerts since `since` (or the active ones), at most `query.max_reply_bytes` of them: a cut
+    /// reply says `"truncated": true` and the client asks again with `since` = the last seq it got.
     func alerts(since: UInt64?, active: Bool) throws -> [UInt8] {
+        let budget = configuration.query.maxReplyBytes - 256
         var out = Array("{\"ok\":true,\"last_seq\":\(alertLog.nextSequence - 1),".utf8)
+        var items: [[UInt8]]
+        var truncated = false
         if active {
             let recs = engines.values.flatMap { Array($0.active.values) + ($0.modelAlert.map { [$0] } ?? []) }.sorted { $0.seq < $1.seq }
-            out += Array("\"alerts\":".utf8)
-            out += try Self.encoder.encode(recs)
-            out += Array("}".utf8)
-            return out
+            items = []
+            var bytes = 0
+            for r in recs {
+                let j = r.json()
+                if bytes + j.count + 1 > budget { truncated = true; break }
+                bytes += j.count + 1
+                items.append(j)
+            }
+        } else {
+            let (entries, oldest) = alertLog.entries(since: since ?? 0, limit: 10_000, maxBytes: budget)
+            items = entries
+            out += Array("\"oldest_retained\":\(oldest),".utf8)
+            if let last = entries.last, let seq = AlertLog.decodeLine(last[...]), seq < alertLog.lastRetained { truncated = true }
         }
-        let (entries, oldest) = alertLog.entries(since: since ?? 0, limit: 10_000)
-        out += Array("\"oldest_retained\":\(oldest),\"alerts\":[".utf8)
-        for (i, e) in entries.enumerated() {
+        if truncated { out += Array("\"truncated\":true,".utf8) }
+        out += Array("\"alerts\":[".utf8)
+        for (i, e) in items.enumerated() {
             if i > 0 { out.append(UInt8(ascii: ",")) }
             out += e
         }

@@ -41,7 +41,9 @@ final class SnapshotStore {
     static func encode(_ core: DaemonCore) throws -> [UInt8] {
         let json = JSONEncoder()
         json.nonConformingFloatEncodingStrategy = .convertToString(positiveInfinity: "inf", negativeInfinity: "-inf", nan: "nan")
-        let engines = core.engines.values.sorted { $0.schema.model < $1.schema.model }
+        // A model that never accepted a row has learned nothing: its schema is re-sent by its
+        // producer, so it is not written (junk schemas do not survive restarts).
+        let engines = core.engines.values.filter { $0.bank.rows > 0 }.sorted { $0.schema.model < $1.schema.model }
         var w = ByteWriter(capacity: engines.reduce(1 << 16) { $0 + $1.bank.serializedSizeBound + 192 * $1.filterCount })   // + tracker JSON (~120 B per filter measured)
         // Header: magic, version, payload length and checksum (patched once the payload is written).
         for b in magic { w.write(b) }
@@ -50,7 +52,7 @@ final class SnapshotStore {
         w.write(UInt64(0))
         w.write(UInt64(0))
         let payloadStart = w.count
-        w.write(blob: [UInt8](try json.encode(Header(created: AlertRecord.now(), next_alert_seq: core.alertLog.nextSequence, models: core.engines.count))))
+        w.write(blob: [UInt8](try json.encode(Header(created: AlertRecord.now(), next_alert_seq: core.alertLog.nextSequence, models: engines.count))))
         w.write(UInt32(engines.count))
         for e in engines {
             w.write(blob: SchemaMessage.encode(e.schema))
@@ -79,6 +81,12 @@ final class SnapshotStore {
     }
 
     /// Decodes and checks a snapshot against the running configuration. Throws with the reason.
+    ///
+    /// A valid checksum proves only that the file is what some writer wrote: every value is also
+    /// checked for meaning (schemas by the schema rules, the bank and tracker by their own
+    /// invariants, every alert's filter index and layer against its model, the alert seq, the
+    /// producer and rejection tables against their bounds), so a crafted file cannot raise
+    /// phantom alerts or make a later query trap.
     static func decode(_ bytes: [UInt8], configuration: DaemonConfiguration, acceptStoredSettings: Bool = false) throws(SaliencyError) -> Restored {
         func bad(_ m: String) -> SaliencyError { SaliencyError(.corruptState, m) }
         var r = ByteReader(bytes)
@@ -101,8 +109,10 @@ final class SnapshotStore {
         }
         let header = try decodeJSON(Header.self, "header")
         let count = try p.read(UInt32.self, "model count")
-        guard count <= 4096 else { throw bad("\(count) models") }
+        guard count <= 4096, header.models == Int(count) else { throw bad("\(count) models (header says \(header.models))") }
+        guard header.next_alert_seq >= 1, header.next_alert_seq <= AlertLog.maxSequence else { throw bad("next alert seq \(header.next_alert_seq) out of range") }
         var engines: [ModelEngine] = []
+        var fingerprints = Set<UInt64>()
         for _ in 0..<count {
             let schema = try SchemaMessage.decode(try p.readBlob("schema"))
             let bankBytes = try p.readBlob("filter bank")
@@ -114,6 +124,26 @@ final class SnapshotStore {
             guard bank.filterCount == schema.filterCount else { throw bad("model '\(schema.model)': bank has \(bank.filterCount) filters, schema \(schema.filterCount)") }
             let tracker = try AlertTracker(state: trackerState)
             guard tracker.filterCount == schema.filterCount, layerExtremes.count == schema.layers.count else { throw bad("model '\(schema.model)': alert state does not match the schema") }
+            guard fingerprints.insert(schema.fingerprint).inserted else { throw bad("model '\(schema.model)' appears twice") }
+            // Every active alert must name a filter of this model that its tracker has firing,
+            // with that filter's layer and channel; and the tracker's firing set must be exactly
+            // the active alerts (else an alert could never resolve, or resolve without one).
+            var seen = Set<Int>()
+            for a in active {
+                guard let f = a.filter, f >= 0, f < schema.filterCount else { throw bad("model '\(schema.model)': active alert names filter \(a.filter.map(String.init) ?? "none") outside 0..<\(schema.filterCount)") }
+                let (l, c) = schema.locate(f)
+                guard seen.insert(f).inserted, tracker.isFiring(f), a.model == schema.model, a.layer == schema.layers[l].name, a.channel == c,
+                      a.seq >= 1, a.seq < header.next_alert_seq else {
+                    throw bad("model '\(schema.model)': active alert for filter \(f) does not match the model's alert state")
+                }
+            }
+            guard seen.count == tracker.firingCount else { throw bad("model '\(schema.model)': \(tracker.firingCount) firing filters but \(seen.count) active alerts") }
+            guard modelAlert.count <= 1, modelAlert.allSatisfy({ $0.filter == nil && $0.model == schema.model && $0.seq >= 1 && $0.seq < header.next_alert_seq }) else {
+                throw bad("model '\(schema.model)': model-level alert state is inconsistent")
+            }
+            guard bank.isCalibrated || (active.isEmpty && modelAlert.isEmpty && layerExtremes.allSatisfy { $0 == 0 }) else {
+                throw bad("model '\(schema.model)': alerts or extremes recorded while still calibrating")
+            }
             let e = try ModelEngine(schema: schema, bank: bank, tracker: tracker, recentRows: configuration.monitor.recentRows)
             for a in active { if let f = a.filter { e.active[f] = a } }
             e.modelAlert = modelAlert.first
@@ -124,8 +154,15 @@ final class SnapshotStore {
         let rejected = try decodeJSON([String: UInt64].self, "rejections")
         let gaps = try p.read(UInt64.self, "gaps")
         guard p.remaining == 0 else { throw bad("\(p.remaining) trailing bytes") }
+        guard prods.count <= 1_000_000, Set(prods.map(\.id)).count == prods.count else { throw bad("producer table of \(prods.count) entries is invalid") }
+        guard rejected.count <= 64, rejected.keys.allSatisfy({ !$0.isEmpty && $0.utf8.count <= 64 && $0.utf8.allSatisfy { $0 == UInt8(ascii: "_") || ($0 >= 0x61 && $0 <= 0x7A) } }) else {
+            throw bad("rejection table holds unknown reasons")
+        }
         var producers: [UInt64: DaemonCore.Producer] = [:]
-        for x in prods { producers[x.id] = .init(model: x.model, lastSequence: x.last, gaps: x.gaps, reordered: x.reordered, received: x.received) }
+        // Most recently active first survive a smaller limits.max_producers.
+        for (i, x) in prods.sorted(by: { $0.received > $1.received }).enumerated() where i < configuration.limits.maxProducers {
+            producers[x.id] = .init(model: x.model, lastSequence: x.last, gaps: x.gaps, reordered: x.reordered, received: x.received)
+        }
         return Restored(engines: engines, producers: producers, rejected: rejected, gaps: gaps, nextAlertSeq: header.next_alert_seq)
     }
 
@@ -148,7 +185,7 @@ final class SnapshotStore {
         } catch {
             let e = SaliencyError(.io, "\(error)"); completion(.failure(e)); return .failure(e)
         }
-        let models = core.engines.count
+        let models = core.engines.values.reduce(0) { $0 + ($1.bank.rows > 0 ? 1 : 0) }
         let job: @Sendable () -> Result<String, SaliencyError> = { [directory, currentPath, previousPath, logger, state] in
             let r = Self.persist(bytes, directory: directory, current: currentPath, previous: previousPath)
             if case .success = r {
@@ -202,7 +239,7 @@ final class SnapshotStore {
             do {
                 let r = try Self.decode([UInt8](data), configuration: core.configuration)
                 for e in r.engines {
-                    core.engines[e.fingerprint] = e
+                    core.admit(e)
                     core.byName[e.schema.model] = e.fingerprint
                 }
                 core.producers = r.producers

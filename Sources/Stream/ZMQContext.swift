@@ -24,6 +24,12 @@ public final class ZMQContext: @unchecked Sendable {
         self.raw = raw
     }
 
+    /// Creates a context with `ioThreads` I/O threads (`ZMQ_IO_THREADS`, set before any socket).
+    public convenience init(ioThreads: Int32) throws(ZMQError) {
+        try self.init()
+        guard zmq_ctx_set(raw, ZMQ_IO_THREADS, ioThreads) == 0 else { throw ZMQError(errno: zmq_errno(), function: "ZMQContext.init(ioThreads:)") }
+    }
+
     /// Makes every blocking call of every socket in this context return `ETERM`, now and later.
     /// Non-blocking; idempotent; callable from any thread (e.g. a graceful-shutdown handler).
     public func shutdown() {

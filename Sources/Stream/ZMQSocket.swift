@@ -133,6 +133,27 @@ public struct ZMQSocket: ~Copyable {
         try zmqCheck("ZMQSocket.setMaxMessageSize") { ZMQ.setsockopt(handle, ZMQ_MAXMSGSIZE, &v, MemoryLayout<Int64>.size) }
     }
 
+    /// `ZMQ_AFFINITY`: which of the context's I/O threads (bit mask) serve this socket's
+    /// connections (set before bind/connect). The daemon keeps the feed and the query socket on
+    /// different I/O threads, so a flood of connections on one cannot stall the other.
+    public func setAffinity(_ mask: UInt64) throws(ZMQError) {
+        var v = mask
+        try zmqCheck("ZMQSocket.setAffinity") { ZMQ.setsockopt(handle, ZMQ_AFFINITY, &v, MemoryLayout<UInt64>.size) }
+    }
+
+    /// `ZMQ_HANDSHAKE_IVL`: a peer that has not completed the ZMTP handshake within this many ms
+    /// is disconnected (libzmq's default is 30 s; garbage-sending peers should not linger).
+    public func setHandshakeInterval(_ milliseconds: Int32) throws(ZMQError) { try setInt(ZMQ_HANDSHAKE_IVL, milliseconds) }
+
+    /// `ZMQ_BACKLOG`: the listen(2) backlog for bound TCP endpoints.
+    public func setBacklog(_ connections: Int32) throws(ZMQError) { try setInt(ZMQ_BACKLOG, connections) }
+
+    /// `ZMQ_SNDBUF` / `ZMQ_RCVBUF`: kernel socket buffer sizes in bytes (−1 = OS default).
+    public func setKernelBuffers(send: Int32, receive: Int32) throws(ZMQError) {
+        try setInt(ZMQ_SNDBUF, send)
+        try setInt(ZMQ_RCVBUF, receive)
+    }
+
     /// `ZMQ_SUBSCRIBE` (SUB): receive messages whose first frame starts with `prefix` (empty = all).
     public func subscribe(_ prefix: some Collection<UInt8>) throws(ZMQError) { try setBytes(ZMQ_SUBSCRIBE, prefix) }
     /// `ZMQ_SUBSCRIBE` with a UTF-8 string prefix.

@@ -71,12 +71,13 @@ const char *saliency_kernels_isa(void);
 /// -1 if the request cannot be honoured (AVX2 unavailable is not an error: best = baseline).
 int saliency_kernels_force(int variant);
 
-/// Allocates `bytes` (zero-filled) aligned to 2 MiB and asks the kernel to back them with
-/// transparent huge pages (madvise MADV_HUGEPAGE, Linux; a hint only). For the FilterBank's large
-/// columns: random accesses into a 26 MiB ring then miss the TLB far less. NULL on failure.
-/// Free with `saliency_free_huge`.
+/// Allocates `bytes` of zero-filled anonymous memory (Linux: mmap, so pages are claimed only when
+/// first written) and, for 2 MiB or more, asks the kernel to back them with transparent huge
+/// pages (madvise MADV_HUGEPAGE; a hint only). For the FilterBank's large columns: random accesses
+/// into a 26 MiB ring then miss the TLB far less. NULL on failure. Free with `saliency_free_huge`
+/// and the same `bytes`.
 void *saliency_alloc_huge(size_t bytes);
-void saliency_free_huge(void *p);
+void saliency_free_huge(void *p, size_t bytes);
 
 /// Pins the calling thread to the CPU it is running on (Linux); returns that CPU, or -1. For
 /// single-core measurements (`saliencyctl bench`): a thread migrated between CPUs loses its

@@ -1,0 +1,45 @@
+import Foundation
+import SaliencyCore
+import SaliencyStream
+
+/// Which CURVE client keys may announce which models (`security.schema_keys_file`,
+/// docs/security.md). One line per key: the client's Z85 public key, then the model names it may
+/// announce, or `*` for any; `#` starts a comment. A schema from a key not listed, or for a model
+/// its line does not name, is refused (`forbidden_schema`). Predictions need no entry: they only
+/// reach models whose schema was admitted.
+struct SchemaKeys: Sendable, Hashable {
+    private var models: [String: Set<String>] = [:]
+
+    init(lines: [String: Set<String>]) { models = lines }
+
+    static func load(path: String) throws(SaliencyError) -> SchemaKeys {
+        guard let d = FileManager.default.contents(atPath: path) else {
+            throw SaliencyError(.invalidConfiguration, "cannot read security.schema_keys_file '\(path)'")
+        }
+        guard !d.contains(0), let text = String(data: d, encoding: .utf8) else {
+            throw SaliencyError(.invalidConfiguration, "'\(path)' is not UTF-8 text")
+        }
+        var out: [String: Set<String>] = [:]
+        for (i, raw) in text.split(separator: "\n", omittingEmptySubsequences: false).enumerated() {
+            let line = raw.split(separator: "#", maxSplits: 1, omittingEmptySubsequences: false).first.map(String.init) ?? ""
+            let words = line.split(whereSeparator: { $0 == " " || $0 == "\t" || $0 == "\r" }).map(String.init)
+            guard let key = words.first else { continue }
+            guard Z85.isKey(key) else {
+                throw SaliencyError(.invalidConfiguration, "'\(path)' line \(i + 1): '\(key.prefix(48))' is not a 40-character Z85 public key")
+            }
+            guard words.count >= 2 else {
+                throw SaliencyError(.invalidConfiguration, "'\(path)' line \(i + 1): name the models this key may announce, or * for any")
+            }
+            out[key, default: []].formUnion(words.dropFirst())
+        }
+        return SchemaKeys(lines: out)
+    }
+
+    /// Whether `key` (the ZAP user id of the sender; nil without one) may announce `model`.
+    func allows(key: String?, model: String) -> Bool {
+        guard let key, let names = models[key] else { return false }
+        return names.contains("*") || names.contains(model)
+    }
+
+    var keyCount: Int { models.count }
+}
