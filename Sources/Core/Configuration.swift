@@ -70,7 +70,7 @@ public struct POTConfiguration: Sendable, Hashable, Codable {
         guard maxPeaks >= 8, maxPeaks <= 65_536 else { throw bad("max_peaks must be in 8...65536, got \(maxPeaks)") }
         guard minPeaks >= 3, minPeaks <= maxPeaks else { throw bad("min_peaks must be in 3...max_peaks, got \(minPeaks)") }
         guard refitAfterPeaks >= 1, refitAfterPeaks <= 1 << 20 else { throw bad("refit_after_peaks must be in 1...1048576, got \(refitAfterPeaks)") }
-        guard refitsPerRow >= 0, refitsPerRow <= 1024 else { throw bad("refits_per_row must be in 0...1024, got \(refitsPerRow)") }
+        guard refitsPerRow >= 0, refitsPerRow <= 1e6 else { throw bad("refits_per_row must be in 0...1e6, got \(refitsPerRow)") }
         guard driftWindow >= 0, driftWindow <= 100_000 else { throw bad("drift_window must be in 0...100000, got \(driftWindow)") }
         if driftWindow > 0 {
             // DSPOT seeds the drift windows with the first d calibration rows and calibrates on the rest.

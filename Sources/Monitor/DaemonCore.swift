@@ -238,10 +238,16 @@ final class DaemonCore {
             return reject("topic_mismatch", "topic says model '\(model)' but the fingerprint belongs to '\(engine.schema.model)'")
         }
         if let why = PayloadCheck.validate(payload, expectedCount: engine.filterCount) {
+            // A rejected row is not a row lost upstream: it advances its producer's sequence, but
+            // only when it is exactly the next one, so a forged frame (any id, any sequence
+            // number) can neither register a producer nor move one's sequence state.
+            if var p = producers[header.producerID], header.sequence == p.lastSequence &+ 1 {
+                p.lastSequence = header.sequence
+                producers[header.producerID] = p
+            }
             return reject(why.rawValue, "prediction \(header.sequence) from producer \(String(header.producerID, radix: 16)) for '\(model)': \(why.rawValue) (payload \(payload.count) bytes, expected \(4 * engine.filterCount) finite non-negative float32)")
         }
-        // Bookkeeping only for rows that are scored: a rejected forged frame never moves a
-        // producer's sequence state.
+        // Bookkeeping for rows that are scored (rejected ones: above).
         trackSequence(header, model: model)
         let started = ContinuousClock.now
         engine.lastArrival = started

@@ -14,12 +14,13 @@ struct Harness {
     var header: PredictionHeader
     var rng: SplitMix64
 
-    init(seed: UInt64 = 1, calibration: Int = 200, filters: [Int] = [8, 12, 4]) throws {
+    init(seed: UInt64 = 1, calibration: Int = 200, filters: [Int] = [8, 12, 4], configure: (inout DaemonConfiguration) -> Void = { _ in }) throws {
         dir = NSTemporaryDirectory() + "saliencyd-core-\(UInt64.random(in: 0...UInt64.max))"
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         var cfg = DaemonConfiguration()
         cfg.state.directory = dir
         cfg.pot.calibration = calibration
+        configure(&cfg)
         var logger = Logger(label: "test")
         logger.logLevel = .critical
         core = DaemonCore(configuration: cfg, alertLog: try AlertLog(directory: dir, maxEntries: 1000), logger: logger, metrics: DaemonMetrics())
