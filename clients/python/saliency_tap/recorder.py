@@ -13,7 +13,7 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
-from .saliency import SaliencyBatch
+from .batch import SaliencyBatch
 from .schema import filter_count, schema_fingerprint
 
 

@@ -1,29 +1,128 @@
-"""Model schema (protocol.md §1): conv layers in parameter order and their FNV-1a fingerprint."""
+"""Model schema (protocol.md §1): monitored layers in parameter order and their FNV-1a fingerprint."""
 from __future__ import annotations
 
 import json
 from typing import Dict, List, Optional, Sequence, Tuple
 
-import torch
-from torch import nn
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # torch is needed only to derive schemas from models, not to publish or query
+    import torch
+    from torch import nn
 
 FNV_OFFSET = 0xCBF29CE484222325
 FNV_PRIME = 0x100000001B3
 _MASK64 = 0xFFFFFFFFFFFFFFFF
 
 
-def conv_weights(model: nn.Module) -> List[Tuple[str, torch.Tensor]]:
-    """The 4-D conv weights of `model` in `named_parameters()` order, as (parameter name, tensor).
+UNIT_KINDS = ("conv", "conv2d", "linear")
 
-    A filter is W[j, :, :, :] (method.md §1). Only `nn.Conv2d` weights count (1x1 downsample convs
-    included); biases, BatchNorm, Linear and transposed convs (whose first axis is not the output
-    channel) do not. Parameters shared between modules are listed once, like named_parameters().
+
+def _wrapped_inner(m):
+    """The module a wrapper forwards to (torch.compile's OptimizedModule, DataParallel, DDP), else None."""
+    inner = getattr(m, "_orig_mod", None)
+    if inner is not None and type(m).__name__ == "OptimizedModule":
+        return inner
+    try:
+        from torch import nn
+    except ImportError:  # pragma: no cover
+        return None
+    if isinstance(m, nn.DataParallel):
+        return m.module
+    ddp = getattr(getattr(nn, "parallel", None), "DistributedDataParallel", None)
+    if ddp is not None and isinstance(m, ddp):
+        return m.module
+    return None
+
+
+def unwrap_model(model):
+    """The model under torch.compile / DataParallel / DistributedDataParallel wrappers (any depth)."""
+    while True:
+        inner = _wrapped_inner(model)
+        if inner is None:
+            return model
+        model = inner
+
+
+def named_modules_unwrapped(model) -> List[Tuple[str, "nn.Module"]]:
+    """Like `model.named_modules()` (same order, each module once), but wrappers are transparent at
+    every depth: a compiled or DataParallel submodule contributes its inner module's names, without
+    the `_orig_mod.` / `module.` segment. So names do not change when a model is wrapped."""
+    out: List[Tuple[str, "nn.Module"]] = []
+    seen = set()
+
+    def walk(m, prefix: str) -> None:
+        m = unwrap_model(m)
+        if id(m) in seen:
+            return
+        seen.add(id(m))
+        out.append((prefix, m))
+        for name, child in m._modules.items():
+            if child is not None:
+                walk(child, f"{prefix}.{name}" if prefix else name)
+
+    walk(model, "")
+    return out
+
+
+def _unit_kind(m, units: Sequence[str]) -> Optional[str]:
+    from torch import nn
+    if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+        if "conv" in units or ("conv2d" in units and isinstance(m, nn.Conv2d)):
+            return "conv"
+        return None
+    if isinstance(m, nn.Linear) and "linear" in units:
+        return "linear"
+    return None
+
+
+def _check_units(units: Sequence[str]) -> Tuple[str, ...]:
+    if isinstance(units, str):
+        units = (units,)
+    units = tuple(units)
+    bad = [u for u in units if u not in UNIT_KINDS]
+    if bad or not units:
+        raise ValueError(f"units must be a non-empty subset of {UNIT_KINDS}, got {units!r}")
+    return units
+
+
+def monitored_units(model, units: Sequence[str] = ("conv",)) -> List[Tuple[str, "torch.Tensor", List]]:
+    """The monitored weights of `model`, in `named_parameters()` order, as (parameter name, weight,
+    [modules using it]).
+
+    A filter is one output unit of a weight: W[j, ...] (method.md §1). units:
+      "conv"    every nn.Conv1d / nn.Conv2d / nn.Conv3d weight (default; transposed convs excluded,
+                their first axis is not the output channel);
+      "conv2d"  nn.Conv2d only (saliency-tap 0.1's set);
+      "linear"  rows of nn.Linear weights (MLP heads, transformer projections), off by default.
+    Names ignore torch.compile / DataParallel / DDP wrappers. A weight shared by several modules is
+    listed once (like named_parameters()); its per-sample gradient sums over all its uses.
     """
-    conv_param_ids = set()
-    for m in model.modules():
-        if isinstance(m, nn.Conv2d) and m.weight is not None and m.weight.dim() == 4:
-            conv_param_ids.add(id(m.weight))
-    return [(n, p) for n, p in model.named_parameters() if id(p) in conv_param_ids]
+    units = _check_units(units)
+    users: Dict[int, List] = {}
+    for _, m in named_modules_unwrapped(model):
+        w = m._parameters.get("weight") if hasattr(m, "_parameters") else None
+        if w is not None and _unit_kind(m, units) is not None:
+            users.setdefault(id(w), []).append(m)
+    out = []
+    seen = set()
+    for mname, m in named_modules_unwrapped(model):
+        for pname, p in m._parameters.items():
+            if p is None or id(p) in seen:
+                continue
+            seen.add(id(p))
+            if id(p) in users:
+                out.append((f"{mname}.{pname}" if mname else pname, p, users[id(p)]))
+    return out
+
+
+def conv_weights(model, units: Sequence[str] = ("conv",)) -> List[Tuple[str, "torch.Tensor"]]:
+    """The monitored weights of `model` as (parameter name, tensor), in `named_parameters()` order.
+
+    Default: every nn.Conv1d/2d/3d weight (1x1 downsample convs included); biases, BatchNorm, Linear
+    and transposed convs are not filters. See `monitored_units` for `units` and wrapper handling.
+    """
+    return [(n, w) for n, w, _ in monitored_units(model, units)]
 
 
 def _layer_name(param_name: str) -> str:
@@ -38,16 +137,20 @@ def validate_model_name(name: str) -> None:
         raise ValueError(f"model name {name!r} must be printable ASCII without spaces or dots (it is part of ZeroMQ topics)")
 
 
-def schema_from_model(model: nn.Module, name: str, depths: Optional[Sequence[int]] = None) -> Dict:
+def schema_from_model(model, name: str, depths: Optional[Sequence[int]] = None,
+                      units: Sequence[str] = ("conv",)) -> Dict:
     """The protocol schema of `model`: {"model", "layers": [{"name", "filters", "depth"}], "fingerprint"}.
 
-    Layer names are the conv weight's parameter name without ".weight" (e.g. "layer1.0.conv1").
-    `depth` defaults to the layer's position; pass `depths` to group layers (e.g. by ResNet stage).
+    Layer names are the weight's parameter name without ".weight" (e.g. "layer1.0.conv1"), the same
+    whether or not the model is wrapped by torch.compile, DataParallel or DDP, so the fingerprint is
+    stable. `depth` defaults to the layer's position; pass `depths` to group layers (e.g. by ResNet
+    stage). `units` selects what counts as a filter (see `monitored_units`).
     """
     validate_model_name(name)
-    convs = conv_weights(model)
+    convs = conv_weights(model, units)
     if not convs:
-        raise ValueError("model has no 4-D conv weights; nothing to monitor")
+        raise ValueError(f"model has no weights of kind {tuple(units)!r}; nothing to monitor "
+                         "(units=('conv', 'linear') also monitors nn.Linear rows)")
     if depths is not None and len(depths) != len(convs):
         raise ValueError(f"depths has {len(depths)} entries for {len(convs)} conv layers")
     layers = []
