@@ -1,4 +1,4 @@
-"""PUB side of the feed socket (protocol.md §1-2) and the `Tap` convenience."""
+"""PUB side of the feed socket (protocol.md §1-2), with counters of what was published and dropped."""
 from __future__ import annotations
 
 import json
@@ -10,8 +10,8 @@ import numpy as np
 import zmq
 
 from ._socket import SocketOwner
-from .saliency import SaliencyBatch, SaliencyComputer
-from .schema import filter_count, schema_fingerprint, schema_from_model, schema_json, validate_model_name
+from .batch import SaliencyBatch
+from .schema import filter_count, schema_fingerprint, schema_json, validate_model_name
 from .wire import pack_header
 
 
@@ -24,7 +24,16 @@ class Publisher(SocketOwner):
     The daemon's feed socket binds by default, so `connect=True` is the default here.
 
     Not thread-safe (a ZeroMQ socket belongs to one thread).
+
+    Counters (`metrics()`, `prometheus_text()`): every prediction offered to the producer ends in one
+    outcome: "published" (sent with a sequence number), or one that never consumes a sequence number,
+    so the daemon's gap counter never sees it: "sampled_out" and "rate_limited" (deliberately not
+    monitored), "dropped_queue_full" (the tap's bounded queue was full: lost by the producer),
+    "error" (saliency could not be computed or was invalid). The daemon's `gaps` therefore count only
+    predictions that were sent and lost on the way (e.g. at the socket's high-water mark).
     """
+
+    OUTCOMES = ("published", "sampled_out", "rate_limited", "dropped_queue_full", "error")
 
     def __init__(self, endpoint: str, model: str, schema: Dict, connect: bool = True,
                  schema_interval: float = 10.0, producer_id: Optional[int] = None,
@@ -53,6 +62,33 @@ class Publisher(SocketOwner):
         self._last_schema = None  # monotonic time of the last schema send
         self._schema_due = True   # a subscriber joined (or nothing sent yet): send before the next prediction
         self.subscriptions = 0
+        self.counters: Dict[str, int] = {k: 0 for k in self.OUTCOMES}
+
+    # -- counters -----------------------------------------------------------------------------
+    def count(self, outcome: str, n: int = 1) -> None:
+        """Record `n` predictions that ended in `outcome` without being published."""
+        if outcome not in self.counters:
+            raise ValueError(f"outcome must be one of {self.OUTCOMES}, got {outcome!r}")
+        self.counters[outcome] += int(n)
+
+    @property
+    def dropped(self) -> int:
+        """Predictions the producer meant to publish but lost (queue full or error)."""
+        return self.counters["dropped_queue_full"] + self.counters["error"]
+
+    def metrics(self) -> Dict:
+        return {"model": self.model, "producer_id": format(self.producer_id, "016x"),
+                "next_sequence": self.sequence, **self.counters}
+
+    def prometheus_text(self) -> str:
+        """The counters in the Prometheus text exposition format (to serve from your own /metrics)."""
+        lab = f'model="{self.model}",producer="{self.producer_id:016x}"'
+        lines = ["# HELP saliency_tap_predictions_total Predictions offered to the tap, by outcome.",
+                 "# TYPE saliency_tap_predictions_total counter"]
+        lines += [f'saliency_tap_predictions_total{{{lab},outcome="{k}"}} {v}' for k, v in self.counters.items()]
+        lines += ["# HELP saliency_tap_next_sequence Sequence number of the next published prediction.",
+                  "# TYPE saliency_tap_next_sequence gauge", f"saliency_tap_next_sequence{{{lab}}} {self.sequence}"]
+        return "\n".join(lines) + "\n"
 
     # -- schema -----------------------------------------------------------------------------
     def send_schema(self) -> None:
@@ -101,29 +137,18 @@ class Publisher(SocketOwner):
                              target_kind, confidence, sample_id)
         self.socket.send_multipart([self._pred_topic, header, row.tobytes()], copy=False)
         self.sequence += 1
+        self.counters["published"] += 1
         return seq
 
     def publish_batch(self, batch: SaliencyBatch, sample_ids=None) -> None:
         for i in range(len(batch)):
+            conf = float(batch.confidence[i])
             self.publish(batch.saliency[i], int(batch.predicted[i]), int(batch.target[i]), batch.target_kind,
-                         float(batch.confidence[i]), None if sample_ids is None else int(sample_ids[i]))
+                         None if conf != conf else conf, None if sample_ids is None else int(sample_ids[i]))
 
 
-class Tap:
-    """Model + publisher: `tap.observe(x, y=None)` computes a batch's saliency and publishes every row."""
-
-    def __init__(self, model, publisher: Publisher, computer: Optional[SaliencyComputer] = None):
-        self.computer = computer or SaliencyComputer(model)
-        if self.computer.K != publisher.K:
-            raise ValueError(f"model has {self.computer.K} filters, publisher's schema {publisher.K}")
-        self.publisher = publisher
-
-    @classmethod
-    def connect(cls, model, name: str, endpoint: str = "tcp://127.0.0.1:5560", **publisher_kwargs) -> "Tap":
-        schema = schema_from_model(model, name)
-        return cls(model, Publisher(endpoint, name, schema, **publisher_kwargs))
-
-    def observe(self, x, y=None, sample_ids=None) -> SaliencyBatch:
-        batch = self.computer.compute(x, y)
-        self.publisher.publish_batch(batch, sample_ids)
-        return batch
+def __getattr__(name):  # Tap lived here in 0.1; it needs torch, so it is imported on first use
+    if name == "Tap":
+        from .tap import Tap
+        return Tap
+    raise AttributeError(name)
