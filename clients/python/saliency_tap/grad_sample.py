@@ -93,7 +93,7 @@ def conv_grad_sample(module: nn.Module, a: torch.Tensor, go: torch.Tensor, reduc
         P *= int(s)
     if method is None:
         one_by_one = all(k == 1 for k in w_shape[2:])
-        method = "unfold" if groups == 1 and a.dim() == 4 and (one_by_one or 8 * L < P) else "conv"
+        method = "unfold" if groups == 1 and a.dim() == 4 and (one_by_one or 16 * L < P) else "conv"
     c = _chunk(c_out * P, B, chunk_size)
     out = torch.empty((B, c_out) if reduce else (B,) + w_shape, dtype=acc, device=a.device)
     if method == "unfold":
