@@ -18,11 +18,19 @@ if ((${#need[@]})); then
 fi
 
 step "python packages (tap, reference scripts, tests)"
-python3 -m pip install -q --disable-pip-version-check numpy scipy pyzmq pytest 'torch==2.13.0' 2>&1 | grep -v "WARNING: Running pip as the 'root'" || true
-python3 -m pip install -q --disable-pip-version-check --no-build-isolation --no-deps -e clients/python 2>&1 | grep -v "WARNING: Running pip as the 'root'" || true
+# A failed install fails the run (pipefail); only pip's root warning is filtered.
+pipq() { python3 -m pip install -q --disable-pip-version-check "$@" 2>&1 | { grep -v "WARNING: Running pip as the 'root'" || true; }; }
+pipq numpy scipy pyzmq pytest 'torch==2.13.0'
+pipq --no-build-isolation --no-deps -e clients/python
 
 step "swift build (debug, with tests)"
-swift build --build-tests 2>&1 | grep -vE "^\[[0-9]+/[0-9]+\]|prohibited flag" || true
+# A failed build fails the run (an old binary left in .build must never be tested instead).
+buildlog=$(mktemp)
+if ! swift build --build-tests >"$buildlog" 2>&1; then
+    cat "$buildlog"; echo "swift build failed"; exit 1
+fi
+grep -vE "^\[[0-9]+/[0-9]+\]|prohibited flag" "$buildlog" || true
+rm -f "$buildlog"
 test -x .build/debug/saliencyd && test -x .build/debug/saliencyctl
 
 step "swift test"

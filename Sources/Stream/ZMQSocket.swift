@@ -2,7 +2,7 @@ import CZeroMQ
 
 /// The socket patterns saliencyd and its clients use.
 public enum ZMQSocketType: Sendable, Hashable, CaseIterable {
-    case pub, sub, req, rep, push, pull, xpub, xsub
+    case pub, sub, req, rep, push, pull, xpub, xsub, router, dealer
 
     var raw: Int32 {
         switch self {
@@ -14,6 +14,8 @@ public enum ZMQSocketType: Sendable, Hashable, CaseIterable {
         case .pull: ZMQ_PULL
         case .xpub: ZMQ_XPUB
         case .xsub: ZMQ_XSUB
+        case .router: ZMQ_ROUTER
+        case .dealer: ZMQ_DEALER
         }
     }
 }
