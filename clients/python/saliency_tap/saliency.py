@@ -184,7 +184,10 @@ class SaliencyComputer:
         loss, anything `loss_fn` accepts otherwise). Returns a SaliencyBatch (float32 saliency [B, K])."""
         m = self._module
         m.eval()
-        x = _not_inference(x)
+        dev = self._units[0].weight.device
+        x = _to_device(_not_inference(x), dev)      # e.g. a DataParallel model's inputs on the CPU
+        if isinstance(y, torch.Tensor):
+            y = y.to(dev)
         B = _batch_size(x)
         kind = TARGET_PREDICTED if y is None else TARGET_TRUE
         if self.method == "hooks":
@@ -405,6 +408,16 @@ def _not_inference(x):
         return type(x)((k, _not_inference(v)) for k, v in x.items())
     if isinstance(x, (tuple, list)):
         return type(x)(_not_inference(v) for v in x)
+    return x
+
+
+def _to_device(x, device):
+    if isinstance(x, torch.Tensor):
+        return x if x.device == device else x.to(device)
+    if isinstance(x, dict):
+        return type(x)((k, _to_device(v, device)) for k, v in x.items())
+    if isinstance(x, (tuple, list)):
+        return type(x)(_to_device(v, device) for v in x)
     return x
 
 

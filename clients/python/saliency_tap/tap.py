@@ -77,8 +77,9 @@ def _take(x, idx: List[int]):
         return None
     if isinstance(x, torch.Tensor):
         with torch.inference_mode(False), torch.no_grad():
-            return x.detach()[torch.as_tensor(idx, device=x.device)].clone() if len(idx) != x.shape[0] \
-                else x.detach().clone()
+            if len(idx) == x.shape[0]:
+                return x.detach().clone()
+            return x.detach()[torch.as_tensor(idx, device=x.device)]     # advanced indexing copies
     if isinstance(x, np.ndarray):
         return x[idx].copy()
     if isinstance(x, dict):
