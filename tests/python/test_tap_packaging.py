@@ -56,22 +56,30 @@ def test_mini_toml_reads_this_pyproject_like_tomllib():
 
 def test_offline_install_in_fresh_venv(tmp_path):
     """`pip install --no-index clients/python` in a fresh venv (build isolation on, no index): the build
-    needs nothing from the network. --system-site-packages provides numpy/pyzmq/torch as installed."""
-    venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True)
-    py = venv / "bin" / "python"
+    needs nothing from the network. --system-site-packages provides numpy/pyzmq/torch as installed.
+    Where this Python cannot make venvs with pip (Debian without python3-venv), the same install goes
+    to a --target directory instead."""
     env = dict(os.environ, PIP_NO_INDEX="1", PIP_DISABLE_PIP_VERSION_CHECK="1", PYTHONNOUSERSITE="1")
     env.pop("PYTHONPATH", None)
-    r = subprocess.run([str(py), "-m", "pip", "install", "--no-index", "--force-reinstall", "--no-deps", str(PKG)],
-                       capture_output=True, text=True, env=env, cwd=tmp_path)
+    try:
+        import ensurepip  # noqa: F401
+        venv = tmp_path / "venv"
+        subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True)
+        py, prefix, script = venv / "bin" / "python", str(venv), venv / "bin" / "saliency-tap"
+        cmd = [str(py), "-m", "pip", "install", "--no-index", "--force-reinstall", "--no-deps", str(PKG)]
+    except ImportError:
+        target = tmp_path / "site"
+        py, prefix, script = Path(sys.executable), str(target), target / "bin" / "saliency-tap"
+        env["PYTHONPATH"] = str(target)
+        cmd = [sys.executable, "-m", "pip", "install", "--no-index", "--no-deps", "--target", str(target), str(PKG)]
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp_path)
     assert r.returncode == 0, r.stdout + r.stderr
     out = subprocess.run([str(py), "-c", "import saliency_tap, sys; print(saliency_tap.__file__); "
                           "print('torch' in sys.modules)"], capture_output=True, text=True, env=env, cwd=tmp_path,
                          check=True).stdout.split()
-    assert out[0].startswith(str(venv)) and out[1] == "False"   # installed copy; wire side imports no torch
-    cli = subprocess.run([str(venv / "bin" / "saliency-tap"), "fingerprint",
-                          str(ROOT / "data/feeds/fmnist/reference.schema.json")], capture_output=True, text=True,
-                         env=env, cwd=tmp_path)
+    assert out[0].startswith(prefix) and out[1] == "False"   # the installed copy; wire side imports no torch
+    cli = subprocess.run([str(script), "fingerprint", str(ROOT / "data/feeds/fmnist/reference.schema.json")],
+                         capture_output=True, text=True, env=env, cwd=tmp_path)
     assert cli.returncode == 0, cli.stderr
 
 
