@@ -107,7 +107,8 @@ let package = Package(
         .testTarget(
             name: "StreamTests",
             dependencies: ["SaliencyStream", "SaliencyCore", "CZeroMQ"],
-            path: "Tests/StreamTests"
+            path: "Tests/StreamTests",
+            exclude: ["Fixtures"]
         ),
         .testTarget(
             name: "MonitorTests",

@@ -16,7 +16,7 @@ final class DaemonCore {
     var engines: [UInt64: ModelEngine] = [:]
     var byName: [String: UInt64] = [:]
     /// Rejected input by reason (docs/protocol.md §2, §4).
-    var rejected: [String: UInt64] = [:]
+    var rejected: [RejectReason: UInt64] = [:]
     struct Producer {
         var model: String; var lastSequence: UInt64; var gaps: UInt64; var reordered: UInt64; var received: UInt64
         /// Feed tick of the last accepted row (least recently seen producers are forgotten first).
@@ -79,11 +79,11 @@ final class DaemonCore {
 
     /// Counts rejected input by reason (a code-defined string, never peer bytes) and logs it,
     /// rate-limited per reason.
-    func reject(_ reason: String, _ message: @autoclosure () -> String) {
+    func reject(_ reason: RejectReason, _ message: @autoclosure () -> String) {
         rejected[reason, default: 0] += 1
         metrics.rejected(reason)
-        logLimiter.log(logger, .warning, kind: "rejected \(reason)", "rejected input",
-                       metadata: ["reason": "\(reason)", "count": "\(rejected[reason] ?? 0)", "detail": "\(message())"])
+        logLimiter.log(logger, .warning, kind: "rejected \(reason.rawValue)", "rejected input",
+                       metadata: ["reason": "\(reason.rawValue)", "count": "\(rejected[reason] ?? 0)", "detail": "\(message())"])
     }
 
     // MARK: - Feed
@@ -93,17 +93,17 @@ final class DaemonCore {
     /// is then moved into the model's window instead of copied (test doubles pass nil).
     /// `userID`: the CURVE client key that sent it (ZAP user id), when CURVE is on.
     func handleFeed(count: Int, message: ZMQMultipart? = nil, userID: @autoclosure () -> String? = nil, _ frame: (Int) -> UnsafeRawBufferPointer) {
-        guard count > 0 else { return reject("malformed_frame", "empty message") }
+        guard count > 0 else { return reject(.malformedFrame, "empty message") }
         let first = frame(0)
         switch Topic.parse(first) {
         case .schema(let model):
-            guard count == 2 else { return reject("malformed_frame", "schema message for '\(model)' has \(count) frames, expected 2") }
+            guard count == 2 else { return reject(.malformedFrame, "schema message for '\(model)' has \(count) frames, expected 2") }
             handleSchema(model: model, frame(1), userID: schemaKeys == nil ? nil : userID())
         case .prediction(let model):
-            guard count == 3 else { return reject("malformed_frame", "prediction for '\(model)' has \(count) frames, expected 3 (topic, header, payload)") }
+            guard count == 3 else { return reject(.malformedFrame, "prediction for '\(model)' has \(count) frames, expected 3 (topic, header, payload)") }
             handlePrediction(model: model, header: frame(1), payload: frame(2), message: message)
         case .unknown:
-            reject("malformed_frame", "unknown topic '\(printable(first.prefix(64)))'")
+            reject(.malformedFrame, "unknown topic '\(printable(first.prefix(64)))'")
         }
     }
 
@@ -112,17 +112,17 @@ final class DaemonCore {
     /// a different layout never silently takes a live model's name.
     func handleSchema(model: String, _ raw: UnsafeRawBufferPointer, userID: String? = nil) {
         if let keys = schemaKeys, !keys.allows(key: userID, model: model) {
-            return reject("forbidden_schema", "schema for '\(model)' from client key \(userID ?? "(none)") refused: security.schema_keys_file does not let that key announce this model")
+            return reject(.forbiddenSchema, "schema for '\(model)' from client key \(userID ?? "(none)") refused: security.schema_keys_file does not let that key announce this model")
         }
         let schema: ModelSchema
         do {
             schema = try SchemaMessage.decode(raw, topicModel: model)
         } catch {
-            return reject("invalid_schema", error.message)
+            return reject(.invalidSchema, error.message)
         }
         let limits = configuration.limits
         guard schema.layers.count <= limits.maxLayers else {
-            return reject("invalid_schema", "schema '\(schema.model)' has \(schema.layers.count) layers; limits.max_layers = \(limits.maxLayers)")
+            return reject(.invalidSchema, "schema '\(schema.model)' has \(schema.layers.count) layers; limits.max_layers = \(limits.maxLayers)")
         }
         let fp = schema.fingerprint
         if engines[fp] != nil {
@@ -131,19 +131,19 @@ final class DaemonCore {
             return
         }
         if let old = byName[schema.model], old != fp, engines[old] != nil, limits.layoutChange != "replace" {
-            return reject("schema_conflict", "schema '\(schema.model)' with layout \(SchemaMessage.hex(fp)) (\(schema.filterCount) filters) refused: the live model of that name has layout \(SchemaMessage.hex(old)) (\(engines[old]!.filterCount) filters). To move to the new layout, reset the model (query {\"op\":\"reset\"}) or set limits.layout_change = \"replace\"")
+            return reject(.schemaConflict, "schema '\(schema.model)' with layout \(SchemaMessage.hex(fp)) (\(schema.filterCount) filters) refused: the live model of that name has layout \(SchemaMessage.hex(old)) (\(engines[old]!.filterCount) filters). To move to the new layout, reset the model (query {\"op\":\"reset\"}) or set limits.layout_change = \"replace\"")
         }
         guard engines.count < configuration.monitor.maxModels else {
-            return reject("too_many_models", "schema '\(schema.model)' refused: monitor.max_models = \(configuration.monitor.maxModels) reached")
+            return reject(.tooManyModels, "schema '\(schema.model)' refused: monitor.max_models = \(configuration.monitor.maxModels) reached")
         }
         guard let cost = ModelEngine.maximumBytes(schema: schema, configuration: configuration) else {
-            return reject("over_budget", "schema '\(schema.model)' (\(schema.filterCount) filters): its state size overflows")
+            return reject(.overBudget, "schema '\(schema.model)' (\(schema.filterCount) filters): its state size overflows")
         }
         guard cost <= limits.maxModelBytes else {
-            return reject("over_budget", "schema '\(schema.model)' (\(schema.filterCount) filters) would claim up to \(cost) bytes; limits.max_model_bytes = \(limits.maxModelBytes) (raise it, or lower pot.calibration / pot.max_peaks)")
+            return reject(.overBudget, "schema '\(schema.model)' (\(schema.filterCount) filters) would claim up to \(cost) bytes; limits.max_model_bytes = \(limits.maxModelBytes) (raise it, or lower pot.calibration / pot.max_peaks)")
         }
         guard admittedBytes + cost <= limits.maxTotalBytes else {
-            return reject("over_budget", "schema '\(schema.model)' (\(schema.filterCount) filters) would claim up to \(cost) bytes; admitted models already hold \(admittedBytes) of limits.max_total_bytes = \(limits.maxTotalBytes)")
+            return reject(.overBudget, "schema '\(schema.model)' (\(schema.filterCount) filters) would claim up to \(cost) bytes; admitted models already hold \(admittedBytes) of limits.max_total_bytes = \(limits.maxTotalBytes)")
         }
         do {
             let engine = try ModelEngine(schema: schema, pot: configuration.pot, budget: configuration.alerting, safetyFactor: configuration.alertSafetyFactor, modelBurnIn: configuration.modelBurnIn, recentRows: configuration.monitor.recentRows,
@@ -160,7 +160,7 @@ final class DaemonCore {
                 "max_bytes": "\(cost)",
             ])
         } catch {
-            reject("invalid_schema", "schema '\(schema.model)': \(error.message)")
+            reject(.invalidSchema, "schema '\(schema.model)': \(error.message)")
         }
     }
 
@@ -204,16 +204,16 @@ final class DaemonCore {
         let l = configuration.limits
         var gone: [UInt64] = []
         for (fp, e) in engines {
-            let limit = e.bank.isCalibrated ? l.idleExpiry : l.calibratingIdleExpiry
+            let limit = e.isCalibrated ? l.idleExpiry : l.calibratingIdleExpiry
             guard limit > 0 else { continue }
             let idle = now - (e.lastArrival ?? e.registeredAt)
             if idle >= .milliseconds(Int64(limit * 1000)) { gone.append(fp) }
         }
         for fp in gone {
             guard let e = engines[fp] else { continue }
-            let calibrated = e.bank.isCalibrated
+            let calibrated = e.isCalibrated
             logLimiter.log(logger, .notice, kind: "model expired", "model expired: no accepted prediction for \(calibrated ? l.idleExpiry : l.calibratingIdleExpiry) s; its state is forgotten", metadata: [
-                "model": "\(e.schema.model)", "fingerprint": "\(SchemaMessage.hex(fp))", "rows": "\(e.bank.rows)",
+                "model": "\(e.schema.model)", "fingerprint": "\(SchemaMessage.hex(fp))", "rows": "\(e.rows)",
                 "phase": "\(calibrated ? "monitoring" : "calibrating")", "setting": "\(calibrated ? "limits.idle_expiry" : "limits.calibrating_idle_expiry")",
             ])
             remove(fp)
@@ -229,13 +229,13 @@ final class DaemonCore {
         do {
             header = try PredictionHeader.decode(raw)
         } catch {
-            return reject(error.code.rawValue, "prediction for '\(model)': \(error.message)")
+            return reject(RejectReason(header: error), "prediction for '\(model)': \(error.message)")
         }
         guard let engine = engines[header.fingerprint] else {
-            return reject("unknown_schema", "prediction for '\(model)' has fingerprint \(SchemaMessage.hex(header.fingerprint)), which no schema message declared; producers send schema.<model> first")
+            return reject(.unknownSchema, "prediction for '\(model)' has fingerprint \(SchemaMessage.hex(header.fingerprint)), which no schema message declared; producers send schema.<model> first")
         }
         guard engine.schema.model == model else {
-            return reject("topic_mismatch", "topic says model '\(model)' but the fingerprint belongs to '\(engine.schema.model)'")
+            return reject(.topicMismatch, "topic says model '\(model)' but the fingerprint belongs to '\(engine.schema.model)'")
         }
         if let why = PayloadCheck.validate(payload, expectedCount: engine.filterCount) {
             // A rejected row is not a row lost upstream: it advances its producer's sequence, but
@@ -245,13 +245,13 @@ final class DaemonCore {
                 p.lastSequence = header.sequence
                 producers[header.producerID] = p
             }
-            return reject(why.rawValue, "prediction \(header.sequence) from producer \(String(header.producerID, radix: 16)) for '\(model)': \(why.rawValue) (payload \(payload.count) bytes, expected \(4 * engine.filterCount) finite non-negative float32)")
+            return reject(RejectReason(why), "prediction \(header.sequence) from producer \(String(header.producerID, radix: 16)) for '\(model)': \(why.rawValue) (payload \(payload.count) bytes, expected \(4 * engine.filterCount) finite non-negative float32)")
         }
         // Bookkeeping for rows that are scored (rejected ones: above).
         trackSequence(header, model: model)
         let started = ContinuousClock.now
         engine.lastArrival = started
-        let wasCalibrated = engine.bank.isCalibrated
+        let wasCalibrated = engine.isCalibrated
         // Zero-copy when the frame can be retained: the window keeps the payload where libzmq put it.
         let result: FilterBank.RowResult
         if let message {
@@ -262,9 +262,9 @@ final class DaemonCore {
         metrics.accepted(model: engine, result: result)
         if result.calibrated {
             statusDirty = true
-            logger.notice("calibration complete; monitoring", metadata: ["model": "\(model)", "rows": "\(engine.bank.rows)", "fits": "\(result.refits)"])
+            logger.notice("calibration complete; monitoring", metadata: ["model": "\(model)", "rows": "\(engine.rows)", "fits": "\(result.refits)"])
         } else if !wasCalibrated {
-            let seen = engine.bank.rows
+            let seen = engine.rows
             let total = UInt64(configuration.pot.calibration)
             if seen % max(1, total / 10) == 0 {
                 statusDirty = true
@@ -272,7 +272,14 @@ final class DaemonCore {
             }
         }
         if !engine.events.isEmpty, let row = engine.latestRow {
-            for e in engine.events { emit(e, engine: engine, row: row) }
+            let (alerts, modelCalibrated) = engine.alerts(at: AlertMessage.now(), row: row)
+            for var a in alerts {
+                publish(&a)
+                engine.published(a)
+            }
+            if let c = modelCalibrated {
+                logger.info("model-level shift rule calibrated", metadata: ["model": "\(model)", "row_threshold": "\(c.rowThreshold)", "null_rate": "\(c.nullRate)"])
+            }
         }
         metrics.latency(ContinuousClock.now - started)
     }
@@ -311,73 +318,20 @@ final class DaemonCore {
 
     // MARK: - Alerts
 
-    func emit(_ t: AlertTransition, engine: ModelEngine, row: UnsafeBufferPointer<Float>) {
-        let model = engine.schema.model
-        let bank = engine.bank
-        switch t {
-        case .fired(let j, let count):
-            let (layer, channel) = engine.layerName(of: j)
-            let rep = bank.report(filter: j)
-            let p = bank.tailProbability(filter: j, value: row[j])
-            let labels = ["alertname": "SalientFilter", "model": model, "layer": layer, "filter": "\(j)", "channel": "\(channel)", "severity": "warning"]
-            var rec = AlertRecord(
-                seq: 0, status: "firing", labels: labels,
-                annotations: [
-                    "summary": "\(layer)[\(channel)] (filter \(j)) exceeded its extreme threshold in \(count) of the last \(engine.tracker.rule.window) predictions",
-                    "description": "Saliency \(row[j]) vs extreme threshold \(Float(rep.extremeThreshold)) (tail p = \(Float(p))). Inspect with: saliencyctl filter --model \(model) \(j)",
-                ],
-                startsAt: AlertRecord.now(), endsAt: AlertRecord.zeroTime, fingerprint: AlertRecord.fingerprint(of: labels),
-                model: model, filter: j, layer: layer, channel: channel, score: POT.score(p: p), p: p,
-                threshold: rep.threshold, extreme_threshold: rep.extremeThreshold, exceedances: count,
-                window: engine.tracker.rule.window, value: Double(row[j]), resent: nil)
-            publish(&rec, layer: layer, status: .firing)
-            engine.active[j] = rec
-            bank.setFrozen(j, true)
-        case .resolved(let j):
-            bank.setFrozen(j, false)
-            guard var rec = engine.active.removeValue(forKey: j) else { return }
-            rec.status = "resolved"
-            rec.endsAt = AlertRecord.now()
-            rec.resent = nil
-            rec.exceedances = engine.tracker.exceedances(inLastWindowOf: j, at: bank.rows)
-            publish(&rec, layer: rec.layer, status: .resolved)
-        case .modelFired(_, let statistic):
-            let labels = ["alertname": "ModelShift", "model": model, "layer": Topic.modelLevelLayer, "severity": "critical"]
-            var rec = AlertRecord(
-                seq: 0, status: "firing", labels: labels,
-                annotations: [
-                    "summary": "\(model): predictions with many extreme filters became more frequent than under the reference (CUSUM \(Float(statistic)))",
-                    "description": "Domain shift suspected. Top filters: saliencyctl top --model \(model)",
-                ],
-                startsAt: AlertRecord.now(), endsAt: AlertRecord.zeroTime, fingerprint: AlertRecord.fingerprint(of: labels),
-                model: model, filter: nil, layer: Topic.modelLevelLayer, channel: nil, score: statistic, p: nil, threshold: nil,
-                extreme_threshold: nil, exceedances: nil, window: nil, value: nil, resent: nil)
-            publish(&rec, layer: Topic.modelLevelLayer, status: .firing)
-            engine.modelAlert = rec
-        case .modelResolved:
-            guard var rec = engine.modelAlert else { return }
-            engine.modelAlert = nil
-            rec.status = "resolved"
-            rec.endsAt = AlertRecord.now()
-            publish(&rec, layer: Topic.modelLevelLayer, status: .resolved)
-        case .modelCalibrated(let c):
-            logger.info("model-level shift rule calibrated", metadata: ["model": "\(model)", "row_threshold": "\(c.rowThreshold)", "null_rate": "\(c.nullRate)"])
-        }
-    }
-
-    /// Assigns the next sequence number, appends to the durable log, then queues for the PUB socket.
-    func publish(_ rec: inout AlertRecord, layer: String, status: Topic.AlertStatus) {
-        rec.seq = alertLog.nextSequence
-        let body = rec.json()
+    /// Numbers an alert (`seq`), appends it to the durable log, then queues it for the PUB socket.
+    func publish(_ a: inout AlertMessage) {
+        a.seq = alertLog.nextSequence
+        let body = a.json()
         do {
-            try alertLog.append(seq: rec.seq, json: body)
+            try alertLog.append(seq: a.seq, json: body)
         } catch {
             metrics.alertLogFailure()
-            logLimiter.log(logger, .error, kind: "alert log failure", "alert log append failed; the alert is published but not retained (alerts --since will not serve it)", metadata: ["seq": "\(rec.seq)", "error": "\(error.message)", "failures": "\(alertLog.failures)"])
+            logLimiter.log(logger, .error, kind: "alert log failure", "alert log append failed; the alert is published but not retained (alerts --since will not serve it)", metadata: ["seq": "\(a.seq)", "error": "\(error.message)", "failures": "\(alertLog.failures)"])
         }
-        outbox.append((Topic.alert(status: status, model: rec.model, layer: layer), body))
-        metrics.alert(status: status.rawValue, model: rec.model)
-        logLimiter.log(logger, .notice, kind: "alert \(status.rawValue)", "alert \(status.rawValue)", metadata: ["seq": "\(rec.seq)", "model": "\(rec.model)", "layer": "\(layer)", "filter": "\(rec.filter.map(String.init) ?? "-")"])
+        let status: Topic.AlertStatus = a.status == .firing ? .firing : .resolved
+        outbox.append((Topic.alert(status: status, model: a.model, layer: a.layer), body))
+        metrics.alert(status: a.status.rawValue, model: a.model)
+        logLimiter.log(logger, .notice, kind: "alert \(a.status.rawValue)", "alert \(a.status.rawValue)", metadata: ["seq": "\(a.seq)", "model": "\(a.model)", "layer": "\(a.layer)", "filter": "\(a.filter.map(String.init) ?? "-")"])
     }
 
     /// Re-sends firing alerts every `resend_interval` seconds (same seq, `resent: true`).
@@ -385,20 +339,12 @@ final class DaemonCore {
         guard now - lastResend >= .seconds(configuration.alerts.resendInterval) else { return }
         lastResend = now
         for engine in engines.values {
-            for rec in engine.active.values.sorted(by: { $0.seq < $1.seq }) + (engine.modelAlert.map { [$0] } ?? []) {
-                var r = rec
-                r.resent = true
-                outbox.append((Topic.alert(status: .firing, model: r.model, layer: r.layer), r.json()))
+            for var a in engine.firingAlerts {
+                a.resent = true
+                outbox.append((Topic.alert(status: .firing, model: a.model, layer: a.layer), a.json()))
             }
         }
     }
-
-    static let encoder: JSONEncoder = {
-        let e = JSONEncoder()
-        e.outputFormatting = [.sortedKeys]
-        e.nonConformingFloatEncodingStrategy = .convertToString(positiveInfinity: "inf", negativeInfinity: "-inf", nan: "nan")
-        return e
-    }()
 
     // MARK: - Periodic metrics
 
@@ -407,9 +353,8 @@ final class DaemonCore {
     func publishPeriodicMetrics() {
         for e in engines.values {
             metrics.publishLayers(e)
-            if e.bank.isCalibrated, let row = e.latestRow {
-                metrics.publishTop(model: e.schema.model, scores: e.bank.top(row, k: DaemonMetrics.topRanks, by: .pot).map(\.score))
-            }
+            let scores = e.topScores(DaemonMetrics.topRanks)
+            if !scores.isEmpty { metrics.publishTop(model: e.schema.model, scores: scores) }
         }
     }
 
@@ -418,8 +363,8 @@ final class DaemonCore {
     /// Refits due filters when the feed is quiet. Returns the number refit.
     func idleRefits(limit: Int) -> Int {
         var done = 0
-        for e in engines.values where e.bank.isCalibrated {
-            done += e.bank.refitDue(limit: limit - done)
+        for e in engines.values where e.isCalibrated {
+            done += e.refitDue(limit: limit - done)
             if done >= limit { break }
         }
         return done
@@ -429,7 +374,7 @@ final class DaemonCore {
     var statusLine: String {
         if engines.isEmpty { return "waiting for schema messages" }
         return engines.values.sorted { $0.schema.model < $1.schema.model }.map { e in
-            switch e.bank.phase {
+            switch e.phase {
             case .calibrating(let seen, let of): "\(e.schema.model): calibrating \(seen)/\(of)"
             case .monitoring: "\(e.schema.model): monitoring, \(e.active.count) firing"
             }
@@ -447,6 +392,11 @@ func printable(_ bytes: some Collection<UInt8>) -> String {
         }
     }
     return out
+}
+
+extension AlertMessage {
+    /// Now, as RFC 3339 UTC with milliseconds, without Foundation formatters (hot alert path).
+    static func now() -> String { DaemonLogHandler.timestamp() }
 }
 
 extension Error {

@@ -2,6 +2,7 @@ import CoreMetrics
 import EVTOnline
 import Metrics
 import SaliencyCore
+import SaliencyStream
 
 /// The daemon's swift-metrics instruments. Per-model and per-layer aggregates only — never a
 /// series per filter. Instruments are created once and cached (creation goes through the factory).
@@ -12,7 +13,7 @@ final class DaemonMetrics {
     private var refitsByModel: [String: Counter] = [:]
     private var calibrationByModel: [String: Gauge] = [:]
     private var firingByModel: [String: Gauge] = [:]
-    private var rejectedByReason: [String: Counter] = [:]
+    private var rejectedByReason: [RejectReason: Counter] = [:]
     private var alertsByKey: [String: Counter] = [:]
     private var gapsByModel: [String: Counter] = [:]
     private let processing = Timer(label: "saliencyd_row_processing_seconds")
@@ -122,7 +123,7 @@ final class DaemonMetrics {
             calibrationByModel[m] = g
             return g
         }()
-        switch engine.bank.phase {
+        switch engine.phase {
         case .calibrating(let seen, let of): g.record(Double(seen) / Double(of))
         case .monitoring: g.record(1)
         }
@@ -134,13 +135,17 @@ final class DaemonMetrics {
         f.record(engine.active.count)
     }
 
-    func rejected(_ reason: String) {
-        let c = rejectedByReason[reason] ?? {
-            let c = Counter(label: "saliencyd_rejected_total", dimensions: [("reason", reason)])
-            rejectedByReason[reason] = c
-            return c
-        }()
-        c.increment()
+    func rejected(_ reason: RejectReason) {
+        if rejectedByReason.isEmpty { registerRejectionCounters() }
+        rejectedByReason[reason]!.increment()
+    }
+
+    /// One `saliencyd_rejected_total{reason}` series per known reason, exported at 0 from the start
+    /// (a rate over a series that appears with its first event misses that event).
+    func registerRejectionCounters() {
+        for r in RejectReason.allCases where rejectedByReason[r] == nil {
+            rejectedByReason[r] = Counter(label: "saliencyd_rejected_total", dimensions: [("reason", r.rawValue)])
+        }
     }
 
     func gaps(_ n: UInt64, model: String) {

@@ -148,7 +148,7 @@ final class EngineLoop: @unchecked Sendable {
                     }
                     busy = true
                     if message.totalCount > message.count {
-                        core.reject("malformed_frame", "message with \(message.totalCount) frames; at most 3 expected")
+                        core.reject(.malformedFrame, "message with \(message.totalCount) frames; at most 3 expected")
                         continue
                     }
                     let arrived = clock.now
@@ -170,13 +170,13 @@ final class EngineLoop: @unchecked Sendable {
                     do {
                         guard try rep.receive(into: request, dontWait: true) else { break }
                         guard request.count >= 2, request.frame(1).count == 0 else {
-                            core.reject("bad_query", "query message without the REQ envelope (\(request.totalCount) frames); use a REQ socket, or DEALER sending an empty frame first")
+                            core.reject(.badQuery, "query message without the REQ envelope (\(request.totalCount) frames); use a REQ socket, or DEALER sending an empty frame first")
                             continue
                         }
                         metrics.queries.increment()
                         let reply: [UInt8]
                         if request.totalCount != 3 {
-                            core.reject("bad_query", "request with \(request.totalCount - 2) frames")
+                            core.reject(.badQuery, "request with \(request.totalCount - 2) frames")
                             reply = QueryReply.error(code: .badRequest, message: "send exactly one frame holding a JSON object")
                         } else {
                             let admin = !cfg.security.curve || request.property("User-Id", frame: 2).map { adminKeys.contains($0) } == true
@@ -324,7 +324,8 @@ final class EngineLoop: @unchecked Sendable {
         var keys: [String] = []
         for (i, raw) in String(decoding: d, as: UTF8.self).split(separator: "\n").enumerated() {
             var line = raw.trimmingCharacters(in: .whitespaces)
-            if line.isEmpty || line.hasPrefix("#") { continue }
+            // Z85 has '#' in its alphabet: a line that is a key is a key even if it starts with '#'.
+            if line.isEmpty || (line.hasPrefix("#") && !Z85.isKey(line)) { continue }
             // Accept `saliencyctl keygen`'s .pub lines ("public = KEY") as well as bare keys.
             if line.hasPrefix("public"), let eq = line.firstIndex(of: "=") {
                 line = line[line.index(after: eq)...].trimmingCharacters(in: .whitespaces)

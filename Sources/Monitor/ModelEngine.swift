@@ -5,10 +5,14 @@ import SaliencyStream
 
 /// One model's learned state and alert lifecycle: FilterBank + AlertTracker + a ring of recent rows.
 /// Owned by the engine thread; not Sendable.
+///
+/// This is the only type of the daemon that holds a `FilterBank`: rows go in (`absorb`), finished
+/// alerts come out (`alerts(at:)`), and queries get typed answers (`statusEntry`, `top`, `filter`);
+/// `DaemonCore` routes between sockets, the log and the engines without reading the statistics.
 final class ModelEngine {
     let schema: ModelSchema
     let fingerprint: UInt64
-    let bank: FilterBank
+    private let bank: FilterBank
     var tracker: AlertTracker
     var events: [AlertTransition] = []
     /// The recent window (`top --window`, alert figures): slot i holds a row either as a retained
@@ -28,9 +32,9 @@ final class ModelEngine {
     let registeredAt = ContinuousClock.now
     /// The most memory this model may claim, charged against `limits.max_total_bytes`.
     private(set) var maximumBytes = 0
-    /// Active alerts: filter → record; `nil` key handled separately for the model level.
-    var active: [Int: AlertRecord] = [:]
-    var modelAlert: AlertRecord?
+    /// Active (published, firing) alerts: filter → alert; the model-level one separately.
+    var active: [Int: AlertMessage] = [:]
+    var modelAlert: AlertMessage?
     /// Extreme exceedances per layer since start (metrics).
     var layerExtremes: [UInt64]
     /// Layer index per filter (hot path: per-layer counting of extremes).
@@ -164,116 +168,194 @@ final class ModelEngine {
     }
 }
 
-/// An alert as published and logged (Alertmanager v2 shape plus saliency figures).
-struct AlertRecord: Codable, Sendable, Hashable {
-    var seq: UInt64
-    var status: String
-    var labels: [String: String]
-    var annotations: [String: String]
-    var startsAt: String
-    var endsAt: String
-    var fingerprint: String
-    var model: String
-    var filter: Int?
-    var layer: String
-    var channel: Int?
-    var score: Double?
-    var p: Double?
-    var threshold: Double?
-    var extreme_threshold: Double?
-    var exceedances: Int?
-    var window: Int?
-    var value: Double?
-    var resent: Bool?
 
-    static let zeroTime = "0001-01-01T00:00:00Z"
+// MARK: - The bank, seen from the daemon
 
-    /// Now, as RFC 3339 UTC with milliseconds, without Foundation formatters (hot alert path).
-    static func now() -> String { DaemonLogHandler.timestamp() }
+extension ModelEngine {
+    var isCalibrated: Bool { bank.isCalibrated }
+    var phase: FilterBank.Phase { bank.phase }
+    /// Valid rows absorbed (calibration included).
+    var rows: UInt64 { bank.rows }
+    var configuration: POTConfiguration { bank.configuration }
+    var refitCount: UInt64 { bank.refitCount }
 
-    /// The alert as JSON (sorted keys; ±∞/NaN as the strings "inf"/"-inf"/"nan", like the snapshot
-    /// encoder). Hand-written: Foundation's JSONEncoder cost ~100 µs per alert, most of the
-    /// arrival→publish budget.
-    func json() -> [UInt8] {
-        var o = JSONWriter()
-        o.open()
-        o.key("annotations"); o.object(annotations)
-        if let v = channel { o.key("channel"); o.int(v) }
-        o.key("endsAt"); o.string(endsAt)
-        if let v = exceedances { o.key("exceedances"); o.int(v) }
-        if let v = extreme_threshold { o.key("extreme_threshold"); o.double(v) }
-        if let v = filter { o.key("filter"); o.int(v) }
-        o.key("fingerprint"); o.string(fingerprint)
-        o.key("labels"); o.object(labels)
-        o.key("layer"); o.string(layer)
-        o.key("model"); o.string(model)
-        if let v = p { o.key("p"); o.double(v) }
-        if let v = resent { o.key("resent"); o.raw(v ? "true" : "false") }
-        if let v = score { o.key("score"); o.double(v) }
-        o.key("seq"); o.raw(String(seq))
-        o.key("startsAt"); o.string(startsAt)
-        o.key("status"); o.string(status)
-        if let v = threshold { o.key("threshold"); o.double(v) }
-        if let v = value { o.key("value"); o.double(v) }
-        if let v = window { o.key("window"); o.int(v) }
-        o.close()
-        return o.bytes
+    /// Refits up to `limit` due filters (idle time). Returns how many.
+    func refitDue(limit: Int) -> Int { bank.isCalibrated ? bank.refitDue(limit: limit) : 0 }
+
+    /// POT scores of the `k` most salient filters of the latest row (metrics), best first.
+    func topScores(_ k: Int) -> [Double] {
+        guard bank.isCalibrated, let row = latestRow else { return [] }
+        return bank.top(row, k: k, by: .pot).map(\.score)
     }
 
-    /// Alertmanager-style fingerprint: FNV-1a of the sorted labels.
-    static func fingerprint(of labels: [String: String]) -> String {
-        var h: UInt64 = 0xcbf2_9ce4_8422_2325
-        for (k, v) in labels.sorted(by: { $0.key < $1.key }) {
-            for b in k.utf8 { h ^= UInt64(b); h = h &* 0x100_0000_01b3 }
-            h ^= 0xff; h = h &* 0x100_0000_01b3
-            for b in v.utf8 { h ^= UInt64(b); h = h &* 0x100_0000_01b3 }
-            h ^= 0xfe; h = h &* 0x100_0000_01b3
+    /// One filter's report (read-only introspection: tests, `state inspect`).
+    func report(filter j: Int) -> FilterBank.FilterReport { bank.report(filter: j) }
+    /// Rows the bank itself refused (never happens behind `PayloadCheck`; tests check it stays empty).
+    var rejectedRows: [RowRejection: UInt64] { bank.rejected }
+    /// The bank's binary state on its own (tests compare two engines with it).
+    func serializedBankState() -> [UInt8] { bank.serializedState() }
+
+    /// Appends the bank's binary state (snapshots).
+    func serializeBank(into w: inout ByteWriter) { bank.serialize(into: &w) }
+    var serializedSizeBound: Int { bank.serializedSizeBound }
+
+    /// Tail summary over all filters (`saliencyctl state inspect`).
+    func tailCensus() -> (tails: [String: Int], extremes: UInt64) {
+        var tails: [String: Int] = [:]
+        var extremes: UInt64 = 0
+        for j in 0..<filterCount {
+            let rep = bank.report(filter: j)
+            tails[rep.tail.rawValue, default: 0] += 1
+            extremes += rep.extremes
         }
-        let s = String(h, radix: 16)
-        return String(repeating: "0", count: 16 - s.count) + s
+        return (tails, extremes)
     }
 }
 
-/// A minimal JSON writer for flat objects (alerts).
-struct JSONWriter {
-    var bytes: [UInt8] = []
-    var first = true
-    init() { bytes.reserveCapacity(768) }
-    mutating func open() { bytes.append(UInt8(ascii: "{")); first = true }
-    mutating func close() { bytes.append(UInt8(ascii: "}")) }
-    mutating func key(_ k: String) {
-        if !first { bytes.append(UInt8(ascii: ",")) }
-        first = false
-        string(k)
-        bytes.append(UInt8(ascii: ":"))
-    }
-    mutating func raw(_ s: String) { bytes.append(contentsOf: s.utf8) }
-    mutating func int(_ v: Int) { raw(String(v)) }
-    mutating func double(_ v: Double) {
-        if v.isNaN { string("nan") } else if v.isInfinite { string(v > 0 ? "inf" : "-inf") } else { raw("\(v)") }
-    }
-    mutating func string(_ s: String) {
-        bytes.append(UInt8(ascii: "\""))
-        for u in s.utf8 {
-            switch u {
-            case UInt8(ascii: "\""): bytes.append(contentsOf: [92, 34])
-            case UInt8(ascii: "\\"): bytes.append(contentsOf: [92, 92])
-            case 0x0A: bytes.append(contentsOf: [92, 110])
-            case 0x0D: bytes.append(contentsOf: [92, 114])
-            case 0x09: bytes.append(contentsOf: [92, 116])
-            case 0..<0x20:
-                let hex = Array("0123456789abcdef".utf8)
-                bytes.append(contentsOf: [92, 117, 48, 48, hex[Int(u >> 4)], hex[Int(u & 15)]])
-            default: bytes.append(u)
+// MARK: - Finished alerts
+
+extension ModelEngine {
+    /// What the last `absorb` changed in the alert state, as finished alerts (without `seq`:
+    /// `DaemonCore.publish` numbers, logs and sends them, then hands firing ones back through
+    /// `published`). A firing filter's tail model is frozen until it resolves, so a persistent
+    /// shift is not learned as normal. `modelCalibrated` reports the model-level rule's burn-in end.
+    func alerts(at now: String, row: UnsafeBufferPointer<Float>) -> (alerts: [AlertMessage], modelCalibrated: ModelShiftCalibration?) {
+        var out: [AlertMessage] = []
+        var calibrated: ModelShiftCalibration?
+        let model = schema.model
+        for t in events {
+            switch t {
+            case .fired(let j, let count):
+                let (layer, channel) = layerName(of: j)
+                let rep = bank.report(filter: j)
+                let p = bank.tailProbability(filter: j, value: row[j])
+                out.append(AlertMessage(
+                    status: .firing,
+                    labels: ["alertname": "SalientFilter", "model": model, "layer": layer, "filter": "\(j)", "channel": "\(channel)", "severity": "warning"],
+                    annotations: [
+                        "summary": "\(layer)[\(channel)] (filter \(j)) exceeded its extreme threshold in \(count) of the last \(tracker.rule.window) predictions",
+                        "description": "Saliency \(row[j]) vs extreme threshold \(Float(rep.extremeThreshold)) (tail p = \(Float(p))). Inspect with: saliencyctl filter --model \(model) \(j)",
+                    ],
+                    startsAt: now, model: model, filter: j, layer: layer, channel: channel, score: POT.score(p: p), p: p,
+                    threshold: rep.threshold, extreme_threshold: rep.extremeThreshold, exceedances: count,
+                    window: tracker.rule.window, value: Double(row[j])))
+                bank.setFrozen(j, true)
+            case .resolved(let j):
+                bank.setFrozen(j, false)
+                guard var a = active.removeValue(forKey: j) else { continue }
+                a.status = .resolved
+                a.endsAt = now
+                a.resent = nil
+                a.exceedances = tracker.exceedances(inLastWindowOf: j, at: bank.rows)
+                out.append(a)
+            case .modelFired(_, let statistic):
+                out.append(AlertMessage(
+                    status: .firing,
+                    labels: ["alertname": "ModelShift", "model": model, "layer": Topic.modelLevelLayer, "severity": "critical"],
+                    annotations: [
+                        "summary": "\(model): predictions with many extreme filters became more frequent than under the reference (CUSUM \(Float(statistic)))",
+                        "description": "Domain shift suspected. Top filters: saliencyctl top --model \(model)",
+                    ],
+                    startsAt: now, model: model, filter: nil, layer: Topic.modelLevelLayer, channel: nil, score: statistic, p: nil,
+                    threshold: nil, extreme_threshold: nil, exceedances: nil, window: nil, value: nil))
+            case .modelResolved:
+                guard var a = modelAlert else { continue }
+                modelAlert = nil
+                a.status = .resolved
+                a.endsAt = now
+                a.resent = nil
+                out.append(a)
+            case .modelCalibrated(let c):
+                calibrated = c
             }
         }
-        bytes.append(UInt8(ascii: "\""))
+        return (out, calibrated)
     }
-    mutating func object(_ d: [String: String]) {
-        let saved = first
-        open()
-        for (k, v) in d.sorted(by: { $0.key < $1.key }) { key(k); string(v) }
-        close()
-        first = saved
+
+    /// Records a published firing alert (with its `seq`) as active, for re-sends and `alerts --active`.
+    func published(_ a: AlertMessage) {
+        guard a.status == .firing else { return }
+        if let f = a.filter { active[f] = a } else { modelAlert = a }
+    }
+
+    /// Firing alerts, oldest first (re-sends, `alerts --active`).
+    var firingAlerts: [AlertMessage] {
+        active.values.sorted { $0.seq < $1.seq } + (modelAlert.map { [$0] } ?? [])
+    }
+}
+
+// MARK: - Queries
+
+extension ModelEngine {
+    func statusEntry(calibration: Int, uptimeSeconds secs: Double, statusLayers: Int) -> StatusReply.Model {
+        let (phase, seen, total): (String, Int, Int) = switch bank.phase {
+        case .calibrating(let s, let of): ("calibrating", s, of)
+        case .monitoring: ("monitoring", calibration, calibration)
+        }
+        var byLayer: [String: UInt64] = [:]
+        var other: UInt64 = 0
+        let ranked = layerExtremes.indices.filter { layerExtremes[$0] > 0 }.sorted { layerExtremes[$0] > layerExtremes[$1] }
+        for (r, i) in ranked.enumerated() {
+            if r < statusLayers { byLayer[schema.layers[i].name] = layerExtremes[i] } else { other &+= layerExtremes[i] }
+        }
+        return StatusReply.Model(
+            model: schema.model, fingerprint: SchemaMessage.hex(fingerprint), filters: filterCount, layers: schema.layers.count,
+            phase: phase, calibration_seen: seen, calibration_total: total, rows: bank.rows, rows_since_start: acceptedSinceStart,
+            rate_per_s: secs > 0 ? Double(acceptedSinceStart) / secs : 0, firing: active.count, model_alert: modelAlert != nil,
+            refits: bank.refitCount, due: bank.isCalibrated ? bank.dueCount : 0,
+            alert_rule: .init(window: tracker.rule.window, fire_count: tracker.rule.fireCount, resolve_below: tracker.rule.resolveBelow),
+            rejected_rows: Dictionary(uniqueKeysWithValues: bank.rejected.map { ($0.key.rawValue, $0.value) }),
+            extremes_by_layer: byLayer, extremes_other_layers: other, max_bytes: maximumBytes, peak_stride: bank.peakStride,
+            max_refit_lag_rows: bank.maxRefitLagRows)
+    }
+
+    func top(k: Int, by: ScoreKind, window: QueryRequest.Window) throws(SaliencyError) -> TopReply {
+        guard bank.isCalibrated else {
+            throw SaliencyError(.notReady, "model '\(schema.model)' is calibrating (\(bank.rows)/\(bank.configuration.calibration)); top is available once calibration completes")
+        }
+        let ranked: [RankedFilter]
+        let used: Int
+        switch window {
+        case .latest:
+            guard let row = latestRow else { throw SaliencyError(.notReady, "no prediction yet") }
+            ranked = bank.top(row, k: k, by: by)
+            used = 1
+        case .recent(let n):
+            let rows = recentRows(n)
+            ranked = bank.top(rows: rows, k: k, by: by)
+            used = rows.count
+        }
+        return TopReply(model: schema.model, by: by.rawValue, window: used, top: ranked.map { r in
+            let (layer, channel) = layerName(of: r.filter)
+            return TopReply.Entry(filter: r.filter, layer: layer, channel: channel, score: r.score, p: r.p)
+        })
+    }
+
+    func filter(_ selector: QueryRequest.FilterSelector) throws(SaliencyError) -> FilterReply {
+        let j: Int
+        switch selector {
+        case .index(let i):
+            guard i >= 0, i < filterCount else { throw SaliencyError(.notFound, "filter \(i) out of range 0..<\(filterCount)") }
+            j = i
+        case .channel(let layer, let channel):
+            guard let l = schema.layerIndex(named: layer) else { throw SaliencyError(.notFound, "no layer '\(layer)' in '\(schema.model)'") }
+            guard channel >= 0, channel < schema.layers[l].filters else { throw SaliencyError(.notFound, "layer '\(layer)' has channels 0..<\(schema.layers[l].filters)") }
+            j = schema.globalIndex(layer: l, channel: channel)
+        }
+        let rep = bank.report(filter: j)
+        let (layer, channel) = layerName(of: j)
+        var recent: [FilterReply.Recent] = []
+        if bank.isCalibrated {
+            for row in recentRows(16) {
+                let p = bank.tailProbability(filter: j, value: row[j])
+                recent.append(.init(value: Double(row[j]), score: POT.score(p: p), p: p, zscore: bank.zScore(filter: j, value: row[j])))
+            }
+        }
+        return FilterReply(model: schema.model, filter: j, layer: layer, channel: channel, tail: rep.tail.rawValue, threshold: rep.threshold,
+                           extreme_threshold: rep.extremeThreshold, shape: rep.shape, scale: rep.scale, n: rep.n, peaks: rep.peaks,
+                           peaks_in_ring: rep.peaksInRing, peaks_since_fit: rep.peaksSinceFit, due: rep.due, extremes: rep.extremes,
+                           mean: rep.mean, std: rep.standardDeviation, firing: tracker.isFiring(j),
+                           window_exceedances: bank.isCalibrated ? tracker.exceedances(inLastWindowOf: j, at: bank.rows) : 0,
+                           recent: recent)
     }
 }

@@ -43,8 +43,8 @@ final class SnapshotStore {
         json.nonConformingFloatEncodingStrategy = .convertToString(positiveInfinity: "inf", negativeInfinity: "-inf", nan: "nan")
         // A model that never accepted a row has learned nothing: its schema is re-sent by its
         // producer, so it is not written (junk schemas do not survive restarts).
-        let engines = core.engines.values.filter { $0.bank.rows > 0 }.sorted { $0.schema.model < $1.schema.model }
-        var w = ByteWriter(capacity: engines.reduce(1 << 16) { $0 + $1.bank.serializedSizeBound + 192 * $1.filterCount })   // + tracker JSON (~120 B per filter measured)
+        let engines = core.engines.values.filter { $0.rows > 0 }.sorted { $0.schema.model < $1.schema.model }
+        var w = ByteWriter(capacity: engines.reduce(1 << 16) { $0 + $1.serializedSizeBound + 192 * $1.filterCount })   // + tracker JSON (~120 B per filter measured)
         // Header: magic, version, payload length and checksum (patched once the payload is written).
         for b in magic { w.write(b) }
         w.write(version)
@@ -52,11 +52,11 @@ final class SnapshotStore {
         w.write(UInt64(0))
         w.write(UInt64(0))
         let payloadStart = w.count
-        w.write(blob: [UInt8](try json.encode(Header(created: AlertRecord.now(), next_alert_seq: core.alertLog.nextSequence, models: engines.count))))
+        w.write(blob: [UInt8](try json.encode(Header(created: AlertMessage.now(), next_alert_seq: core.alertLog.nextSequence, models: engines.count))))
         w.write(UInt32(engines.count))
         for e in engines {
             w.write(blob: SchemaMessage.encode(e.schema))
-            w.writeBlob { e.bank.serialize(into: &$0) }
+            w.writeBlob { e.serializeBank(into: &$0) }
             w.write(blob: [UInt8](try json.encode(e.tracker.state)))
             w.write(blob: [UInt8](try json.encode(e.active.values.sorted { $0.seq < $1.seq })))
             w.write(blob: [UInt8](try json.encode(e.modelAlert.map { [$0] } ?? [])))
@@ -64,7 +64,7 @@ final class SnapshotStore {
         }
         let prods = core.producers.map { ProducerEntry(id: $0.key, model: $0.value.model, last: $0.value.lastSequence, gaps: $0.value.gaps, reordered: $0.value.reordered, received: $0.value.received) }
         w.write(blob: [UInt8](try json.encode(prods)))
-        w.write(blob: [UInt8](try json.encode(core.rejected)))
+        w.write(blob: [UInt8](try json.encode(core.rejected.reduce(into: [String: UInt64]()) { $0[$1.key.rawValue] = $1.value })))
         w.write(core.gapsTotal)
         let checksum = w.bytes.withUnsafeBytes { fnv1a64(UnsafeRawBufferPointer(rebasing: $0[payloadStart...])) }
         w.overwrite(UInt64(w.count - payloadStart), at: lengthAt)
@@ -75,7 +75,7 @@ final class SnapshotStore {
     struct Restored {
         var engines: [ModelEngine]
         var producers: [UInt64: DaemonCore.Producer]
-        var rejected: [String: UInt64]
+        var rejected: [RejectReason: UInt64]
         var gaps: UInt64
         var nextAlertSeq: UInt64
     }
@@ -117,8 +117,8 @@ final class SnapshotStore {
             let schema = try SchemaMessage.decode(try p.readBlob("schema"))
             let bankBytes = try p.readBlob("filter bank")
             let trackerState = try decodeJSON(AlertTrackerState.self, "alert tracker")
-            let active = try decodeJSON([AlertRecord].self, "active alerts")
-            let modelAlert = try decodeJSON([AlertRecord].self, "model alert")
+            let active = try decodeJSON([AlertMessage].self, "active alerts")
+            let modelAlert = try decodeJSON([AlertMessage].self, "model alert")
             let layerExtremes = try decodeJSON([UInt64].self, "layer extremes")
             let bank = try FilterBank(restoring: bankBytes, configuration: acceptStoredSettings ? nil : configuration.pot)
             guard bank.filterCount == schema.filterCount else { throw bad("model '\(schema.model)': bank has \(bank.filterCount) filters, schema \(schema.filterCount)") }
@@ -155,15 +155,17 @@ final class SnapshotStore {
         let gaps = try p.read(UInt64.self, "gaps")
         guard p.remaining == 0 else { throw bad("\(p.remaining) trailing bytes") }
         guard prods.count <= 1_000_000, Set(prods.map(\.id)).count == prods.count else { throw bad("producer table of \(prods.count) entries is invalid") }
-        guard rejected.count <= 64, rejected.keys.allSatisfy({ !$0.isEmpty && $0.utf8.count <= 64 && $0.utf8.allSatisfy { $0 == UInt8(ascii: "_") || ($0 >= 0x61 && $0 <= 0x7A) } }) else {
-            throw bad("rejection table holds unknown reasons")
+        var rejectedByReason: [RejectReason: UInt64] = [:]
+        for (k, v) in rejected {
+            guard let r = RejectReason(rawValue: k) else { throw bad("rejection table holds an unknown reason '\(k.prefix(64))'") }
+            rejectedByReason[r] = v
         }
         var producers: [UInt64: DaemonCore.Producer] = [:]
         // Most recently active first survive a smaller limits.max_producers.
         for (i, x) in prods.sorted(by: { $0.received > $1.received }).enumerated() where i < configuration.limits.maxProducers {
             producers[x.id] = .init(model: x.model, lastSequence: x.last, gaps: x.gaps, reordered: x.reordered, received: x.received)
         }
-        return Restored(engines: engines, producers: producers, rejected: rejected, gaps: gaps, nextAlertSeq: header.next_alert_seq)
+        return Restored(engines: engines, producers: producers, rejected: rejectedByReason, gaps: gaps, nextAlertSeq: header.next_alert_seq)
     }
 
     // MARK: - Files
@@ -185,11 +187,11 @@ final class SnapshotStore {
         } catch {
             let e = SaliencyError(.io, "\(error)"); completion(.failure(e)); return .failure(e)
         }
-        let models = core.engines.values.reduce(0) { $0 + ($1.bank.rows > 0 ? 1 : 0) }
+        let models = core.engines.values.reduce(0) { $0 + ($1.rows > 0 ? 1 : 0) }
         let job: @Sendable () -> Result<String, SaliencyError> = { [directory, currentPath, previousPath, logger, state] in
             let r = Self.persist(bytes, directory: directory, current: currentPath, previous: previousPath)
             if case .success = r {
-                state.withLock { $0 = AlertRecord.now() }
+                state.withLock { $0 = AlertMessage.now() }
                 logger.info("snapshot written", metadata: ["bytes": "\(bytes.count)", "models": "\(models)"])
             }
             completion(r)
@@ -247,7 +249,7 @@ final class SnapshotStore {
                 core.gapsTotal = r.gaps
                 core.alertLog.ensureSequence(atLeast: r.nextAlertSeq)
                 logger.notice("learned state restored", metadata: [
-                    "file": "\(path)", "models": "\(r.engines.map { "\($0.schema.model)(\($0.bank.rows) rows, \($0.bank.isCalibrated ? "monitoring" : "calibrating"))" }.joined(separator: ","))",
+                    "file": "\(path)", "models": "\(r.engines.map { "\($0.schema.model)(\($0.rows) rows, \($0.isCalibrated ? "monitoring" : "calibrating"))" }.joined(separator: ","))",
                 ])
                 return
             } catch {
@@ -284,17 +286,12 @@ public enum SnapshotInspector {
         let bytes = [UInt8](data)
         let r = try SnapshotStore.decode(bytes, configuration: configuration ?? DaemonConfiguration(), acceptStoredSettings: configuration == nil)
         let models = r.engines.sorted { $0.schema.model < $1.schema.model }.map { e -> ModelSummary in
-            var tails: [String: Int] = [:]
-            var extremes: UInt64 = 0
-            for j in 0..<e.filterCount {
-                let rep = e.bank.report(filter: j)
-                tails[rep.tail.rawValue, default: 0] += 1
-                extremes += rep.extremes
-            }
+            let (tails, extremes) = e.tailCensus()
+            let c = e.configuration
             return ModelSummary(model: e.schema.model, fingerprint: SchemaMessage.hex(e.fingerprint), filters: e.filterCount, layers: e.schema.layers.count,
-                                phase: e.bank.isCalibrated ? "monitoring" : "calibrating", rows: e.bank.rows, refits: e.bank.refitCount,
-                                firing: e.active.count, tails: tails, extremes: extremes, level: e.bank.configuration.level,
-                                q: e.bank.configuration.q, calibration: e.bank.configuration.calibration, max_peaks: e.bank.configuration.maxPeaks)
+                                phase: e.isCalibrated ? "monitoring" : "calibrating", rows: e.rows, refits: e.refitCount,
+                                firing: e.active.count, tails: tails, extremes: extremes, level: c.level,
+                                q: c.q, calibration: c.calibration, max_peaks: c.maxPeaks)
         }
         return Summary(file: path, bytes: bytes.count, version: SnapshotStore.version, checksum_ok: true, next_alert_seq: r.nextAlertSeq,
                        producers: r.producers.count, models: models)

@@ -258,19 +258,11 @@ struct RequestObject: Decodable {
     }
 }
 
-/// JSON bodies the query socket sends back.
+/// Error bodies the query socket sends back (the other replies are the types in Wire.swift).
 public enum QueryReply {
-    private struct ErrorBody: Encodable {
-        struct Inner: Encodable { var code: String; var message: String }
-        var ok = false
-        var error: Inner
-    }
-
     /// `{"error":{"code":…,"message":…},"ok":false}` (keys sorted).
     public static func error(code: SaliencyError.Code, message: String) -> [UInt8] {
-        let enc = JSONEncoder()
-        enc.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
-        return Array(try! enc.encode(ErrorBody(error: .init(code: code.rawValue, message: message))))
+        Wire.encode(ErrorReply(code: code, message: message))
     }
 
     /// The error reply for a `SaliencyError`.

@@ -47,29 +47,32 @@ struct QueryClient: ~Copyable {
         return s
     }
 
-    /// Sends `request` and returns the parsed reply; throws a readable error for `ok: false`.
-    func ask(_ request: [String: Any]) throws -> [String: Any] {
-        let body = try JSONSerialization.data(withJSONObject: request)
-        guard try socket.send([UInt8](body)) else { throw CtlError("cannot send to \(endpoint): is saliencyd running?") }
+    /// Sends `request` and returns the raw reply body; throws a readable error when none comes.
+    func send(_ request: QueryRequest) throws -> [UInt8] {
+        guard try socket.send(request.body) else { throw CtlError("cannot send to \(endpoint): is saliencyd running?") }
         let reply = ZMQMultipart(maxFrames: 1)
         guard try socket.receive(into: reply) else {
             throw CtlError("no answer from \(endpoint) within the timeout: is saliencyd running, and are the endpoint and CURVE keys right?")
         }
-        guard let obj = try? JSONSerialization.jsonObject(with: Data(reply.bytes(0))) as? [String: Any] else {
-            throw CtlError("the answer from \(endpoint) is not a JSON object")
-        }
-        if obj["ok"] as? Bool != true {
-            let err = obj["error"] as? [String: Any]
-            throw CtlError("\(err?["code"] as? String ?? "error"): \(err?["message"] as? String ?? "unknown error")", raw: reply.bytes(0))
-        }
-        return obj
+        return reply.bytes(0)
     }
 
-    /// Raw reply bytes (for --json passthrough).
-    func askRaw(_ request: [String: Any]) throws -> [UInt8] {
-        let obj = try ask(request)
-        return [UInt8](try JSONSerialization.data(withJSONObject: obj, options: [.sortedKeys]))
+    /// Sends `request` and decodes the typed reply (`Wire.reply`); the daemon's error
+    /// (`ok: false`) becomes a readable error that keeps the raw body for `--json`.
+    func ask<T: Decodable>(_ request: QueryRequest, as type: T.Type) throws -> T {
+        let raw = try send(request)
+        do { return try Wire.reply(T.self, from: raw) } catch {
+            throw CtlError("\(error.code.rawValue): \(error.message)", raw: raw)
+        }
     }
+
+    /// The reply body as the daemon sent it (for --json), after checking it is not an error.
+    func askRaw(_ request: QueryRequest) throws -> [UInt8] {
+        let raw = try send(request)
+        do { _ = try Wire.reply(OKOnly.self, from: raw) } catch { throw CtlError("\(error.code.rawValue): \(error.message)", raw: raw) }
+        return raw
+    }
+    private struct OKOnly: Decodable { var ok: Bool }
 }
 
 struct CtlError: Error, CustomStringConvertible {
@@ -88,8 +91,7 @@ func runCtl(_ json: Bool, _ body: () throws -> Void) throws {
     }
 }
 
-func num(_ v: Any?) -> Double { (v as? NSNumber)?.doubleValue ?? (v as? String).flatMap(Double.init) ?? .nan }
-func str(_ v: Any?) -> String { v.map { "\($0)" } ?? "-" }
+func str(_ v: (some CustomStringConvertible)?) -> String { v.map { "\($0)" } ?? "-" }
 
 struct Status: ParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Daemon status: models, calibration, rates, drops, rejected input, firing alerts.")
@@ -99,23 +101,27 @@ struct Status: ParsableCommand {
     func run() throws {
         try runCtl(output.json) {
             let c = try QueryClient(endpoints)
-            if output.json { print(String(decoding: try c.askRaw(["op": "status"]), as: UTF8.self)); return }
-            let s = try c.ask(["op": "status"])
-            let kernels = s["kernels"].map { ", kernels \(str($0))" } ?? ""   // absent from older daemons
-            print("saliencyd \(str(s["version"])), up \(fmt(num(s["uptime_s"]), 4)) s, state in \(str(s["state_directory"]))\(kernels)")
-            print("alerts: \(str(s["firing"])) firing, last seq \(str(s["alert_seq"])); sequence gaps \(str(s["gaps"])); queries \(str(s["queries"]))")
+            if output.json { print(String(decoding: try c.askRaw(.status), as: UTF8.self)); return }
+            let s = try c.ask(.status, as: StatusReply.self)
+            print("saliencyd \(s.version), up \(fmt(s.uptime_s, 4)) s, state in \(s.state_directory), kernels \(s.kernels)")
+            print("alerts: \(s.firing) firing, last seq \(s.alert_seq); sequence gaps \(s.gaps); queries \(s.queries)")
             var t = Table(headers: ["model", "filters", "phase", "calibration", "rows", "rate/s", "firing", "due", "rule m/c/L"])
-            for m in s["models"] as? [[String: Any]] ?? [] {
-                let rule = m["alert_rule"] as? [String: Any] ?? [:]
-                t.rows.append([str(m["model"]), str(m["filters"]), str(m["phase"]), "\(str(m["calibration_seen"]))/\(str(m["calibration_total"]))",
-                               str(m["rows"]), fmt(num(m["rate_per_s"]), 4), str(m["firing"]), str(m["due"]),
-                               "\(str(rule["window"]))/\(str(rule["fire_count"]))/\(str(rule["resolve_below"]))"])
+            for m in s.models {
+                let rule = m.alert_rule
+                t.rows.append([m.model, String(m.filters), m.phase, "\(m.calibration_seen)/\(m.calibration_total)",
+                               String(m.rows), fmt(m.rate_per_s, 4), String(m.firing), String(m.due),
+                               "\(rule.window)/\(rule.fire_count)/\(rule.resolve_below)"])
             }
             print(t.rows.isEmpty ? "no models yet (waiting for schema messages)" : t.render())
-            let rej = s["rejected"] as? [String: Any] ?? [:]
-            if !rej.isEmpty { print("rejected input: " + rej.keys.sorted().map { "\($0)=\(str(rej[$0]))" }.joined(separator: " ")) }
-            for p in s["producers"] as? [[String: Any]] ?? [] {
-                print("producer \(str(p["producer"])) → \(str(p["model"])): received \(str(p["received"])), gaps \(str(p["gaps"])), reordered \(str(p["reordered"]))")
+            if !s.rejected.isEmpty { print("rejected input: " + s.rejected.keys.sorted().map { "\($0)=\(s.rejected[$0]!)" }.joined(separator: " ")) }
+            for p in s.producers {
+                print("producer \(p.producer) → \(p.model): received \(p.received), gaps \(p.gaps), reordered \(p.reordered)")
+            }
+            if s.producer_count > s.producers.count { print("… and \(s.producer_count - s.producers.count) more producers") }
+            let l = s.limits, ps = s.persistence
+            print("memory budget: \(l.admitted_bytes >> 20) of \(l.max_total_bytes >> 20) MiB admitted; log lines suppressed \(s.log_suppressed); models expired \(s.models_expired)")
+            if ps.alert_log_failures > 0 || ps.snapshot_failures > 0 {
+                print("PERSISTENCE FAILURES: alert log \(ps.alert_log_failures) (\(ps.alert_log_error ?? "recovered")), snapshots \(ps.snapshot_failures) (\(ps.snapshot_error ?? "recovered"))")
             }
         }
     }
@@ -135,19 +141,17 @@ struct Top: ParsableCommand {
     func run() throws {
         try runCtl(output.json) {
             let c = try QueryClient(endpoints)
-            var req: [String: Any] = ["op": "top", "model": model, "k": k, "by": by.rawValue]
-            if let w = window { req["window"] = w }
+            let req = QueryRequest.top(model: model, k: k, by: by, window: window.map { .recent($0) } ?? .latest)
             repeat {
-                let r = try c.ask(req)
-                let top = r["top"] as? [[String: Any]] ?? []
+                let r = try c.ask(req, as: TopReply.self)
                 if output.json {
-                    for e in top { print(String(decoding: try JSONSerialization.data(withJSONObject: e, options: [.sortedKeys]), as: UTF8.self)) }
+                    for e in r.top { print(String(decoding: Wire.encode(e), as: UTF8.self)) }
                 } else {
                     if watch { print("\u{1B}[2J\u{1B}[H", terminator: "") }
-                    print("\(model): top \(k) by \(by.rawValue) over \(str(r["window"])) prediction(s)  \(Date())")
+                    print("\(model): top \(k) by \(by.rawValue) over \(r.window) prediction(s)  \(Date())")
                     var t = Table(headers: ["rank", "filter", "layer", "channel", "score"] + (by == .pot ? ["p"] : []))
-                    for (i, e) in top.enumerated() {
-                        t.rows.append([String(i + 1), str(e["filter"]), str(e["layer"]), str(e["channel"]), fmt(num(e["score"]), 5)] + (by == .pot ? [fmt(num(e["p"]), 4)] : []))
+                    for (i, e) in r.top.enumerated() {
+                        t.rows.append([String(i + 1), String(e.filter), e.layer, String(e.channel), fmt(e.score, 5)] + (by == .pot ? [fmt(e.p ?? .nan, 4)] : []))
                     }
                     print(t.render())
                 }
@@ -173,17 +177,16 @@ struct FilterCmd: ParsableCommand {
     func run() throws {
         try runCtl(output.json) {
             let c = try QueryClient(endpoints)
-            var req: [String: Any] = ["op": "filter", "model": model]
-            if let i = index { req["filter"] = i } else { req["layer"] = layer!; req["channel"] = channel! }
+            let req = QueryRequest.filter(model: model, selector: index.map { .index($0) } ?? .channel(layer: layer!, channel: channel!))
             if output.json { print(String(decoding: try c.askRaw(req), as: UTF8.self)); return }
-            let r = try c.ask(req)
-            print("\(model) filter \(str(r["filter"])) = \(str(r["layer"]))[\(str(r["channel"]))]  tail: \(str(r["tail"]))\(r["firing"] as? Bool == true ? "  FIRING" : "")")
-            print("threshold t = \(fmt(num(r["threshold"]))), extreme threshold z_q = \(fmt(num(r["extreme_threshold"])))")
-            print("GPD shape γ = \(fmt(num(r["shape"]), 4)), scale σ = \(fmt(num(r["scale"]), 4)); n = \(str(r["n"])), peaks N_t = \(str(r["peaks"])) (ring \(str(r["peaks_in_ring"])), since fit \(str(r["peaks_since_fit"]))\(r["due"] as? Bool == true ? ", refit due" : ""))")
-            print("extremes = \(str(r["extremes"])) (\(str(r["window_exceedances"])) in the alert window); mean = \(fmt(num(r["mean"]))), std = \(fmt(num(r["std"])))")
+            let r = try c.ask(req, as: FilterReply.self)
+            print("\(model) filter \(r.filter) = \(r.layer)[\(r.channel)]  tail: \(r.tail)\(r.firing ? "  FIRING" : "")")
+            print("threshold t = \(fmt(r.threshold)), extreme threshold z_q = \(fmt(r.extreme_threshold))")
+            print("GPD shape γ = \(fmt(r.shape, 4)), scale σ = \(fmt(r.scale, 4)); n = \(r.n), peaks N_t = \(r.peaks) (ring \(r.peaks_in_ring), since fit \(r.peaks_since_fit)\(r.due ? ", refit due" : ""))")
+            print("extremes = \(r.extremes) (\(r.window_exceedances) in the alert window); mean = \(fmt(r.mean)), std = \(fmt(r.std))")
             var t = Table(headers: ["recent value", "score", "p", "z"])
-            for e in r["recent"] as? [[String: Any]] ?? [] {
-                t.rows.append([fmt(num(e["value"])), fmt(num(e["score"]), 4), fmt(num(e["p"]), 3), fmt(num(e["zscore"]), 3)])
+            for e in r.recent {
+                t.rows.append([fmt(e.value), fmt(e.score, 4), fmt(e.p, 3), fmt(e.zscore, 3)])
             }
             if !t.rows.isEmpty { print(t.render()) }
         }
@@ -202,30 +205,26 @@ struct Alerts: ParsableCommand {
     @OptionGroup var endpoints: EndpointOptions
     @OptionGroup var output: OutputOptions
 
-    func printAlert(_ a: [String: Any]) throws {
+    func printAlert(_ a: AlertMessage) throws {
         if output.json {
-            print(String(decoding: try JSONSerialization.data(withJSONObject: a, options: [.sortedKeys]), as: UTF8.self))
+            print(String(decoding: Wire.encode(a), as: UTF8.self))
         } else {
-            let labels = a["labels"] as? [String: Any] ?? [:]
-            let what = a["filter"] != nil ? "\(str(a["layer"]))[\(str(a["channel"]))] filter \(str(a["filter"]))" : "model-level shift"
-            print("#\(str(a["seq"])) \(str(a["status"]).uppercased()) \(str(labels["model"])) \(what) score=\(fmt(num(a["score"]), 4)) exceedances=\(str(a["exceedances"]))/\(str(a["window"])) at \(a["status"] as? String == "resolved" ? str(a["endsAt"]) : str(a["startsAt"]))")
+            let what = a.filter.map { "\(a.layer)[\(str(a.channel))] filter \($0)" } ?? "model-level shift"
+            print("#\(a.seq) \(a.status.rawValue.uppercased()) \(a.labels["model"] ?? a.model) \(what) score=\(fmt(a.score ?? .nan, 4)) exceedances=\(str(a.exceedances))/\(str(a.window)) at \(a.status == .resolved ? a.endsAt : a.startsAt)")
         }
         fflush(nil)   // line by line even when stdout is a pipe or file
     }
 
     func printSummary(_ c: borrowing QueryClient) throws {
-        let r = try c.ask(["op": "alerts", "active": true])
+        let r = try c.ask(.alerts(since: nil, active: true), as: AlertsReply.self)
         struct Group: Codable { var model: String; var layer: String; var firing: Int; var max_score: Double; var filters: [Int] }
         var groups: [String: Group] = [:]
-        for a in r["alerts"] as? [[String: Any]] ?? [] {
-            let labels = a["labels"] as? [String: Any] ?? [:]
-            let model = str(labels["model"]), layer = str(a["layer"])
-            var g = groups[model + "\u{0}" + layer] ?? Group(model: model, layer: layer, firing: 0, max_score: -.infinity, filters: [])
+        for a in r.alerts {
+            var g = groups[a.model + "\u{0}" + a.layer] ?? Group(model: a.model, layer: a.layer, firing: 0, max_score: -.infinity, filters: [])
             g.firing += 1
-            let sc = num(a["score"])
-            if sc.isNaN == false { g.max_score = max(g.max_score, sc.isInfinite ? .greatestFiniteMagnitude : sc) }
-            if let f = (a["filter"] as? NSNumber)?.intValue { g.filters.append(f) }
-            groups[model + "\u{0}" + layer] = g
+            if let sc = a.score, !sc.isNaN { g.max_score = max(g.max_score, sc.isInfinite ? .greatestFiniteMagnitude : sc) }
+            if let f = a.filter { g.filters.append(f) }
+            groups[a.model + "\u{0}" + a.layer] = g
         }
         let sorted = groups.values.sorted { ($0.model, -$0.firing, $0.layer) < ($1.model, -$1.firing, $1.layer) }
         if output.json {
@@ -245,19 +244,20 @@ struct Alerts: ParsableCommand {
             let c = try QueryClient(endpoints)
             if summary { try printSummary(c); return }
             var last = since ?? 0
+            /// Prints retained alerts after `after` (following `truncated` replies) and returns the newest seq seen.
             func fetch(after: UInt64) throws -> UInt64 {
-                var req: [String: Any] = ["op": "alerts", "since": after]
-                if active { req = ["op": "alerts", "active": true] }
-                let r = try c.ask(req)
-                var newest = after
-                for a in r["alerts"] as? [[String: Any]] ?? [] {
-                    let s = UInt64(num(a["seq"]))
-                    if active || s > newest { try printAlert(a); newest = max(newest, s) }
+                var cursor = after
+                while true {
+                    let r = try c.ask(active ? .alerts(since: nil, active: true) : .alerts(since: cursor, active: false), as: AlertsReply.self)
+                    var newest = cursor
+                    for a in r.alerts where active || a.seq > newest { try printAlert(a); newest = max(newest, a.seq) }
+                    if let oldest = r.oldest_retained, oldest > cursor + 1, cursor > 0 {
+                        FileHandle.standardError.write(Data("saliencyctl: alerts \(cursor + 1)…\(oldest - 1) are past the daemon's log retention\n".utf8))
+                    }
+                    if active { return after }
+                    if r.truncated == true, newest > cursor { cursor = newest; continue }
+                    return max(newest, r.last_seq)
                 }
-                if let oldest = (r["oldest_retained"] as? NSNumber)?.uint64Value, oldest > after + 1, after > 0 {
-                    FileHandle.standardError.write(Data("saliencyctl: alerts \(after + 1)…\(oldest - 1) are past the daemon's log retention\n".utf8))
-                }
-                return max(newest, active ? after : UInt64(num(r["last_seq"])))
             }
             guard follow else { _ = try fetch(after: last); return }
             let ctx = try ZMQContext()
@@ -271,11 +271,10 @@ struct Alerts: ParsableCommand {
             let deadline = duration > 0 ? Date().addingTimeInterval(duration) : .distantFuture
             while Date() < deadline {
                 guard try sub.poll(timeout: 250).contains(.pollIn), try sub.receive(into: msg, dontWait: true), msg.count == 2 else { continue }
-                guard let a = try? JSONSerialization.jsonObject(with: Data(msg.bytes(1))) as? [String: Any] else { continue }
-                let s = UInt64(num(a["seq"]))
-                if s <= last { continue }             // already seen (re-sent firing alerts)
-                if s > last + 1 { last = try fetch(after: last) }   // gap: fill from the log
-                if s > last { try printAlert(a); last = s }
+                guard let a = try? Wire.decode(AlertMessage.self, from: msg.bytes(1)) else { continue }
+                if a.seq <= last { continue }             // already seen (re-sent firing alerts)
+                if a.seq > last + 1 { last = try fetch(after: last) }   // gap: fill from the log
+                if a.seq > last { try printAlert(a); last = a.seq }
             }
         }
     }

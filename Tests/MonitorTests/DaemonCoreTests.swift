@@ -106,10 +106,10 @@ final class SocketPair {
             #expect(Array(try #require(ea.latestRow)) == Array(try #require(eb.latestRow)))
         }
         let ea = try #require(a.engine), eb = try #require(b.engine)
-        #expect(ea.bank.serializedState() == eb.bank.serializedState())
+        #expect(ea.serializedBankState() == eb.serializedBankState())
         #expect(ea.tracker.state == eb.tracker.state)
         #expect(ea.recentRows(10).map(Array.init) == eb.recentRows(10).map(Array.init))
-        #expect(a.core.rejected == b.core.rejected && a.core.rejected["non_finite"] == 1)
+        #expect(a.core.rejected == b.core.rejected && a.core.rejected[.nonFinite] == 1)
     }
 
     /// Property test of the frame path: random and mutated frames never crash, never enter the
@@ -118,7 +118,7 @@ final class SocketPair {
         var h = try Harness(seed: 11)
         h.sendSchema()
         for _ in 0..<200 { h.send(h.row()) }
-        #expect(h.engine?.bank.isCalibrated == true)
+        #expect(h.engine?.isCalibrated == true)
         let valid = [Topic.prediction(h.schema.model), h.header.encoded(), h.row().withUnsafeBytes { Array($0) }]
         var rng = SplitMix64(seed: 99)
         var sent = 0
@@ -147,12 +147,12 @@ final class SocketPair {
         }
         let core = h.core
         let rejected = core.rejected.values.reduce(0, +)
-        let absorbed = h.engine!.bank.rows - 200
+        let absorbed = h.engine!.rows - 200
         #expect(Int(rejected) + Int(absorbed) == sent)
         // Every absorbed row was valid: the bank's own validation never saw a bad row.
-        #expect(h.engine!.bank.rejected.isEmpty)
+        #expect(h.engine!.rejectedRows.isEmpty)
         for j in 0..<h.schema.filterCount {
-            let r = h.engine!.bank.report(filter: j)
+            let r = h.engine!.report(filter: j)
             #expect(r.mean.isFinite && r.standardDeviation.isFinite && r.threshold.isFinite)
         }
         // Still serving.
@@ -210,11 +210,11 @@ final class SocketPair {
     @Test func unknownSchemaIsHeldOutAndNotGuessed() throws {
         var h = try Harness(seed: 14)
         h.send(h.row())                  // no schema yet
-        #expect(h.core.rejected["unknown_schema"] == 1)
+        #expect(h.core.rejected[.unknownSchema] == 1)
         #expect(h.core.engines.isEmpty)
         h.sendSchema()
         h.send(h.row())
-        #expect(h.engine?.bank.rows == 1)
+        #expect(h.engine?.rows == 1)
     }
 }
 
@@ -235,7 +235,7 @@ final class SocketPair {
         #expect(restored.engines.count == 1)
         let e = restored.engines[0]
         let live = h.engine!
-        for j in 0..<live.filterCount { #expect(e.bank.report(filter: j) == live.bank.report(filter: j)) }
+        for j in 0..<live.filterCount { #expect(e.report(filter: j) == live.report(filter: j)) }
         #expect(e.tracker.state == live.tracker.state)
         #expect(e.active.keys.sorted() == live.active.keys.sorted())
         // Same next rows → same results.

@@ -45,12 +45,12 @@ import Glibc
         let h = try Harness(configure: { $0.limits.maxModelBytes = 1 << 20; $0.limits.maxTotalBytes = 3 << 20 })
         // 2^19 filters would claim ~2.7 GB: refused before any allocation.
         h.feed([Topic.schema("big"), schemaBytes("big", [("a", 1 << 19)])])
-        #expect(h.core.rejected["over_budget"] == 1)
+        #expect(h.core.rejected[.overBudget] == 1)
         #expect(h.core.engines.isEmpty)
         // Three models of ~0.94 MB (400 filters × ~2.3 KB at calibration 200) fit 3 MiB; the fourth does not.
         for i in 0..<4 { h.feed([Topic.schema("m\(i)"), schemaBytes("m\(i)", [("a", 400)])]) }
         #expect(h.core.engines.count == 3)
-        #expect(h.core.rejected["over_budget"] == 2)
+        #expect(h.core.rejected[.overBudget] == 2)
         #expect(h.core.admittedBytes == h.core.engines.values.reduce(0) { $0 + $1.maximumBytes })
         // Forgetting a model gives its budget back.
         let fp = h.core.byName["m0"]!
@@ -62,7 +62,7 @@ import Glibc
     @Test func tooManyLayersAreInvalid() throws {
         let h = try Harness(configure: { $0.limits.maxLayers = 100 })
         h.feed([Topic.schema("wide"), schemaBytes("wide", (0..<101).map { ("l\($0)", 1) })])
-        #expect(h.core.rejected["invalid_schema"] == 1)
+        #expect(h.core.rejected[.invalidSchema] == 1)
         h.feed([Topic.schema("ok"), schemaBytes("ok", (0..<100).map { ("l\($0)", 1) })])
         #expect(h.core.engines.count == 1)
     }
@@ -73,7 +73,7 @@ import Glibc
         for _ in 0..<10 { h.send(h.row()) }
         let live = h.core.byName["m"]
         h.feed([Topic.schema("m"), schemaBytes("m", [("l0", 9)])])
-        #expect(h.core.rejected["schema_conflict"] == 1)
+        #expect(h.core.rejected[.schemaConflict] == 1)
         #expect(h.core.byName["m"] == live)
         #expect(h.core.engines.count == 1)
         // Replacing is an explicit choice.
@@ -129,7 +129,7 @@ import Glibc
         #expect(h.core.gapsTotal == 0)
         #expect(h.core.producers[7]?.lastSequence == 10)
         #expect(h.core.producers[0xbad] == nil)
-        #expect(h.core.rejected["negative"] == 2)
+        #expect(h.core.rejected[.negative] == 2)
     }
 
     @Test func anHonestRejectedRowIsNotAGap() throws {
@@ -330,9 +330,9 @@ final class CapturedLog: @unchecked Sendable {
         for _ in 0..<110 { h.send(h.row()) }
         let e = try #require(h.engine)
         #expect(throws: Never.self) { _ = try SnapshotStore.decode(try SnapshotStore.encode(h.core), configuration: h.core.configuration) }
-        let phantom = AlertRecord(seq: 1, status: "firing", labels: [:], annotations: [:], startsAt: "", endsAt: "", fingerprint: "",
+        let phantom = AlertMessage(seq: 1, status: .firing, labels: [:], annotations: [:], startsAt: "",
                                   model: "m", filter: 1_000_000, layer: "l0", channel: 0, score: nil, p: nil, threshold: nil,
-                                  extreme_threshold: nil, exceedances: nil, window: nil, value: nil, resent: nil)
+                                  extreme_threshold: nil, exceedances: nil, window: nil, value: nil)
         h.core.alertLog.ensureSequence(atLeast: 5)
         for f in [1_000_000, -1, 3] {   // out of range, negative, in range but not firing in the tracker
             var a = phantom
