@@ -571,6 +571,7 @@ class StatusPoller(threading.Thread):
         self.ctx = context or zmq.Context.instance()
         self.stop_event = threading.Event()
         self.latencies: List[float] = []
+        self.sent_at: List[float] = []          # time.monotonic() of each answered request's send
         self.failures: List[float] = []
         self.replies = 0
         self.last: Optional[Dict] = None
@@ -585,11 +586,13 @@ class StatusPoller(threading.Thread):
                     sock.setsockopt(zmq.LINGER, 0)
                     sock.connect(self.endpoint)
                 t0 = time.perf_counter()
+                m0 = time.monotonic()
                 sock.send(b'{"op":"status"}')
                 if sock.poll(int(self.timeout * 1000), zmq.POLLIN):
                     raw = sock.recv()
                     dt = time.perf_counter() - t0
                     self.latencies.append(dt)
+                    self.sent_at.append(m0)
                     self.replies += 1
                     self.max_reply_bytes = max(self.max_reply_bytes, len(raw))
                     try:
@@ -609,8 +612,12 @@ class StatusPoller(threading.Thread):
         self.stop_event.set()
         self.join(self.timeout + 5)
 
-    def p(self, q: float) -> float:
-        return percentile(self.latencies, q)
+    def p(self, q: float, since: float = float("-inf"), until: float = float("inf")) -> float:
+        """Latency percentile of the requests sent in [since, until) (monotonic times); requests
+        that timed out in that span count as infinitely slow."""
+        lat = [l for t, l in zip(self.sent_at, self.latencies) if since <= t < until]
+        lat += [float("inf")] * sum(1 for t in self.failures if since <= t - self.timeout < until)
+        return percentile(lat, q)
 
 
 # ---------------------------------------------------------------------------------------------
