@@ -1,7 +1,6 @@
 import EVTOnline
 import Foundation
 import SaliencyCore
-import TOMLKit
 
 /// Everything an operator may tune, with embedded defaults: `saliencyd` runs with no file at all.
 /// The file is TOML (see systemd/saliencyd.toml for every key, documented); command-line flags
@@ -209,13 +208,11 @@ public struct DaemonConfiguration: Sendable, Hashable {
 
     /// Parses TOML text over the defaults. Errors carry the line/column or the key path.
     public static func parse(toml text: String, source: String = "configuration") throws(SaliencyError) -> DaemonConfiguration {
-        let table: TOMLTable
+        let table: TOMLReader.Document
         do {
-            table = try TOMLTable(string: text)
-        } catch let e as TOMLParseError {
-            throw SaliencyError(.invalidConfiguration, "\(source): TOML syntax error at line \(e.source.begin.line), column \(e.source.begin.column): \(e.description)")
+            table = try TOMLReader.parse(text)
         } catch {
-            throw SaliencyError(.invalidConfiguration, "\(source): \(error)")
+            throw SaliencyError(.invalidConfiguration, "\(source): TOML syntax error at line \(error.line), column \(error.column): \(error.message)")
         }
         var c = DaemonConfiguration()
         var problems: [String] = []
@@ -224,24 +221,24 @@ public struct DaemonConfiguration: Sendable, Hashable {
                 problems.append("unknown section [\(key)]\(suggest(key, knownKeys.keys.sorted()))")
                 continue
             }
-            guard let sub = table[key]?.table else {
-                problems.append("\(key) must be a table ([\(key)])")
-                continue
-            }
-            for k in sub.keys.sorted() where !known.contains(k) {
+            for k in table[key]!.keys.sorted() where !known.contains(k) {
                 problems.append("unknown key \(key).\(k)\(suggest(k, known))")
             }
         }
-        func value<T>(_ section: String, _ key: String, _ kind: String, _ get: (any TOMLValueConvertible) -> T?) -> T? {
-            guard let v = table[section]?.table?[key] else { return nil }
+        func value<T>(_ section: String, _ key: String, _ kind: String, _ get: (TOMLReader.Value) -> T?) -> T? {
+            guard let v = table[section]?[key] else { return nil }
             if let x = get(v) { return x }
-            problems.append("\(section).\(key) must be \(kind), got \(v.type)")
+            problems.append("\(section).\(key) must be \(kind), got \(v.typeName)")
             return nil
         }
-        func str(_ s: String, _ k: String) -> String? { value(s, k, "a string") { $0.string } }
-        func int(_ s: String, _ k: String) -> Int? { value(s, k, "an integer") { $0.int } }
-        func dbl(_ s: String, _ k: String) -> Double? { value(s, k, "a number") { $0.double ?? $0.int.map(Double.init) } }
-        func bool(_ s: String, _ k: String) -> Bool? { value(s, k, "true or false") { $0.bool } }
+        func str(_ s: String, _ k: String) -> String? { value(s, k, "a string") { if case .string(let x) = $0 { x } else { nil } } }
+        func int(_ s: String, _ k: String) -> Int? { value(s, k, "an integer") { if case .int(let x) = $0 { x } else { nil } } }
+        func dbl(_ s: String, _ k: String) -> Double? {
+            value(s, k, "a number") { v -> Double? in
+                switch v { case .double(let x): x; case .int(let x): Double(x); default: nil }
+            }
+        }
+        func bool(_ s: String, _ k: String) -> Bool? { value(s, k, "true or false") { if case .bool(let x) = $0 { x } else { nil } } }
 
         if let v = str("feed", "endpoint") { c.feed.endpoint = v }
         if let v = bool("feed", "bind") { c.feed.bind = v }
