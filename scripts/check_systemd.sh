@@ -106,12 +106,15 @@ types = dict(re.findall(r"public var (\w+) = (\w+)\(\)", swift))
 props = re.findall(r'if let v = \w+\("(\w+)", "(\w+)"\) \{ c\.\w+\.(\w+) = v \}', swift)
 
 def body(type_name):
-    m = re.search(r"\bstruct " + type_name + r"\b[^{]*\{", everything)
-    if not m: return None
-    depth, i = 1, m.end()
-    while depth and i < len(everything):
-        depth += {"{": 1, "}": -1}.get(everything[i], 0); i += 1
-    return everything[m.end():i]
+    # The configuration's own nested types first (other files may reuse a name, e.g. Limits).
+    for text in (swift, everything):
+        m = re.search(r"\bstruct " + type_name + r"\b[^{]*\{", text)
+        if not m: continue
+        depth, i = 1, m.end()
+        while depth and i < len(text):
+            depth += {"{": 1, "}": -1}.get(text[i], 0); i += 1
+        return text[m.end():i]
+    return None
 
 def literal(text):
     text = text.strip().replace("_", "")
