@@ -3,7 +3,7 @@
 // of the daemon never pay for them. Depends on the root package by path and uses only its
 // statistics products (EVTOnline, SaliencyCore): the daemon targets are never built here.
 //
-// Run: ../scripts/run_benchmarks.sh   (or `swift package benchmark` in this directory)
+// Run: ../Benchmarks/run.sh   (or `swift package benchmark` in this directory)
 import PackageDescription
 
 let package = Package(

@@ -45,6 +45,6 @@ pytest_dirs=(clients/python/tests)
 python3 -m pytest -q "${pytest_dirs[@]}"
 
 step "systemd unit and example configuration"
-bash scripts/check_systemd.sh "$root/.build/debug/saliencyd"
+bash Tests/System/check_systemd.sh "$root/.build/debug/saliencyd"
 
 step "all checks passed"

@@ -328,7 +328,7 @@ public struct AlertRule: Sendable, Hashable, Codable {
 /// `log(−expm1(·))` of it, which never cancels because the summed side then holds at most about
 /// half the mass. `log C(n, k)` is a sum of `log((n−k+i)/i)` for `min(k, n−k) ≤ 64` and
 /// `logGamma` otherwise. Checked against exact 60-digit sums and `scipy.stats.binom.logsf` to
-/// 1e-9 absolute in the log (scripts/gen_alert_reference.py). O(number of terms until the next one
+/// 1e-9 absolute in the log (Tests/EVTOnlineTests/Fixtures/gen_alert_reference.py). O(number of terms until the next one
 /// is below 1e-17 of the sum) — O(k) or O(n − k) in the worst case.
 public enum BinomialTail {
     static func logChoose(_ n: Int, _ k: Int) -> Double {

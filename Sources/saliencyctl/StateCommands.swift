@@ -44,7 +44,7 @@ struct Spot: ParsableCommand {
     @Option(help: "Risk q.") var q: Double
     @Option(help: "Threshold quantile level.") var level: Double = 0.98
     @Option(help: "DSPOT drift window d (0 = off).") var drift = 0
-    @Option(name: .customLong("max-peaks"), help: "Ring capacity.") var maxPeaks = 100_000
+    @Option(name: .customLong("max-peaks"), help: "Ring capacity (8…65536; the default keeps every peak of series up to ~650k values at level 0.9).") var maxPeaks = 65_536
     @Flag(help: "Print each extreme value's index (JSON: an `extreme_indices` array).") var listExtremes = false
     @Flag(name: .customLong("allow-negative"), help: "Accept negative values (a generic series rather than saliency magnitudes).") var allowNegative = false
     @OptionGroup var output: OutputOptions

@@ -2,7 +2,7 @@
 
 Regenerates a small feed (1000 reference rows, 100 shifted + 200 clean rows, 200 filters in 5
 layers: lognormal, GPD 0.2-0.4, half-normal, exponential, gamma) with
-scripts/make_synthetic_feed.py, runs `saliencyctl analyze`, and checks what holds in general
+experiments/make_synthetic_feed.py, runs `saliencyctl analyze`, and checks what holds in general
 for this design, with margins (not tuned to one seed):
 
 - planted filters (one per layer per row, each at survival 1e-5..1e-4 under its OWN law):
@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, os.path.join(ROOT, "scripts"))
+sys.path.insert(0, os.path.join(ROOT, "experiments"))
 import evaluate_synthetic as ev  # noqa: E402
 
 CTL = os.environ.get("SALIENCYCTL", os.path.join(ROOT, ".build", "debug", "saliencyctl"))
@@ -33,7 +33,7 @@ pytestmark = pytest.mark.skipif(not os.access(CTL, os.X_OK),
 
 
 def make_feed(d, seed):
-    subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "make_synthetic_feed.py"), "--out", str(d),
+    subprocess.run([sys.executable, os.path.join(ROOT, "experiments", "make_synthetic_feed.py"), "--out", str(d),
                     "--seed", str(seed), "--sizes", "16,32,48,64,40", "--reference", "1000",
                     "--clean", "200", "--shifted", "100", "--no-demo", "--p-min", "1e-4", "--p-max", "1e-3"], check=True, capture_output=True)
     return str(d)

@@ -86,7 +86,7 @@ def test_offline_install_in_fresh_venv(tmp_path):
 def test_schema_of_the_bundled_model_is_unchanged():
     """The feed in data/feeds/fmnist was recorded by saliency-tap 0.1: the same model still gets the
     same layers and fingerprint (the daemon keeps recognising deployed models after an upgrade)."""
-    sys.path.insert(0, str(ROOT / "scripts"))
+    sys.path.insert(0, str(ROOT / "data"))
     try:
         from train_fmnist import FmnistCNN
     finally:

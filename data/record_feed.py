@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Record the bundled demo feed of the Fashion-MNIST CNN into data/feeds/fmnist/.
 
-    python3 scripts/record_feed.py          # needs data/fmnist_cnn.pt (scripts/train_fmnist.py)
+    python3 data/record_feed.py          # needs data/fmnist_cnn.pt (data/train_fmnist.py)
 
 Writes, each as <name>.npy (float32 [rows, 400]) + <name>.schema.json + <name>.meta.json:
   reference  1000 clean test images, healthy model, true-label loss   (calibrate the daemon on this)

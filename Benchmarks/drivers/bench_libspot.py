@@ -14,14 +14,14 @@ fitter is still a stand-in, see BENCHMARKS.md), so the two do different amounts 
 Swift: Benchmarks/BankProfile `npy` mode (release build) reads the .npy, calibrates a FilterBank
 on the first rows and times `update` (validation included) on the rest.
 
-Usage: scripts/bench_libspot.py [--filters K ...] [--level L] [--seconds S] [--json OUT]
+Usage: Benchmarks/drivers/bench_libspot.py [--filters K ...] [--level L] [--seconds S] [--json OUT]
 """
 import argparse, json, os, subprocess, sys, tempfile, time
 
 import numpy as np
 import libspot
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BANKPROFILE = os.path.join(ROOT, "Benchmarks", ".build", "release", "BankProfile")
 
 

@@ -1,7 +1,7 @@
 #!/bin/sh
 # CI check of the systemd packaging (builds nothing; needs systemd-analyze, systemd ≥ 252).
 #
-#   scripts/check_systemd.sh [EXECUTABLE]
+#   Tests/System/check_systemd.sh [EXECUTABLE]
 #
 # 1. systemd/saliencyd.service, with ExecStart= pointed at EXECUTABLE (an existing executable,
 #    default /bin/true) in a temporary copy:
@@ -15,7 +15,7 @@
 set -eu
 
 MAX_EXPOSURE=20       # systemd-analyze --threshold is on a 0-100 scale: 20 = exposure 2.0
-root=$(cd "$(dirname "$0")/.." && pwd)
+root=$(cd "$(dirname "$0")/../.." && pwd)
 unit="$root/systemd/saliencyd.service"
 toml="$root/systemd/saliencyd.toml"
 swift="$root/Sources/Monitor/DaemonConfiguration.swift"

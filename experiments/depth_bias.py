@@ -3,10 +3,10 @@
 filters (method.md §6.5). Reference = data/feeds/fmnist/reference; evaluated on shifted (inverted) and
 clean rows.
 
-    python3 scripts/experiments_depth_bias.py     # prints a table, writes docs/results/depth_bias.png
-    python3 scripts/experiments_depth_bias.py --shift all   # every shift in scripts/shifts.py (rows computed
+    python3 experiments/depth_bias.py     # prints a table, writes docs/results/depth_bias.png
+    python3 experiments/depth_bias.py --shift all   # every shift in experiments/shifts.py (rows computed
                                                   # on the fly, one thread) -> docs/results/depth_bias_shifts.png
-    python3 scripts/experiments_depth_bias.py --shift rotated,noise
+    python3 experiments/depth_bias.py --shift rotated,noise
 """
 import argparse
 import sys
@@ -17,7 +17,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from experiments_common import POT, RowNormalised, ZScore, feed, layer_of_filter, save_fig, top_k  # noqa: E402
+from common import POT, RowNormalised, ZScore, feed, layer_of_filter, save_fig, top_k  # noqa: E402
 
 K_TOP = 20
 
@@ -36,7 +36,7 @@ def print_table(title, res, names, filt_share):
 
 
 def run_shifts(shift_names):
-    """Depth bias on shifts computed on the fly (scripts/shifts.py); same scorers, same reference."""
+    """Depth bias on shifts computed on the fly (experiments/shifts.py); same scorers, same reference."""
     import torch
     torch.set_num_threads(1)
     from shifts import DIGITS_TARGETS, shift_rows
@@ -90,7 +90,7 @@ def run_shifts(shift_names):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--shift", help="comma list of shifts from scripts/shifts.py, or 'all' (default: the bundled "
+    ap.add_argument("--shift", help="comma list of shifts from experiments/shifts.py, or 'all' (default: the bundled "
                     "shifted + clean feeds)")
     a = ap.parse_args()
     if a.shift:

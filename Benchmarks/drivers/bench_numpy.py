@@ -11,7 +11,7 @@ Data: seeded lognormal family of `saliencyctl bench` (scale_j ~ U(0.5,1.5), exp(
 rows from a pool of 64; thresholds from 1000 calibration rows; GPD parameters fixed (gamma = 0.1,
 sigma = scale_j * 0.5) since only the arithmetic cost matters here.
 
-Usage: scripts/bench_numpy.py [--filters K ...] [--seconds S]
+Usage: Benchmarks/drivers/bench_numpy.py [--filters K ...] [--seconds S]
 """
 import argparse, time
 

@@ -20,6 +20,7 @@ from scipy import stats
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, os.path.join(ROOT, "clients", "python"))
+sys.path.insert(0, os.path.join(ROOT, "data"))   # train_fmnist, record_feed (the model and its recorded feed)
 FEED_DIR = os.path.join(ROOT, "data", "feeds", "fmnist")
 FIG_DIR = os.path.join(ROOT, "docs", "results")
 MIN_PEAKS = 10

@@ -8,9 +8,9 @@ rows only (the rows where the backdoor acts). Two views:
   per-row : each row's own ranking (what the daemon's `top` with window=latest sees);
   window  : the ranking of the score averaged over those rows (a `top` with a window).
 
-    python3 scripts/experiments_faults.py    # prints tables, writes docs/results/faults_recall.png
-    python3 scripts/experiments_faults.py --lower-tail   # adds lower-tail diagnostics (faults_recall_lower.png)
-    python3 scripts/experiments_faults.py --per-kind     # one faulty model per fault kind (zeroed only, scaled
+    python3 experiments/faults.py    # prints tables, writes docs/results/faults_recall.png
+    python3 experiments/faults.py --lower-tail   # adds lower-tail diagnostics (faults_recall_lower.png)
+    python3 experiments/faults.py --per-kind     # one faulty model per fault kind (zeroed only, scaled
         # only, backdoor only; same filters and images as the bundled feed, rows computed on the fly, one
         # thread), upper and lower tail -> docs/results/faults_per_kind.png
 """
@@ -23,7 +23,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from experiments_common import FEED_DIR, POT, LowerTail, RowNormalised, ZScore, feed, load_json, ranks_of, save_fig  # noqa: E402
+from common import FEED_DIR, POT, LowerTail, RowNormalised, ZScore, feed, load_json, ranks_of, save_fig  # noqa: E402
 
 KS = [1, 5, 10, 20, 50]
 

@@ -32,6 +32,7 @@ import torch
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.join(os.path.dirname(HERE), "clients", "python"))
+sys.path.insert(0, os.path.join(os.path.dirname(HERE), "data"))   # train_fmnist
 from train_fmnist import MEAN, STD, load_fmnist  # noqa: E402
 from saliency_tap import SaliencyComputer  # noqa: E402
 

@@ -199,7 +199,7 @@ def main():
     with open(os.path.join(args.out, "planted.json"), "w") as f:
         json.dump({
             "seed": args.seed, "filters": feed.K, "p_range": [args.p_min, args.p_max],
-            "command": "python3 scripts/make_synthetic_feed.py " + " ".join(sys.argv[1:]),
+            "command": "python3 experiments/make_synthetic_feed.py " + " ".join(sys.argv[1:]),
             "pools": {l["name"]: pg for l, pg in zip(feed.layers, pool_global)},
             "rows": planted_rows,
         }, f, separators=(",", ":"))

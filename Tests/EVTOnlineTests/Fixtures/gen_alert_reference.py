@@ -7,8 +7,8 @@ scipy.stats.binom.logsf (Boost's regularized incomplete beta) and cross-checked 
 exact 60-digit mpmath sum of pmf terms. The Swift test compares its log-space tail to these
 values to 1e-9 relative in probability (= 1e-9 absolute in the log).
 
-Usage:  python3 scripts/gen_alert_reference.py            # rewrite the fixture
-        python3 scripts/gen_alert_reference.py --check    # verify only, write nothing
+Usage:  python3 Tests/EVTOnlineTests/Fixtures/gen_alert_reference.py            # rewrite the fixture
+        python3 Tests/EVTOnlineTests/Fixtures/gen_alert_reference.py --check    # verify only, write nothing
 """
 import json
 import os
@@ -83,7 +83,7 @@ def main() -> None:
                     "scipy_log_sf": ref if np.isfinite(ref) else None})
 
     doc = {
-        "generator": "scripts/gen_alert_reference.py",
+        "generator": "Tests/EVTOnlineTests/Fixtures/gen_alert_reference.py",
         "seed": SEED,
         "meaning": "log_sf = log P(Binomial(n, p) >= k); exact 60-digit sum; scipy_log_sf = scipy.stats.binom.logsf(k-1, n, p); null = -inf",
         "scipy_vs_exact_max_abs_log_diff": worst,
@@ -93,7 +93,7 @@ def main() -> None:
     if "--check" in sys.argv:
         return
     here = os.path.dirname(os.path.abspath(__file__))
-    path = os.path.join(here, "..", "Tests", "EVTOnlineTests", "Fixtures", "alert_reference.json")
+    path = os.path.join(here, "alert_reference.json")
     with open(path, "w") as f:
         json.dump(doc, f, indent=1)
         f.write("\n")

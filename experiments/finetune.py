@@ -5,9 +5,9 @@ apply one gradient step theta <- theta - lr * dL/dtheta to those filters only (L
 the true label of that one sample), and check whether the sample is now classified correctly.
 k = 1..25; POT vs z-score vs random (5 random draws per sample); lr 0.001 (the brief) and 0.01.
 
-    python3 scripts/experiments_finetune.py    # prints a table, writes docs/results/finetune.png
-    python3 scripts/experiments_finetune.py --shift rotated --ks 1,5,10,25
-        # a shift from scripts/shifts.py (rows computed on the fly), only the listed k;
+    python3 experiments/finetune.py    # prints a table, writes docs/results/finetune.png
+    python3 experiments/finetune.py --shift rotated --ks 1,5,10,25
+        # a shift from experiments/shifts.py (rows computed on the fly), only the listed k;
         # writes docs/results/finetune_<shift>.png
 """
 import argparse
@@ -23,7 +23,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from torch.func import functional_call  # noqa: E402
 
-from experiments_common import HERE, POT, RowNormalised, ZScore, feed, save_fig  # noqa: E402
+from common import HERE, POT, RowNormalised, ZScore, feed, save_fig  # noqa: E402
 
 sys.path.insert(0, HERE)
 from train_fmnist import load_fmnist, load_model, to_tensor  # noqa: E402
@@ -36,7 +36,7 @@ N_RANDOM = 5
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--shift", help="a shift from scripts/shifts.py (default: the bundled inverted feed)")
+    ap.add_argument("--shift", help="a shift from experiments/shifts.py (default: the bundled inverted feed)")
     ap.add_argument("--ks", help="comma list of k to evaluate (default 1..25)")
     a = ap.parse_args()
     t0 = time.time()

@@ -1,15 +1,15 @@
 #!/usr/bin/env bash
 # Runs the FilterBank package-benchmark suite and the malloc threshold check.
 #
-#   scripts/run_benchmarks.sh            run + `thresholds check` (exit 1 if mallocs regressed)
-#   scripts/run_benchmarks.sh --update   rewrite Benchmarks/Thresholds/*.json, trimmed to
+#   Benchmarks/run.sh            run + `thresholds check` (exit 1 if mallocs regressed)
+#   Benchmarks/run.sh --update   rewrite Benchmarks/Thresholds/*.json, trimmed to
 #                                        mallocCountTotal only (time thresholds fail on noise)
 #
 # Only the FilterBankBench target is a package-benchmark suite; BankProfile is a plain
 # executable in the same package, hence --target. The machine load is printed with the results
 # because wall-clock figures on a shared machine are only comparable within one run.
 set -euo pipefail
-cd "$(dirname "$0")/../Benchmarks"
+cd "$(dirname "$0")"
 echo "== $(date -u +%FT%TZ)  $(lscpu | sed -n 's/^Model name: *//p')  nproc=$(nproc)  load:$(uptime | sed 's/.*load average://')"
 
 if [[ "${1:-}" == "--update" ]]; then

@@ -3,7 +3,7 @@
 sizes 1/32/128, torch.func vmap vs the per-sample backward() loop, 1 and 2 threads.
 Measures SaliencyComputer.compute only (forward for the prediction + per-sample gradients + reduction).
 
-    python3 scripts/experiments_throughput.py [--seconds 3]
+    python3 experiments/throughput.py [--seconds 3]
 """
 import argparse
 import os
@@ -17,6 +17,7 @@ import torch
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.join(os.path.dirname(HERE), "clients", "python"))
+sys.path.insert(0, os.path.join(os.path.dirname(HERE), "data"))   # train_fmnist
 from train_fmnist import FmnistCNN, WEIGHTS, load_model  # noqa: E402
 from saliency_tap import SaliencyComputer  # noqa: E402
 

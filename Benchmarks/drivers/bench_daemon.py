@@ -8,7 +8,7 @@ each pair's ratio compares back-to-back runs (the median is reported: the machin
 Reports msgs/s for each, the ratios, drops (sequence gaps), and the daemon's arrival→alert-publish
 latency (p50/p99 from `status`) in a separate run at a steady `--latency-rate`.
 
-    python3 scripts/bench_daemon.py [--filters 26560] [--rows 512] [--repeat 20] [--pairs 3] [--bin .build/release]
+    python3 Benchmarks/drivers/bench_daemon.py [--filters 26560] [--rows 512] [--repeat 20] [--pairs 3] [--bin .build/release]
 """
 import argparse
 import json

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Train the small Fashion-MNIST CNN that the demo feed and the experiments use.
 
-    python3 scripts/train_fmnist.py            # writes data/fmnist_cnn.pt, prints test accuracy
+    python3 data/train_fmnist.py            # writes data/fmnist_cnn.pt, prints test accuracy
 
 Seeded and CPU-only; reads the Debian dataset-fashion-mnist files (no download). Other scripts
 import `FmnistCNN`, `load_fmnist` and `load_model` from here.

@@ -4,7 +4,7 @@
 Checks, once a second: the daemon answers `status`, its RSS stays flat (after the first 20 s),
 drops show up as counted sequence gaps, nothing crashes. Prints a summary; exits 1 on a failure.
 
-    python3 scripts/load_test.py [--filters 26560] [--seconds 180] [--bin .build/release]
+    python3 Benchmarks/drivers/load_test.py [--filters 26560] [--seconds 180] [--bin .build/release]
 """
 import argparse
 import json

@@ -2,7 +2,7 @@
 """Generate Tests/EVTOnlineTests/Fixtures/gpd_reference.json, the scipy golden data for
 EVTOnline's GPD, Grimshaw fit and SPOT threshold (docs/statistics.md).
 
-    python3 scripts/gen_gpd_reference.py
+    python3 Tests/EVTOnlineTests/Fixtures/gen_gpd_reference.py
 
 Deterministic: one numpy Generator with a fixed seed. Contents:
   fits         GPD samples for shapes {-0.3,-0.2,-0.1,0,0.1,0.25,0.5} x scales {1e-3, 1} x sizes
@@ -23,8 +23,7 @@ from scipy import stats
 from scipy.stats import genpareto
 
 SEED = 20250501
-OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "Tests", "EVTOnlineTests",
-                   "Fixtures", "gpd_reference.json")
+OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "gpd_reference.json")
 
 
 def main():
@@ -73,7 +72,7 @@ def main():
                              "censored": [float(v) for v in c],
                              "scipy_shape": float(g), "scipy_scale": float(sc), "scipy_loglik": ll})
 
-    doc = {"generator": "scripts/gen_gpd_reference.py", "seed": SEED,
+    doc = {"generator": "Tests/EVTOnlineTests/Fixtures/gen_gpd_reference.py", "seed": SEED,
            "numpy": np.__version__, "scipy": scipy.__version__,
            "fits": fits, "closed_form": closed, "quantiles": quantiles, "censored": censored}
     with open(OUT, "w") as f:
