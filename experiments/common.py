@@ -1,6 +1,6 @@
 """Shared pieces of the experiments: loading the bundled feed and batch (non-streaming) scorers.
 
-POT (Wang & Sato 2023, method.md §2) per filter: threshold t = the reference's 0.9 quantile, peaks
+POT (Wang & Sato 2023, docs/method.md §2) per filter: threshold t = the reference's 0.9 quantile, peaks
 Y = {s - t : s > t}, GPD fitted by scipy.stats.genpareto.fit(Y, floc=0), p = (Nt/n) * sf(s - t);
 score = -log10 p. A filter above its threshold outranks every filter below its own; below-threshold
 filters are ordered by the empirical tail p = #{ref >= s}/n. Filters with fewer than MIN_PEAKS
@@ -99,7 +99,7 @@ class POT:
 
 
 class RowNormalised:
-    """Wraps a scorer; every row (reference and new) is divided by its own mean first (method.md §7)."""
+    """Wraps a scorer; every row (reference and new) is divided by its own mean first (docs/method.md §7)."""
 
     def __init__(self, cls, ref, **kw):
         self.inner = cls(ref / ref.mean(1, keepdims=True), **kw)

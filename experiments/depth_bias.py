@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Depth bias: share of each row's top-20 filters per layer, z-score vs POT, beside each layer's share of
-filters (method.md §6.5). Reference = data/feeds/fmnist/reference; evaluated on shifted (inverted) and
+filters (docs/method.md §6.5). Reference = data/feeds/fmnist/reference; evaluated on shifted (inverted) and
 clean rows.
 
     python3 experiments/depth_bias.py     # prints a table, writes docs/results/depth_bias.png
@@ -101,7 +101,7 @@ def main():
     names = [l["name"] for l in schema["layers"]]
     L = len(names)
     filt_share = np.bincount(layer, minlength=L) / len(layer)
-    # method.md §7 checks: gradient size vs confidence, and co-movement of filters within a layer.
+    # docs/method.md §7 checks: gradient size vs confidence, and co-movement of filters within a layer.
     from scipy.stats import spearmanr
     _, _, rmeta = feed("reference")
     conf = np.array(rmeta["confidence"])

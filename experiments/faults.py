@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Recovery of planted faulty filters (method.md §6.4): recall@k and MRR per planted filter, by layer
+"""Recovery of planted faulty filters (docs/method.md §6.4): recall@k and MRR per planted filter, by layer
 and fault kind, for POT vs z-score vs random (and both on rows divided by their own mean).
 
 Reference = data/feeds/fmnist/reference (healthy model); test rows = data/feeds/fmnist/faulty (faulty

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Synthetic saliency feed whose layers have different tail shapes (method.md §2, §6.4-5).
+"""Synthetic saliency feed whose layers have different tail shapes (docs/method.md §2, §6.4-5).
 
 Every filter j of layer l draws i.i.d. values from its layer's family with per-filter
 parameters (scale, and shape where the family has one):

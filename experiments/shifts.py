@@ -11,7 +11,7 @@ default_rng(0)), so `inverted` here reproduces data/feeds/fmnist/shifted exactly
   digits        sklearn load_digits 8x8 (0..16) -> 20x20 bilinear, padded to 28x28 (MNIST-style), / 16
                 300 seeded images. Fashion classes do not apply: see DIGITS_TARGETS.
 
-Digits have no Fashion-MNIST label. Two loss targets are offered (method.md §1):
+Digits have no Fashion-MNIST label. Two loss targets are offered (docs/method.md §1):
   digits        target = the model's PREDICTED label (target_kind 0), what a monitor sees for an
                 unlabeled domain. Accuracy is undefined; we report the identity-mapping agreement only
                 as a number that should sit near chance.

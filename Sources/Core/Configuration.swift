@@ -1,4 +1,4 @@
-/// Settings of the per-filter streaming POT estimator (method.md §3).
+/// Settings of the per-filter streaming POT estimator (docs/method.md §3).
 ///
 /// Validate once at the edge with `validate()`; the statistics only `assert`.
 public struct POTConfiguration: Sendable, Hashable, Codable {
@@ -12,7 +12,7 @@ public struct POTConfiguration: Sendable, Hashable, Codable {
     public var maxPeaks: Int = 256
     /// Minimum peaks for a GPD fit; below it the filter uses its empirical tail and says so.
     public var minPeaks: Int = 10
-    /// A filter is due for a refit after this many new peaks (`m` of method.md §3).
+    /// A filter is due for a refit after this many new peaks (`m` of docs/method.md §3).
     public var refitAfterPeaks: Int = 32
     /// Refits the update path may spend per prediction (fractional: 0.05 = one every 20 rows).
     /// Due filters wait in FIFO order; the daemon also refits due filters when idle.

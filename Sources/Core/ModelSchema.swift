@@ -1,7 +1,7 @@
 /// The layout of one model's convolution filters.
 ///
 /// A model's filters are numbered globally in parameter order, layer by layer
-/// (method.md §1). `ModelSchema` maps a global filter index to `(layer, channel)`
+/// (docs/method.md §1). `ModelSchema` maps a global filter index to `(layer, channel)`
 /// and back, and carries a fingerprint that producers put in every prediction
 /// header so the daemon never scores a row against the wrong layout.
 public struct ModelSchema: Sendable, Hashable, Codable {

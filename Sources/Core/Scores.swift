@@ -1,4 +1,4 @@
-/// Which standardization ranks filters (method.md §2).
+/// Which standardization ranks filters (docs/method.md §2).
 public enum ScoreKind: String, Sendable, Hashable, Codable, CaseIterable {
     /// POT saliency: `−log10` of the GPD tail probability (Wang & Sato 2023).
     case pot
@@ -6,7 +6,7 @@ public enum ScoreKind: String, Sendable, Hashable, Codable, CaseIterable {
     case zscore
 }
 
-/// What the loss of a prediction was computed against (method.md §1).
+/// What the loss of a prediction was computed against (docs/method.md §1).
 public enum TargetKind: UInt8, Sendable, Hashable, Codable {
     case predicted = 0
     case trueLabel = 1

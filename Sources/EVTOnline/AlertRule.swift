@@ -45,7 +45,7 @@ public struct AlertBudget: Sendable, Hashable, Codable {
 
 /// The model-level shift alert: a Bernoulli CUSUM (Page 1954) on the per-prediction indicator
 /// "this row has at least `r` extreme filters", whose null rate is **estimated online** during a
-/// burn-in of `burnIn` rows, because filters of one layer are strongly correlated (method.md §7) and
+/// burn-in of `burnIn` rows, because filters of one layer are strongly correlated (docs/method.md §7) and
 /// no binomial across filters describes the null.
 ///
 /// Guarantee: with `h = log(expectedRunTime)` and the CUSUM's increments the log-likelihood ratio of
@@ -262,7 +262,7 @@ public struct AlertRule: Sendable, Hashable, Codable {
     ///
     /// The filter-level share of the budget, `(1 − modelShare)/ERT`, must hold at the **inflated**
     /// risk `safetyFactor · q` (default 2: SPOT's realised alarm rate may lie in `[0.5, 2]·q`,
-    /// method.md §6): for each `c = 1...maxFireCount` the largest `m ≤ maxWindow` with
+    /// docs/method.md §6): for each `c = 1...maxFireCount` the largest `m ≤ maxWindow` with
     /// `K · sq · P(Bin(m−1, sq) ≥ c−1) ≤ (1 − modelShare)/ERT` is found by bisection, and the
     /// `(m, c)` with the smallest `expectedDetectionDelay(p1: designShift)` wins (ties: smaller `c`).
     /// `L = ⌈c/2⌉`. The model-level alert gets `ERT / modelShare`.

@@ -12,7 +12,7 @@ import RealModule
 ///   shape that is zero in all but name.
 /// - Bounded support: for `γ < 0` the support ends at `σ/|γ|` (`endpoint`). Beyond it the
 ///   survival is exactly 0, the log-survival −∞ and the log-likelihood −∞; never NaN
-///   (defect 3 of method.md §4).
+///   (defect 3 of docs/method.md §4).
 /// - NaN: only a NaN argument gives a NaN result; `quantile(survival:)` also returns NaN for a
 ///   probability outside `[0, 1]` (and asserts in debug builds).
 /// - Complexity: O(1) per evaluation, O(k) for `logLikelihood` over `k` excesses.
@@ -86,7 +86,7 @@ public struct GPD: Sendable, Hashable {
     ///
     ///     ℓ = −k log σ − (1 + 1/γ) Σ log(1 + γ y_i/σ)      (γ = 0: −k log σ − Σ y_i/σ)
     ///
-    /// with the correct (negative) sign of the exponential term (defect 2 of method.md §4).
+    /// with the correct (negative) sign of the exponential term (defect 2 of docs/method.md §4).
     /// −∞ if any `y_i` is negative or at/beyond the endpoint (γ < 0); 0 for no excesses.
     /// O(k), one `log(onePlus:)` per excess; allocation-free.
     public func logLikelihood(_ y: UnsafeBufferPointer<Double>) -> Double {
@@ -123,12 +123,12 @@ extension GPD {
 }
 
 /// The peaks-over-threshold formulas shared by `SPOT` and the vectorized FilterBank
-/// (method.md §2–§3). Pure functions, O(1), allocation-free.
+/// (docs/method.md §2–§3). Pure functions, O(1), allocation-free.
 ///
 /// Notation: `t` the initial threshold, `n` the number of observations in the model,
 /// `N_t` (`nt`) the number of peaks (excesses over `t`) among them, `q` the risk.
 public enum POT {
-    /// The extreme threshold at risk `q` (method.md §3; Siffer et al. KDD 2017, eq. 1):
+    /// The extreme threshold at risk `q` (docs/method.md §3; Siffer et al. KDD 2017, eq. 1):
     ///
     ///     z_q = t + (σ/γ)((q n / N_t)^(−γ) − 1)        γ ≠ 0
     ///     z_q = t − σ log(q n / N_t)                    γ = 0 (|γ| < 1e-12)
@@ -143,7 +143,7 @@ public enum POT {
         return t + gpd.scale * Double.expMinusOne(-gpd.shape * logR) / gpd.shape
     }
 
-    /// The tail probability of a value `s` above the threshold (method.md §2):
+    /// The tail probability of a value `s` above the threshold (docs/method.md §2):
     /// `p = (N_t/n) · P(Y > s − t)`. Exactly 0 beyond the endpoint of a γ < 0 fit (so its
     /// score is +∞ and it ranks first, defect 3). For `s ≤ t` it returns `N_t/n`, the
     /// probability of exceeding the threshold itself; below-threshold values need the

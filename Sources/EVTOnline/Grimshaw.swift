@@ -11,14 +11,14 @@ public enum GPDFitMethod: UInt8, Sendable {
     case moments
     /// Fewer peaks than the minimum: the returned `gpd` is the exponential `σ = mean(Y)`
     /// (σ = 1 when there are no positive peaks) and is only a placeholder; the caller must fall
-    /// back to its empirical tail and say so (defect 4 of method.md §4).
+    /// back to its empirical tail and say so (defect 4 of docs/method.md §4).
     case insufficientPeaks
 }
 
 /// The result of a GPD fit to `peakCount` excesses.
 public struct GPDFit: Sendable, Hashable {
     public var gpd: GPD
-    /// Log-likelihood of the peaks under `gpd` (method.md §4, correct sign for γ = 0).
+    /// Log-likelihood of the peaks under `gpd` (docs/method.md §4, correct sign for γ = 0).
     public var logLikelihood: Double
     public var method: GPDFitMethod
     /// Uncensored peaks the fit used.
@@ -35,7 +35,7 @@ public struct GPDFit: Sendable, Hashable {
     }
 }
 
-/// Maximum-likelihood GPD fit by Grimshaw's method (Grimshaw 1993), done as method.md §4 asks.
+/// Maximum-likelihood GPD fit by Grimshaw's method (Grimshaw 1993), done as docs/method.md §4 asks.
 ///
 /// With `x = γ/σ`, `u(x) = 1 + mean log(1 + xY)`, `v(x) = mean 1/(1 + xY)` and
 /// `w(x) = u(x)v(x) − 1`, the profile log-likelihood is `ℓ_p(x) = −k(log((u − 1)/x) + u)` and

@@ -21,7 +21,7 @@ public enum ExtremePolicy: UInt8, Sendable {
     /// anomaly's magnitude (censored likelihood, `GrimshawFitter.fit(_:censored:minPeaks:)`).
     /// This keeps the fitted tail unbiased under the null.
     case censor
-    /// Siffer et al. / libspot / method.md §3 literally: the extreme is ignored. With refits the
+    /// Siffer et al. / libspot / docs/method.md §3 literally: the extreme is ignored. With refits the
     /// peak sample is then truncated at `z_q`, the fitted shape drifts negative, `z_q` falls and
     /// more values become extreme: on i.i.d. streams with q = 1e-3, level 0.98, refits every 32
     /// peaks, the measured extreme rate was 6–11·q (docs/statistics.md). Use for reproduction.
@@ -30,7 +30,7 @@ public enum ExtremePolicy: UInt8, Sendable {
 
 /// One series' streaming peaks-over-threshold detector: SPOT, or DSPOT when
 /// `driftWindow > 0` (Siffer, Fouque, Termier, Largouët, "Anomaly detection in streams with
-/// extreme value theory", KDD 2017), following method.md §3.
+/// extreme value theory", KDD 2017), following docs/method.md §3.
 ///
 /// - Calibration: the first `calibration` values (DSPOT: the first `d` only seed the drift
 ///   window, the remaining `calibration − d` are calibration residuals). Then

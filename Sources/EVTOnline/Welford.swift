@@ -1,6 +1,6 @@
 /// Running mean and variance (Welford 1962), mergeable (Chan, Golub & LeVeque 1979).
 ///
-/// Used for the z-score saliency baseline (method.md §2): `μ_j`, the unbiased `σ_j`, and
+/// Used for the z-score saliency baseline (docs/method.md §2): `μ_j`, the unbiased `σ_j`, and
 /// `(s − μ_j)/σ_j` with σ replaced by 1 below 1e-14.
 ///
 /// - Invariant: `count ≥ 0`; `m2 ≥ 0` (up to rounding); `count == 0` ⇒ `mean == 0 && m2 == 0`.
@@ -14,7 +14,7 @@ public struct Welford: Sendable, Hashable {
     /// Sum of squared deviations from the mean.
     public private(set) var m2: Double = 0
 
-    /// σ below this counts as zero in `zScore` (method.md §2).
+    /// σ below this counts as zero in `zScore` (docs/method.md §2).
     public static let minimumStandardDeviation = 1e-14
 
     public init() {}
@@ -52,7 +52,7 @@ public struct Welford: Sendable, Hashable {
 
     public var standardDeviation: Double { variance.squareRoot() }
 
-    /// `(x − mean)/σ`, with σ = 1 when σ < 1e-14 (method.md §2).
+    /// `(x − mean)/σ`, with σ = 1 when σ < 1e-14 (docs/method.md §2).
     public func zScore(_ x: Double) -> Double {
         let sd = standardDeviation
         return (x - mean) / (sd < Welford.minimumStandardDeviation ? 1 : sd)

@@ -126,7 +126,7 @@ struct ReloadService: Service {
     }
 }
 
-/// Prometheus text exposition on `GET /metrics` (plain SwiftNIO; see toolchain.md §4).
+/// Prometheus text exposition on `GET /metrics` (plain SwiftNIO; see docs/toolchain.md §4).
 struct MetricsServer: Service {
     let registry: PrometheusCollectorRegistry
     let host: String

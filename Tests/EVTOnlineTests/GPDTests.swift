@@ -81,7 +81,7 @@ func relativeError(_ a: Double, _ b: Double) -> Double {
         #expect(GPD(shape: 0, scale: 1).endpoint == nil && GPD(shape: 0.1, scale: 1).endpoint == nil)
     }
 
-    /// Defect 2 of method.md §4: the γ = 0 log-likelihood is −k log σ − Σy/σ (negative sign).
+    /// Defect 2 of docs/method.md §4: the γ = 0 log-likelihood is −k log σ − Σy/σ (negative sign).
     @Test func exponentialLogLikelihoodHasTheRightSign() {
         let y: [Double] = [0.5, 1, 2, 3.5]
         let g = GPD(shape: 0, scale: 2)
@@ -99,7 +99,7 @@ func relativeError(_ a: Double, _ b: Double) -> Double {
         #expect(larger < ll)
     }
 
-    /// Defect 3 of method.md §4: beyond the endpoint of a γ < 0 tail the probability is 0 and
+    /// Defect 3 of docs/method.md §4: beyond the endpoint of a γ < 0 tail the probability is 0 and
     /// the score +∞ (ranks first), never NaN.
     @Test func beyondTheEndpointIsProbabilityZeroNotNaN() {
         let g = GPD(shape: -0.5, scale: 1) // endpoint 2

@@ -14,7 +14,7 @@ import Testing
         }
     }
 
-    /// method.md §6.2: on i.i.d. streams the extreme rate is within [0.5, 2]·q.
+    /// docs/method.md §6.2: on i.i.d. streams the extreme rate is within [0.5, 2]·q.
     @Test(arguments: Source.allCases, [1, 2] as [UInt64])
     func alarmRateIsNearQ(source: Source, seed: UInt64) throws {
         let q = 1e-3

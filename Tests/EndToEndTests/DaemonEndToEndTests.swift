@@ -132,7 +132,7 @@ struct Producer: ~Copyable {
     func sendFrames(_ frames: [[UInt8]]) throws { _ = try pub.send(multipart: frames) }
 }
 
-/// Three layers with different tail families (as in method.md §2's argument).
+/// Three layers with different tail families (as in docs/method.md §2's argument).
 struct Feed {
     var rng: SplitMix64
     let schema: ModelSchema

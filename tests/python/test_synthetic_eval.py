@@ -1,4 +1,4 @@
-"""POT vs z-score on a small synthetic feed with differently-tailed layers (method.md §6.4-5).
+"""POT vs z-score on a small synthetic feed with differently-tailed layers (docs/method.md §6.4-5).
 
 Regenerates a small feed (1000 reference rows, 100 shifted + 200 clean rows, 200 filters in 5
 layers: lognormal, GPD 0.2-0.4, half-normal, exponential, gamma) with

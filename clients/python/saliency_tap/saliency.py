@@ -1,4 +1,4 @@
-"""Per-sample filter saliency (method.md §1).
+"""Per-sample filter saliency (docs/method.md §1).
 
 s_j(x) = mean over the weights of filter j (W[j, ...]) of |dL/dW|, L = the loss of the model's output
 for x against a target: by default cross-entropy against the true label when given, else against the

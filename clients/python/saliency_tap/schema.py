@@ -90,7 +90,7 @@ def monitored_units(model, units: Sequence[str] = ("conv",)) -> List[Tuple[str, 
     """The monitored weights of `model`, in `named_parameters()` order, as (parameter name, weight,
     [modules using it]).
 
-    A filter is one output unit of a weight: W[j, ...] (method.md §1). units:
+    A filter is one output unit of a weight: W[j, ...] (docs/method.md §1). units:
       "conv"    every nn.Conv1d / nn.Conv2d / nn.Conv3d weight (default; transposed convs excluded,
                 their first axis is not the output channel);
       "conv2d"  nn.Conv2d only (saliency-tap 0.1's set);
