@@ -209,6 +209,26 @@ def test_budget_over_all_models_is_enforced(saliencyd):
     assert d.stop(30) == 0
 
 
+def test_default_budgets_admit_at_most_4_gib_of_models(saliencyd):
+    # Defaults: max_model_bytes 1 GiB, max_total_bytes 4 GiB, max_models 16 (before the fix 16
+    # models of ~2.6 GB each were admitted). 170,000 filters at calibration 1000 cost 0.93-0.98 GB
+    # each: every one fits alone, four fit together, the fifth and sixth are over budget.
+    d = saliencyd()
+    with d.feed() as f:
+        assert f.wait_for_subscriber()
+        for i in range(6):
+            f.schema(f"big{i}", [("conv", 170_000)])
+            wait_for(lambda: (lambda s: len(s["models"]) + rejected(s, "over_budget") >= i + 1)(d.status()), 20,
+                     what=f"a decision on schema {i}")
+            rss = d.rss_bytes()
+            assert rss < 300 * MB, f"RSS {rss / MB:.0f} MB after {i + 1} schemas of 170k filters"
+    st = d.status()
+    assert model_names(st) == ["big0", "big1", "big2", "big3"], model_names(st)
+    assert rejected(st, "over_budget") == 2
+    assert "max_total_bytes" in d.log_text()
+    assert d.stop(30) == 0
+
+
 def test_memory_follows_what_is_learned_not_what_is_claimed(saliencyd):
     # 100,000 filters at calibration 1000: ~570 MB of learned state in full (admitted, < 1 GiB);
     # registering it must not allocate it; calibration rows do.
@@ -429,9 +449,12 @@ def test_tcp_connection_flood_with_random_bytes_does_not_stop_queries(saliencyd)
     assert not poller.failures, f"status unanswered within 1 s {len(poller.failures)} times during a flood of {opened} connections"
     after = []
     for _ in range(20):
-        _, dt = d.query_timed({"op": "status"}, timeout=1.0)
+        try:
+            _, dt = d.query_timed({"op": "status"}, timeout=1.0)
+        except TimeoutError:
+            dt = float("inf")
         after.append(dt)
-    assert max(after) < 0.1, f"right after the flood status took {max(after) * 1000:.0f} ms"
+    assert max(after) < 0.1, f"right after the flood status took up to {max(after) * 1000:.0f} ms ({after.count(float('inf'))} unanswered within 1 s)"
     print(f"{opened} garbage connections: status p99 {poller.p(99) * 1000:.1f} ms max {max(poller.latencies) * 1000:.1f} ms")
 
 
