@@ -23,10 +23,12 @@ pipq() { python3 -m pip install -q --disable-pip-version-check "$@" 2>&1 | { gre
 pipq numpy scipy pyzmq pytest 'torch==2.13.0'
 pipq --no-build-isolation --no-deps -e clients/python
 
-step "swift build (debug, with tests)"
+step "swift build (debug, with tests; layering checked)"
 # A failed build fails the run (an old binary left in .build must never be tested instead).
+# --explicit-target-dependency-import-check: a module may import only the targets Package.swift
+# lists for it (the layering of docs/architecture.md), transitive imports included.
 buildlog=$(mktemp)
-if ! swift build --build-tests >"$buildlog" 2>&1; then
+if ! swift build --build-tests --explicit-target-dependency-import-check error >"$buildlog" 2>&1; then
     cat "$buildlog"; echo "swift build failed"; exit 1
 fi
 grep -vE "^\[[0-9]+/[0-9]+\]|prohibited flag" "$buildlog" || true
@@ -46,5 +48,13 @@ python3 -m pytest -q "${pytest_dirs[@]}"
 
 step "systemd unit and example configuration"
 bash Tests/System/check_systemd.sh "$root/.build/debug/saliencyd"
+
+step "FilterBank invariants (a second build with -DSALIENCY_INVARIANTS, EVTOnline tests only)"
+swift test --scratch-path .build-invariants -Xswiftc -DSALIENCY_INVARIANTS --filter EVTOnlineTests 2>&1 \
+    | awk '/^✔ Test run with/ || /error:/ || !(/^✔ Test / || /^◇ Test .* started/ || /^\[[0-9]+\/[0-9]+\]/)'
+
+step "fuzzing: reproducers of past findings, then a short pass per target (docs/fuzzing.md)"
+bash Fuzz/run.sh --replay
+bash Fuzz/run.sh "${FUZZ_SECONDS:-20}"
 
 step "all checks passed"
