@@ -27,13 +27,14 @@ func timeRows(_ n: Int, _ body: (Int) -> Int) -> (Timing, Int) {
 
 func fmt(_ x: Double, _ d: Int = 1) -> String { String(format: "%.\(d)f", x) }
 
-func makeBank(_ pool: RowPool, level: Double, refitsPerRow: Double, maxPeaks: Int = 256, peakStride: Int = 0) -> FilterBank {
+func makeBank(_ pool: RowPool, level: Double, refitsPerRow: Double, maxPeaks: Int = 256, peakStride: Int = 0,
+              kernels: FilterBank.Kernels = .best) -> FilterBank {
     var cfg = POTConfiguration()
     cfg.level = level
     cfg.maxPeaks = maxPeaks
     cfg.refitsPerRow = refitsPerRow
     cfg.peakStride = peakStride
-    let bank = try! FilterBank(filterCount: pool.filters, configuration: cfg)
+    let bank = try! FilterBank(filterCount: pool.filters, configuration: cfg, kernels: kernels)
     for i in 0..<(cfg.calibration + 2_000) { bank.updateValidated(pool.row(i)) }   // steady state
     return bank
 }
@@ -41,12 +42,12 @@ func makeBank(_ pool: RowPool, level: Double, refitsPerRow: Double, maxPeaks: In
 func profile(k: Int, level: Double, rowsPerRound: Int, rounds: Int = 4) {
     let pool = RowPool(filters: k, poolRows: 64, seed: 1)
     let stride = makeBank(pool, level: level, refitsPerRow: 0.25).peakStride
-    // (name, bank, baseline kernels?)
-    let banks: [(String, FilterBank, Bool)] = [
-        ("update, defaults (0.25 refits/row, stride \(stride), best kernels)", makeBank(pool, level: level, refitsPerRow: 0.25), false),
-        ("update, defaults, baseline (SSE2) kernels", makeBank(pool, level: level, refitsPerRow: 0.25), true),
-        ("update, no refits (refits_per_row 0, stride \(stride))", makeBank(pool, level: level, refitsPerRow: 0, peakStride: stride), false),
-        ("update, no refits, stride 1 (every peak to the ring)", makeBank(pool, level: level, refitsPerRow: 0, peakStride: 1), false),
+    // (name, bank); each bank runs the kernel variant it was made with
+    let banks: [(String, FilterBank)] = [
+        ("update, defaults (0.25 refits/row, stride \(stride), best kernels)", makeBank(pool, level: level, refitsPerRow: 0.25)),
+        ("update, defaults, baseline (SSE2) kernels", makeBank(pool, level: level, refitsPerRow: 0.25, kernels: .baseline)),
+        ("update, no refits (refits_per_row 0, stride \(stride))", makeBank(pool, level: level, refitsPerRow: 0, peakStride: stride)),
+        ("update, no refits, stride 1 (every peak to the ring)", makeBank(pool, level: level, refitsPerRow: 0, peakStride: 1)),
     ]
     var results = [String: Timing]()
     var peaksPerRow = [String: Double]()
@@ -61,11 +62,9 @@ func profile(k: Int, level: Double, rowsPerRound: Int, rounds: Int = 4) {
         let (tv, _) = timeRows(rowsPerRound) { i in banks[0].1.validate(pool.row(next + i)) == nil ? 0 : 1 }
         record("validate (read + check the row)", tv)
         if round == 0 { order.append("validate (read + check the row)") }
-        for (name, bank, baseline) in banks {
-            FilterBank.useBaselineKernels(baseline)
+        for (name, bank) in banks {
             let r0 = bank.refitCount
             let (t, peaks) = timeRows(rowsPerRound) { i in bank.update(pool.row(next + i)).peaks }
-            FilterBank.useBaselineKernels(false)
             record(name, t)
             peaksPerRow[name] = Double(peaks) / Double(rowsPerRound)
             refitsPerRow[name] = Double(bank.refitCount - r0) / Double(rowsPerRound)

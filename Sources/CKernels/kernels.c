@@ -420,18 +420,21 @@ static void sums_f32_avx2(const float *y, int64_t count, float x, float *sumLog,
 
 // MARK: - Dispatch
 
-typedef int64_t (*scan_fn)(const saliency_scan_columns *, const float *, int32_t *, uint8_t *, int64_t *);
-typedef void (*merge_fn)(const saliency_merge_columns *);
-typedef int (*check_fn)(const void *, int64_t);
-static _Atomic(check_fn) check_impl = NULL;
-typedef void (*sums64_fn)(const double *, int64_t, double, double *, double *);
-typedef void (*sums32_fn)(const float *, int64_t, float, float *, float *);
-static _Atomic(sums64_fn) sums64_impl = NULL;
-static _Atomic(sums32_fn) sums32_impl = NULL;
-
-static _Atomic(scan_fn) scan_impl = NULL;
-static _Atomic(merge_fn) merge_impl = NULL;
-static _Atomic(const char *) isa_name = NULL;
+// One immutable table per variant. Nothing here is mutable after start-up except the cached
+// "best" pointer, which every thread computes to the same value (a benign, idempotent race made
+// explicit with an atomic).
+#ifdef SALIENCY_X86
+static const saliency_kernels table_sse2 = {
+    scan_sse2, merge_generic, check_sse2, sums_f64_sse2, sums_f32_sse2, "sse2",
+};
+static const saliency_kernels table_avx2 = {
+    scan_avx2, merge_avx2, check_avx2, sums_f64_avx2, sums_f32_avx2, "avx2",
+};
+#else
+static const saliency_kernels table_generic = {
+    scan_generic, merge_generic, check_generic, sums_f64_generic, sums_f32_generic, "generic",
+};
+#endif
 
 static int cpu_has_avx2(void) {
 #ifdef SALIENCY_X86
@@ -442,63 +445,47 @@ static int cpu_has_avx2(void) {
 #endif
 }
 
-static void select_variant(int variant) {
+static _Atomic(const saliency_kernels *) best_table = NULL;
+
+static const saliency_kernels *baseline(void) {
 #ifdef SALIENCY_X86
-    if (variant == 0 && cpu_has_avx2()) {
-        atomic_store_explicit(&scan_impl, scan_avx2, memory_order_relaxed);
-        atomic_store_explicit(&merge_impl, merge_avx2, memory_order_relaxed);
-        atomic_store_explicit(&check_impl, check_avx2, memory_order_relaxed);
-        atomic_store_explicit(&sums64_impl, sums_f64_avx2, memory_order_relaxed);
-        atomic_store_explicit(&sums32_impl, sums_f32_avx2, memory_order_relaxed);
-        atomic_store_explicit(&isa_name, "avx2", memory_order_relaxed);
-    } else {
-        atomic_store_explicit(&scan_impl, scan_sse2, memory_order_relaxed);
-        atomic_store_explicit(&merge_impl, merge_generic, memory_order_relaxed);
-        atomic_store_explicit(&check_impl, check_sse2, memory_order_relaxed);
-        atomic_store_explicit(&sums64_impl, sums_f64_sse2, memory_order_relaxed);
-        atomic_store_explicit(&sums32_impl, sums_f32_sse2, memory_order_relaxed);
-        atomic_store_explicit(&isa_name, "sse2", memory_order_relaxed);
-    }
+    return &table_sse2;
 #else
-    (void)variant;
-    atomic_store_explicit(&scan_impl, scan_generic, memory_order_relaxed);
-    atomic_store_explicit(&merge_impl, merge_generic, memory_order_relaxed);
-    atomic_store_explicit(&check_impl, check_generic, memory_order_relaxed);
-    atomic_store_explicit(&sums64_impl, sums_f64_generic, memory_order_relaxed);
-    atomic_store_explicit(&sums32_impl, sums_f32_generic, memory_order_relaxed);
-    atomic_store_explicit(&isa_name, "generic", memory_order_relaxed);
+    return &table_generic;
 #endif
 }
 
-int saliency_kernels_force(int variant) {
-    if (variant != 0 && variant != 1) return -1;
-    select_variant(variant);
-    return 0;
+static const saliency_kernels *best(void) {
+    const saliency_kernels *t = atomic_load_explicit(&best_table, memory_order_acquire);
+    if (t == NULL) {
+#ifdef SALIENCY_X86
+        t = cpu_has_avx2() ? &table_avx2 : &table_sse2;
+#else
+        t = &table_generic;
+#endif
+        atomic_store_explicit(&best_table, t, memory_order_release);
+    }
+    return t;
 }
 
-const char *saliency_kernels_isa(void) {
-    if (atomic_load_explicit(&isa_name, memory_order_relaxed) == NULL) select_variant(0);
-    return atomic_load_explicit(&isa_name, memory_order_relaxed);
+const saliency_kernels *saliency_kernels_table(int variant) {
+    switch (variant) {
+    case SALIENCY_KERNELS_BEST: return best();
+    case SALIENCY_KERNELS_BASELINE: return baseline();
+    default: return NULL;
+    }
 }
+
+const char *saliency_kernels_isa(void) { return best()->isa; }
 
 int64_t saliency_scan_row(const saliency_scan_columns *c, const float *row,
                           int32_t *eventBase, uint8_t *eventMask, int64_t *peaks) {
-    scan_fn f = atomic_load_explicit(&scan_impl, memory_order_relaxed);
-    if (f == NULL) { select_variant(0); f = atomic_load_explicit(&scan_impl, memory_order_relaxed); }
-    return f(c, row, eventBase, eventMask, peaks);
+    return best()->scan_row(c, row, eventBase, eventMask, peaks);
 }
 
-void saliency_merge_moments(const saliency_merge_columns *c) {
-    merge_fn f = atomic_load_explicit(&merge_impl, memory_order_relaxed);
-    if (f == NULL) { select_variant(0); f = atomic_load_explicit(&merge_impl, memory_order_relaxed); }
-    f(c);
-}
+void saliency_merge_moments(const saliency_merge_columns *c) { best()->merge_moments(c); }
 
-int saliency_row_has_invalid(const void *row, int64_t count) {
-    check_fn f = atomic_load_explicit(&check_impl, memory_order_relaxed);
-    if (f == NULL) { select_variant(0); f = atomic_load_explicit(&check_impl, memory_order_relaxed); }
-    return f(row, count);
-}
+int saliency_row_has_invalid(const void *row, int64_t count) { return best()->row_has_invalid(row, count); }
 
 static size_t huge_rounded(size_t bytes) {
     const size_t huge = (size_t)2 << 20, page = 4096;
@@ -536,15 +523,11 @@ void saliency_free_huge(void *p, size_t bytes) {
 }
 
 void saliency_grimshaw_sums_f64(const double *y, int64_t count, double x, double *sumLog, double *sumRatio) {
-    sums64_fn f = atomic_load_explicit(&sums64_impl, memory_order_relaxed);
-    if (f == NULL) { select_variant(0); f = atomic_load_explicit(&sums64_impl, memory_order_relaxed); }
-    f(y, count, x, sumLog, sumRatio);
+    best()->grimshaw_sums_f64(y, count, x, sumLog, sumRatio);
 }
 
 void saliency_grimshaw_sums_f32(const float *y, int64_t count, float x, float *sumLog, float *sumRatio) {
-    sums32_fn f = atomic_load_explicit(&sums32_impl, memory_order_relaxed);
-    if (f == NULL) { select_variant(0); f = atomic_load_explicit(&sums32_impl, memory_order_relaxed); }
-    f(y, count, x, sumLog, sumRatio);
+    best()->grimshaw_sums_f32(y, count, x, sumLog, sumRatio);
 }
 
 int saliency_pin_to_current_cpu(void) {

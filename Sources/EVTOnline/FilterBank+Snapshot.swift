@@ -3,6 +3,15 @@ import SaliencyCore
 /// Binary state of a FilterBank: everything needed to resume exactly where it stopped
 /// (calibration buffer included while calibrating). Little-endian, versioned; the reader checks
 /// every length and invariant and throws `corruptState` instead of trapping.
+///
+/// Version 1, in order: version u32; K u64; ring capacity u64; the pot settings (level, q,
+/// calibration, max_peaks, min_peaks, refit_after_peaks, refits_per_row, drift_window); rows,
+/// refits u64; calibrating bool; calibration rows i64; [the calibration buffer's rows while
+/// calibrating]; every `.state` column of the storage table, in table order; queue head, queue
+/// count, block fill i64, refit credit f64; every `.driftState` column (DSPOT only); the
+/// rejection counts (u32 count, then name blob + u64 each, by name). The column sections are
+/// written and read by iterating the table (FilterBank+Storage.swift), so the table's order is
+/// the format: `Fixtures/filterbank_v1_*.bin` pins it.
 extension FilterBank {
     static let stateVersion: UInt32 = 1
 
@@ -15,8 +24,8 @@ extension FilterBank {
 
     /// An upper bound on the size of `serializedState()`, for reserving capacity.
     public var serializedSizeBound: Int {
-        filterCount * (bytesPerFilter + 16) + (calib == nil ? 0 : calibSeen * filterCount * 4)
-            + (driftRing == nil ? 0 : filterCount * (configuration.driftWindow * 4 + 12)) + rejected.count * 64 + 256
+        filterCount * (bytesPerFilter + 16) + (isCalibrated ? 0 : calibSeen * filterCount * 4)
+            + (storage.driftRing == nil ? 0 : filterCount * (configuration.driftWindow * 4 + 12)) + rejected.count * 64 + 256
     }
 
     /// Appends the state `serializedState()` returns to `w` (one copy of the state, into `w`).
@@ -28,24 +37,12 @@ extension FilterBank {
         w.write(c.level); w.write(c.q); w.write(Int64(c.calibration)); w.write(Int64(c.maxPeaks)); w.write(Int64(c.minPeaks))
         w.write(Int64(c.refitAfterPeaks)); w.write(c.refitsPerRow); w.write(Int64(c.driftWindow))
         w.write(rows); w.write(refitCount)
-        w.write(calib != nil)
+        w.write(!isCalibrated)
         w.write(Int64(calibSeen))
-        if let cb = calib { w.write(raw: cb, count: calibSeen * k) }
-        w.write(raw: thr, count: k); w.write(raw: ext, count: k); w.write(raw: shift, count: k)
-        w.write(raw: bsum, count: k); w.write(raw: bsumsq, count: k)
-        w.write(raw: head, count: k); w.write(raw: ringCount, count: k); w.write(raw: sinceFit, count: k)
-        w.write(raw: ring, count: k * cap); w.write(raw: thrD, count: k)
-        w.write(raw: extremesTotal, count: k); w.write(raw: blockExtremes, count: k)
-        w.write(raw: ntAtFit, count: k); w.write(raw: shape, count: k); w.write(raw: scale, count: k)
-        w.write(raw: extD, count: k); w.write(raw: method, count: k)
-        w.write(raw: wCount, count: k); w.write(raw: wMean, count: k); w.write(raw: wM2, count: k)
-        w.write(raw: sketch, count: k * Self.sketchPoints)
-        w.write(raw: isDue, count: k); w.write(raw: inQueue, count: k); w.write(raw: frozen, count: k); w.write(raw: queue, count: k)
+        if let cb = storage.calibration { w.write(raw: cb, count: calibSeen * k) }
+        storage.write(.state, into: &w)
         w.write(Int64(queueHead)); w.write(Int64(queueCount)); w.write(Int64(blockFill)); w.write(refitCredit)
-        if let ringD = driftRing, let headD = driftHead, let sumD = driftSum {
-            let d = configuration.driftWindow
-            w.write(raw: ringD, count: k * d); w.write(raw: headD, count: k); w.write(raw: sumD, count: k)
-        }
+        storage.write(.driftState, into: &w)
         w.write(UInt32(rejected.count))
         for (r, n) in rejected.sorted(by: { $0.key.rawValue < $1.key.rawValue }) {
             w.write(blob: Array(r.rawValue.utf8)); w.write(n)
@@ -55,7 +52,7 @@ extension FilterBank {
     /// Restores a bank from `serializedState()`. The configuration stored must match `configuration`
     /// in everything that shapes the state (level, q, calibration, peaks); refit budget may differ.
     /// `expected == nil` accepts the stored settings (inspection tools).
-    public convenience init(restoring bytes: [UInt8], configuration expectedOrNil: POTConfiguration?) throws(SaliencyError) {
+    public convenience init(restoring bytes: [UInt8], configuration expectedOrNil: POTConfiguration?, kernels: Kernels = .best) throws(SaliencyError) {
         var r = ByteReader(bytes)
         func bad(_ m: String) -> SaliencyError { SaliencyError(.corruptState, m) }
         let version = try r.read(UInt32.self, "version")
@@ -76,9 +73,9 @@ extension FilterBank {
         var live = expected
         live.refitsPerRow = expected.refitsPerRow
         // Cheap size check before allocating: the fixed part alone must be present.
-        let fixed = k * (5 * 4 + 3 * 4 + cap * 4 + 8 + 8 + 2 + 8 + 8 + 8 + 8 + 1 + 8 + 8 + 8 + Self.sketchPoints * 4 + 1 + 1 + 1 + 4)
+        let fixed = k * Storage.layout(live).filter { $0.role == .state }.reduce(0) { $0 + $1.bytesPerFilter }
         guard r.remaining >= fixed else { throw bad("truncated: \(r.remaining) bytes left, the state of \(k) filters needs at least \(fixed)") }
-        try self.init(filterCount: k, configuration: live)
+        try self.init(filterCount: k, configuration: live, kernels: kernels)
         rows = try r.read(UInt64.self, "rows")
         refitCount = try r.read(UInt64.self, "refits")
         let calibrating = try r.readBool("phase")
@@ -86,47 +83,32 @@ extension FilterBank {
         guard seen >= 0, seen <= c.calibration, calibrating || seen == c.calibration || seen == 0 else { throw bad("calibration progress \(seen) of \(c.calibration) is inconsistent") }
         if calibrating {
             guard seen < c.calibration else { throw bad("calibrating with a full buffer") }
-            try r.read(raw: calib!, count: seen * k, "calibration buffer")
+            try r.read(raw: storage.calibration!, count: seen * k, "calibration buffer")
         } else {
-            calib?.deallocate()
-            calib = nil
+            storage.releaseCalibration()
         }
         calibSeen = calibrating ? seen : c.calibration
-        try r.read(raw: thr, count: k, "thresholds"); try r.read(raw: ext, count: k, "extreme thresholds"); try r.read(raw: shift, count: k, "shifts")
-        try r.read(raw: bsum, count: k, "block sums"); try r.read(raw: bsumsq, count: k, "block squares")
-        try r.read(raw: head, count: k, "ring heads"); try r.read(raw: ringCount, count: k, "ring counts"); try r.read(raw: sinceFit, count: k, "peaks since fit")
-        try r.read(raw: ring, count: k * cap, "peak rings"); try r.read(raw: thrD, count: k, "thresholds")
-        try r.read(raw: extremesTotal, count: k, "extreme counts"); try r.read(raw: blockExtremes, count: k, "block extremes")
-        try r.read(raw: ntAtFit, count: k, "peak counts"); try r.read(raw: shape, count: k, "shapes"); try r.read(raw: scale, count: k, "scales")
-        try r.read(raw: extD, count: k, "extreme thresholds"); try r.read(raw: method, count: k, "fit methods")
-        try r.read(raw: wCount, count: k, "moment counts"); try r.read(raw: wMean, count: k, "means"); try r.read(raw: wM2, count: k, "M2")
-        try r.read(raw: sketch, count: k * Self.sketchPoints, "sketches")
-        // Bool columns: validate bytes before trusting them as Bool.
-        let flags = UnsafeMutablePointer<UInt8>.allocate(capacity: 3 * k)
-        defer { flags.deallocate() }
-        try r.read(raw: flags, count: 3 * k, "due/queue/frozen flags")
-        for j in 0..<(3 * k) where flags[j] > 1 { throw bad("flag \(flags[j]) at \(j)") }
-        for j in 0..<k { isDue[j] = flags[j] == 1; inQueue[j] = flags[k + j] == 1; frozen[j] = flags[2 * k + j] == 1 }
-        try r.read(raw: queue, count: k, "refit queue")
+        try storage.read(.state, from: &r)
         queueHead = Int(try r.read(Int64.self, "queue head")); queueCount = Int(try r.read(Int64.self, "queue count"))
         blockFill = Int(try r.read(Int64.self, "block fill")); refitCredit = try r.readDouble("refit credit")
         guard queueHead >= 0, queueHead < k, queueCount >= 0, queueCount <= k, blockFill >= 0, blockFill < Self.blockRows, refitCredit.isFinite else {
             throw bad("scheduler state out of range (head \(queueHead), count \(queueCount), block \(blockFill))")
         }
         for i in 0..<queueCount {
-            let q = Int(queue[(queueHead + i) % k])
-            guard q >= 0, q < k, inQueue[q] else { throw bad("refit queue entry \(q) invalid") }
+            let q = Int(storage.queue[(queueHead + i) % k])
+            guard q >= 0, q < k, storage.inQueue[q] else { throw bad("refit queue entry \(q) invalid") }
         }
+        let s = storage
         for j in 0..<k {
-            guard Int(head[j]) < cap, Int(ringCount[j]) <= cap, method[j] == 255 || GPDFitMethod(rawValue: method[j]) != nil else {
-                throw bad("filter \(j): ring head \(head[j]) / count \(ringCount[j]) / method \(method[j]) out of range")
+            guard Int(s.head[j]) < cap, Int(s.ringCount[j]) <= cap, s.method[j] == 255 || GPDFitMethod(rawValue: s.method[j]) != nil else {
+                throw bad("filter \(j): ring head \(s.head[j]) / count \(s.ringCount[j]) / method \(s.method[j]) out of range")
             }
-            guard calibrating || (scale[j] > 0 && thrD[j].isFinite) else { throw bad("filter \(j): scale \(scale[j]) or threshold \(thrD[j]) invalid") }
-            guard UInt64(extremesTotal[j]) <= rows else { throw bad("filter \(j): more extremes than rows") }
+            guard calibrating || (s.scale[j] > 0 && s.thrD[j].isFinite) else { throw bad("filter \(j): scale \(s.scale[j]) or threshold \(s.thrD[j]) invalid") }
+            guard UInt64(s.extremesTotal[j]) <= rows else { throw bad("filter \(j): more extremes than rows") }
         }
-        if let ringD = driftRing, let headD = driftHead, let sumD = driftSum {
+        try storage.read(.driftState, from: &r)
+        if let headD = s.driftHead, let sumD = s.driftSum {
             let d = c.driftWindow
-            try r.read(raw: ringD, count: k * d, "drift windows"); try r.read(raw: headD, count: k, "drift heads"); try r.read(raw: sumD, count: k, "drift sums")
             for j in 0..<k where Int(headD[j]) >= d || !sumD[j].isFinite { throw bad("filter \(j): drift window state out of range") }
         }
         let nRejected = try r.read(UInt32.self, "rejection reasons")
@@ -138,5 +120,31 @@ extension FilterBank {
             rejected[reason] = n
         }
         guard r.remaining == 0 else { throw bad("\(r.remaining) trailing bytes") }
+        checkInvariantsIfEnabled()
+    }
+}
+
+extension FilterBank.Storage {
+    /// Appends every present column of `role` in table order, as raw little-endian elements.
+    func write(_ role: Role, into w: inout ByteWriter) {
+        for c in columns where c.role == role {
+            guard let p = c.base else { continue }
+            w.write(raw: p.assumingMemoryBound(to: UInt8.self), count: c.byteCount)
+        }
+    }
+
+    /// Reads every present column of `role` in table order (the inverse of `write`). Bool
+    /// columns are checked byte by byte (0 or 1) before anything reads them as `Bool`.
+    func read(_ role: Role, from r: inout ByteReader) throws(SaliencyError) {
+        for c in columns where c.role == role {
+            guard let p = c.base else { continue }
+            try r.read(raw: p.assumingMemoryBound(to: UInt8.self), count: c.byteCount, c.name)
+            if c.isFlag {
+                for i in 0..<c.byteCount {
+                    let b = p.load(fromByteOffset: i, as: UInt8.self)
+                    guard b <= 1 else { throw SaliencyError(.corruptState, "\(c.name): flag \(b) at \(i)") }
+                }
+            }
+        }
     }
 }

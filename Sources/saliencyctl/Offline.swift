@@ -187,10 +187,9 @@ struct Bench: ParsableCommand {
         cfg.refitsPerRow = refitsPerRow
         cfg.maxPeaks = maxPeaks
         cfg.peakStride = peakStride
-        FilterBank.useBaselineKernels(kernels == .baseline)
         let pinnedCPU = noPin ? nil : pinToCurrentCPU()
         let bank: FilterBank
-        do { bank = try FilterBank(filterCount: filters, configuration: cfg) } catch { throw InputError(error.message) }
+        do { bank = try FilterBank(filterCount: filters, configuration: cfg, kernels: kernels == .baseline ? .baseline : .best) } catch { throw InputError(error.message) }
         var rng = SplitMix64(seed: seed)
         let scales = (0..<filters).map { _ in Float(0.5 + rng.uniform()) }
         let pool = 64
@@ -226,7 +225,7 @@ struct Bench: ParsableCommand {
                        values_per_second: pps * Double(filters), ns_per_value: secs * 1e9 / (Double(predictions) * Double(filters)),
                        bytes_per_filter: bank.bytesPerFilter, refits: bank.refitCount - refitsBefore,
                        peaks_per_row: Double(peaks) / Double(predictions), extremes: extremes,
-                       peak_stride: bank.peakStride, kernels: FilterBank.kernelISA, pinned_cpu: pinnedCPU)
+                       peak_stride: bank.peakStride, kernels: bank.kernels.isa, pinned_cpu: pinnedCPU)
         if output.json { try IO.printJSON(r); return }
         var t = Table(headers: ["filters", "level", "predictions/s", "values/s", "ns/value", "bytes/filter", "refits", "peaks/row", "stride", "kernels", "cpu"])
         t.rows.append([String(filters), fmt(level, 3), fmt(pps, 6), fmt(r.values_per_second, 4), fmt(r.ns_per_value, 3), String(r.bytes_per_filter), String(r.refits), fmt(r.peaks_per_row, 5), String(r.peak_stride), r.kernels, pinnedCPU.map(String.init) ?? "any"])

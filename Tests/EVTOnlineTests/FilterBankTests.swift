@@ -20,10 +20,6 @@ struct SyntheticFeed {
     mutating func rows(_ n: Int) -> [[Float]] { (0..<n).map { _ in row() } }
 }
 
-/// Serializes tests that switch the process-wide kernel variant (`FilterBank.useBaselineKernels`):
-/// suites run in parallel, and one test's switch must not land inside another's measurement.
-let kernelSwitchLock = NSLock()
-
 func numpyLinearQuantile(_ xs: [Float], _ p: Double) -> Double {
     let s = xs.map(Double.init).sorted()
     let pos = p * Double(s.count - 1)
@@ -82,7 +78,7 @@ func feed(_ bank: FilterBank, _ row: [Float]) -> FilterBank.RowResult {
         #expect(bank.isCalibrated)
     }
 
-    /// method.md §6.3: feeding the reference one row at a time equals a one-shot batch fit.
+    /// docs/method.md §6.3: feeding the reference one row at a time equals a one-shot batch fit.
     @Test(arguments: [0.9, 0.98])
     func streamingCalibrationEqualsOneShotFit(level: Double) throws {
         let k = 30, n = 600
@@ -310,39 +306,61 @@ func feed(_ bank: FilterBank, _ row: [Float]) -> FilterBank.RowResult {
     }
 
     /// The vector kernels (AVX2 where the CPU has it, SSE2 baseline) leave bit-identical state,
-    /// on a width that is not a multiple of 8, with extremes, frozen filters and a stride.
+    /// on a width that is not a multiple of 8, with extremes, frozen filters and a stride. The two
+    /// banks run side by side, row by row, in one process: the variant is each bank's own.
     @Test func kernelsAreBitIdenticalAcrossInstructionSets() throws {
-        kernelSwitchLock.lock()
-        defer { kernelSwitchLock.unlock() }
         let k = 203, n = 300
         var cfg = config(calibration: n, q: 1e-3, refits: 0.3)
         cfg.peakStride = 2
         cfg.refitAfterPeaks = 8
-        func run(baseline: Bool) throws -> (state: [UInt8], isa: String, extremes: Int) {
-            FilterBank.useBaselineKernels(baseline)
-            defer { FilterBank.useBaselineKernels(false) }
-            let bank = try FilterBank(filterCount: k, configuration: cfg)
-            var f = SyntheticFeed(seed: 41, filters: k)
-            var extremes = 0
-            for r in f.rows(n) { feed(bank, r) }
-            for i in 0..<1500 {
-                var r = f.row()
-                if i % 97 == 0 { r[5] *= 1000; r[202] *= 1000; r[131] = 0 }
-                if i == 400 { bank.setFrozen(17, true); bank.setFrozen(200, true) }
-                if i == 900 { bank.setFrozen(17, false) }
-                extremes += feed(bank, r).extremes
-            }
-            return (bank.serializedState(), FilterBank.kernelISA, extremes)
+        let base = try FilterBank(filterCount: k, configuration: cfg, kernels: .baseline)
+        let best = try FilterBank(filterCount: k, configuration: cfg, kernels: .best)
+        #expect(base.kernels == .baseline && best.kernels == .best)
+        var f = SyntheticFeed(seed: 41, filters: k)
+        for r in f.rows(n) { feed(base, r); feed(best, r) }
+        var extremes = 0
+        for i in 0..<1500 {
+            var r = f.row()
+            if i % 97 == 0 { r[5] *= 1000; r[202] *= 1000; r[131] = 0 }
+            if i == 400 { for b in [base, best] { b.setFrozen(17, true); b.setFrozen(200, true) } }
+            if i == 900 { for b in [base, best] { b.setFrozen(17, false) } }
+            let a = feed(base, r), b = feed(best, r)
+            #expect(a == b, "row \(i)")
+            #expect(Array(base.lastExtremes) == Array(best.lastExtremes), "row \(i)")
+            extremes += a.extremes
         }
-        let base = try run(baseline: true)
-        let best = try run(baseline: false)
-        #expect(base.extremes > 15)
-        #expect(base.extremes == best.extremes)
-        #expect(base.state == best.state)
+        #expect(extremes > 15)
+        #expect(base.serializedState() == best.serializedState())
         #if arch(x86_64)
-        #expect(base.isa == "sse2")
-        #expect(["sse2", "avx2"].contains(best.isa))
+        #expect(FilterBank.Kernels.baseline.isa == "sse2")
+        #expect(["sse2", "avx2"].contains(FilterBank.Kernels.best.isa))
+        #expect(FilterBank.kernelISA == FilterBank.Kernels.best.isa)
         #endif
+        // A restored bank takes the variant it is given, and continues identically.
+        let restored = try FilterBank(restoring: best.serializedState(), configuration: cfg, kernels: .baseline)
+        #expect(restored.kernels == .baseline)
+        for r in f.rows(200) { #expect(feed(restored, r) == feed(best, r)) }
+        #expect(restored.serializedState() == best.serializedState())
+    }
+
+    /// Two threads, two banks, different variants, at the same time: nothing is process-wide.
+    @Test func banksWithDifferentKernelsRunConcurrently() async throws {
+        let k = 77
+        let cfg = config(calibration: 200, refits: 0.5)
+        let states = try await withThrowingTaskGroup(of: [UInt8].self) { group in
+            for kernels in [FilterBank.Kernels.baseline, .best, .baseline, .best] {
+                group.addTask {
+                    let bank = try FilterBank(filterCount: k, configuration: cfg, kernels: kernels)
+                    var f = SyntheticFeed(seed: 43, filters: k)
+                    for r in f.rows(1200) { feed(bank, r) }
+                    return bank.serializedState()
+                }
+            }
+            var all: [[UInt8]] = []
+            for try await s in group { all.append(s) }
+            return all
+        }
+        #expect(states.count == 4 && Set(states).count == 1)
     }
 
     @Test func refitDueAndOnDemandRefits() throws {
@@ -484,9 +502,9 @@ func feed(_ bank: FilterBank, _ row: [Float]) -> FilterBank.RowResult {
         #expect(since.allSatisfy { $0 > 100 })
         // The newest ring entries are exactly the samples tracked here, in order (no wrap yet).
         for j in 0..<k {
-            let h = Int(bank.head[j]), c = samples[j].count
-            #expect(h >= c && Int(bank.ringCount[j]) < bank.cap, "filter \(j)")
-            let newest = (0..<c).map { bank.ring[j * bank.cap + h - c + $0] }
+            let h = Int(bank.storage.head[j]), c = samples[j].count
+            #expect(h >= c && Int(bank.storage.ringCount[j]) < bank.cap, "filter \(j)")
+            let newest = (0..<c).map { bank.storage.ring[j * bank.cap + h - c + $0] }
             #expect(newest.map(\.bitPattern) == samples[j].map(\.bitPattern), "filter \(j)")
         }
     }

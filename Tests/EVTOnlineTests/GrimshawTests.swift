@@ -5,7 +5,7 @@ import SaliencyCore
 import CKernels
 
 @Suite struct GrimshawTests {
-    /// method.md §4: shape within 0.01 of scipy's, or a log-likelihood no worse.
+    /// docs/method.md §4: shape within 0.01 of scipy's, or a log-likelihood no worse.
     @Test func agreesWithScipy() {
         var fitter = GrimshawFitter(capacity: 600)
         for ref in Reference.shared.fits {
@@ -31,7 +31,7 @@ import CKernels
         }
     }
 
-    /// Defect 1 of method.md §4: heavy tails must not come out as γ ≈ 0. The seed paper searched
+    /// Defect 1 of docs/method.md §4: heavy tails must not come out as γ ≈ 0. The seed paper searched
     /// positive roots from 2(mean − min)/(mean·min), which lies above the root here.
     @Test func heavyTailIsFoundBelowTheSeedPapersIntervalStart() {
         var fitter = GrimshawFitter(capacity: 600)
@@ -56,7 +56,7 @@ import CKernels
         }
     }
 
-    /// Defect 4 of method.md §4: too few peaks is said, not silently fitted.
+    /// Defect 4 of docs/method.md §4: too few peaks is said, not silently fitted.
     @Test func tooFewPeaksIsInsufficientNotNaN() {
         var fitter = GrimshawFitter(capacity: 16)
         let none = [Double]().withUnsafeBufferPointer { fitter.fit($0, minPeaks: 10) }
@@ -264,10 +264,10 @@ import CKernels
 
     /// The fit's inner sums run in CKernels (AVX2 or SSE2): both variants return the same bits,
     /// and those equal the Swift reference steps (`term`, `logAndReciprocal`) summed in the
-    /// kernels' documented tree, element by element.
+    /// kernels' documented tree, element by element. Each variant is called through its own
+    /// table (`FilterBank.Kernels.table`), side by side; the free function runs the best one.
     @Test func kernelSumsMatchTheSwiftReferenceBitForBit() {
-        kernelSwitchLock.lock()
-        defer { kernelSwitchLock.unlock() }
+        let tables = FilterBank.Kernels.allCases.map(\.table)
         var rng = SplitMix64(seed: 77)
         let n = 264   // multiple of 8
         let yd = (0..<n).map { _ in -log(rng.uniform()) * 2.5 }
@@ -281,13 +281,14 @@ import CKernels
             }
             let refL = (pl[0] + pl[2]) + (pl[1] + pl[3]), refV = (pv[0] + pv[2]) + (pv[1] + pv[3])
             var got: [(Double, Double)] = []
-            for baseline in [true, false] {
-                FilterBank.useBaselineKernels(baseline)
+            for table in tables {
                 var l = 0.0, v = 0.0
-                yd.withUnsafeBufferPointer { saliency_grimshaw_sums_f64($0.baseAddress!, Int64(n), x, &l, &v) }
+                yd.withUnsafeBufferPointer { table.grimshaw_sums_f64!($0.baseAddress!, Int64(n), x, &l, &v) }
                 got.append((l, v))
             }
-            FilterBank.useBaselineKernels(false)
+            var l0 = 0.0, v0 = 0.0
+            yd.withUnsafeBufferPointer { saliency_grimshaw_sums_f64($0.baseAddress!, Int64(n), x, &l0, &v0) }
+            got.append((l0, v0))
             for (l, v) in got {
                 #expect(l.bitPattern == refL.bitPattern && v.bitPattern == refV.bitPattern, "f64 x=\(x)")
             }
@@ -303,13 +304,14 @@ import CKernels
             }
             func tree(_ p: [Float]) -> Float { ((p[0] + p[4]) + (p[2] + p[6])) + ((p[1] + p[5]) + (p[3] + p[7])) }
             let refLf = tree(ql), refVf = tree(qv)
-            for baseline in [true, false] {
-                FilterBank.useBaselineKernels(baseline)
+            for table in tables {
                 var l: Float = 0, v: Float = 0
-                yf.withUnsafeBufferPointer { saliency_grimshaw_sums_f32($0.baseAddress!, Int64(n), xf, &l, &v) }
-                #expect(l.bitPattern == refLf.bitPattern && v.bitPattern == refVf.bitPattern, "f32 x=\(x) baseline=\(baseline)")
+                yf.withUnsafeBufferPointer { table.grimshaw_sums_f32!($0.baseAddress!, Int64(n), xf, &l, &v) }
+                #expect(l.bitPattern == refLf.bitPattern && v.bitPattern == refVf.bitPattern, "f32 x=\(x) isa=\(String(cString: table.isa))")
             }
-            FilterBank.useBaselineKernels(false)
+            var l: Float = 0, v: Float = 0
+            yf.withUnsafeBufferPointer { saliency_grimshaw_sums_f32($0.baseAddress!, Int64(n), xf, &l, &v) }
+            #expect(l.bitPattern == refLf.bitPattern && v.bitPattern == refVf.bitPattern, "f32 x=\(x) free function")
         }
     }
 }

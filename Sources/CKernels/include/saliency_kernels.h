@@ -2,9 +2,11 @@
 //
 // Why C: Swift cannot compile one function for AVX2 while the rest of the binary stays runnable
 // on baseline x86-64 (no per-function target attribute, no multiversioning). These kernels are
-// built twice (SSE2 and AVX2), and the first call picks the best the CPU supports. Both variants
+// built twice (SSE2 and AVX2). Each variant is an immutable table of function pointers
+// (`saliency_kernels_table`); a FilterBank holds the one it was given, so banks with different
+// variants can run side by side in one process (there is no process-wide switch). Both variants
 // perform the same IEEE operations in the same order (no FMA contraction), so results are
-// bit-identical whichever runs; the Swift tests check that by forcing each variant.
+// bit-identical whichever runs; the Swift tests check that by running two banks side by side.
 //
 // The kernels own no state and know nothing of statistics beyond the arithmetic they are given:
 // the meaning of every array is documented in FilterBank.swift.
@@ -64,12 +66,29 @@ int saliency_row_has_invalid(const void *row, int64_t count);
 void saliency_grimshaw_sums_f64(const double *y, int64_t count, double x, double *sumLog, double *sumRatio);
 void saliency_grimshaw_sums_f32(const float *y, int64_t count, float x, float *sumLog, float *sumRatio);
 
-/// The instruction set the kernels use: "avx2" or "sse2" (x86-64), "generic" elsewhere.
-const char *saliency_kernels_isa(void);
+/// The kernel variants. `BEST`: the best instruction set this CPU supports (AVX2 where present);
+/// `BASELINE`: the baseline of the architecture (SSE2 on x86-64). Elsewhere both are "generic".
+enum { SALIENCY_KERNELS_BEST = 0, SALIENCY_KERNELS_BASELINE = 1 };
 
-/// Forces a variant (0 = best available, 1 = baseline) for tests and benchmarks. Returns 0, or
-/// -1 if the request cannot be honoured (AVX2 unavailable is not an error: best = baseline).
-int saliency_kernels_force(int variant);
+/// One variant of every kernel above, as an immutable table (static storage, never freed).
+typedef struct {
+    int64_t (*scan_row)(const saliency_scan_columns *c, const float *row,
+                        int32_t *eventBase, uint8_t *eventMask, int64_t *peaks);
+    void (*merge_moments)(const saliency_merge_columns *c);
+    int (*row_has_invalid)(const void *row, int64_t count);
+    void (*grimshaw_sums_f64)(const double *y, int64_t count, double x, double *sumLog, double *sumRatio);
+    void (*grimshaw_sums_f32)(const float *y, int64_t count, float x, float *sumLog, float *sumRatio);
+    const char *isa;   // "avx2", "sse2" or "generic"
+} saliency_kernels;
+
+/// The table of `variant` (SALIENCY_KERNELS_BEST or _BASELINE), or NULL for any other value.
+/// Thread-safe; the same pointer on every call.
+const saliency_kernels *saliency_kernels_table(int variant);
+
+/// The free functions above (saliency_scan_row, ..., saliency_grimshaw_sums_f32) run the BEST table.
+
+/// The instruction set of the BEST table: "avx2" or "sse2" (x86-64), "generic" elsewhere.
+const char *saliency_kernels_isa(void);
 
 /// Allocates `bytes` of zero-filled anonymous memory (Linux: mmap, so pages are claimed only when
 /// first written) and, for 2 MiB or more, asks the kernel to back them with transparent huge
