@@ -412,6 +412,31 @@ def test_pipelining_dealers_that_never_read_keep_memory_bounded(saliencyd, tmp_p
     assert d.stop(30) == 0
 
 
+def test_well_behaved_client_never_loses_a_reply(saliencyd):
+    """Guard for the query limits (not a finding of the issue; passes before the fix): a client that
+    sends one request at a time and reads every reply must get every reply, however low the
+    per-peer high-water marks are set."""
+    d = saliencyd(transport="tcp", calibration=100)
+    p = d.producer("m", SMALL)
+    assert p.wait_for_subscriber()
+    for r in rows(np.random.default_rng(15), 150, 16):
+        p.publish(r)
+    d.wait_rows("m", 150)
+    p.close()
+    reqs = [{"op": "status"}, {"op": "filter", "model": "m", "filter": 3}, {"op": "top", "model": "m", "k": 5}]
+    lost = []
+    t0 = time.monotonic()
+    for i in range(6000):
+        if time.monotonic() - t0 > 60 or len(lost) >= 3:
+            break
+        try:
+            d.query(reqs[i % 3], timeout=1.0)
+        except TimeoutError:
+            lost.append(i)
+    assert not lost, f"requests {lost} (of {i + 1} sequential ones) got no reply within 1 s"
+    assert d.stop(30) == 0
+
+
 def test_tcp_connection_flood_with_random_bytes_does_not_stop_queries(saliencyd):
     d = saliencyd(transport="tcp")
     host, port = d.endpoints["query"][len("tcp://"):].rsplit(":", 1)
