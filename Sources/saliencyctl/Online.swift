@@ -155,6 +155,7 @@ struct Top: ParsableCommand {
                     }
                     print(t.render())
                 }
+                fflush(nil)   // each refresh reaches a pipe or file at once
                 if watch { Thread.sleep(forTimeInterval: interval) }
             } while watch
         }
