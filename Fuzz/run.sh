@@ -58,8 +58,10 @@ if [[ ${FUZZ_SKIP_BUILD:-0} != 1 ]]; then
 fi
 bindir=$(swift build "${build_flags[@]}" --show-bin-path 2>/dev/null)
 
-# Per-target limits. max_len covers the largest seed (a real snapshot or alert log is ~15-23 KB).
-declare -A max_len=([FuzzSchema]=8192 [FuzzQuery]=4096 [FuzzConfig]=16384 [FuzzAlertLog]=32768 [FuzzSnapshot]=32768)
+# Per-target limits. FuzzSnapshot: max_len covers the real snapshot seeds (11-15 KB payloads).
+# FuzzAlertLog: 8 KiB holds more lines than its max_entries (8) and keeps runs cheap (each one
+# writes, loads and rewrites the file); longer seed logs are truncated to it.
+declare -A max_len=([FuzzSchema]=8192 [FuzzQuery]=4096 [FuzzConfig]=16384 [FuzzAlertLog]=8192 [FuzzSnapshot]=32768)
 declare -A dict=([FuzzSchema]=schema [FuzzQuery]=query [FuzzConfig]=config [FuzzAlertLog]=alertlog [FuzzSnapshot]=snapshot)
 
 # Swift's runtime keeps metadata caches that LeakSanitizer would report at exit; leaks are not
@@ -81,7 +83,7 @@ if [[ $replay == 1 ]]; then
         [[ -d $dir ]] || continue
         for f in "$dir"/*; do
             [[ -f $f ]] || continue
-            if FUZZ_CONFIG_NO_SKIP=1 "$bindir/$t" "${common[@]}" -runs=1 "$f" >"$here/logs/replay-$t-$(basename "$f").log" 2>&1; then
+            if FUZZ_CONFIG_NO_SKIP=1 FUZZ_SNAPSHOT_NO_SKIP=1 "$bindir/$t" "${common[@]}" -runs=1 "$f" >"$here/logs/replay-$t-$(basename "$f").log" 2>&1; then
                 summary+=("fixed   $t $(basename "$f")")
             else
                 summary+=("CRASHES $t $(basename "$f") (log: Fuzz/logs/replay-$t-$(basename "$f").log)")

@@ -9,17 +9,39 @@ import SaliencyMonitor
 import Glibc
 #endif
 
-/// KNOWN FINDING (Fuzz/regressions/FuzzConfig/, docs/fuzzing.md): toml++ 3.4.0 inside TOMLKit
-/// aborts in `parser::parse_key()` (TOML_ASSERT_ASSUME; toml.hpp:15481) when a table header's
-/// first key character is neither a bare-key character nor a quote, e.g. `[=`, `[[[1]]]`,
-/// `[\n`. Until saliencyd refuses such files before toml++ sees them, inputs with that shape are
-/// skipped here so the fuzzer can look for other bugs instead of re-finding this one.
-/// Set FUZZ_CONFIG_NO_SKIP=1 to fuzz without the skip (e.g. to check a fix).
-func hitsKnownTableHeaderAbort(_ b: UnsafeBufferPointer<UInt8>) -> Bool {
+/// KNOWN FINDINGS (Fuzz/regressions/FuzzConfig/, docs/fuzzing.md): toml++ 3.4.0 inside TOMLKit
+/// aborts the process on `TOML_ASSERT_ASSUME` preconditions (SwiftPM builds it without NDEBUG)
+/// for malformed input:
+///   - a table header whose first key character is not a bare-key character or quote
+///     (`[=`, `[[[1]]]`, `[` + newline): `parser::parse_key()`, toml.hpp:15481;
+///   - an array element that starts with a value terminator (`g=[}`): `parser::parse_value()`,
+///     toml.hpp:14994;
+///   - a date-time whose `T` is not followed by a digit (`y=1979-05-27T:`): `parser::parse_time()`,
+///     toml.hpp:14790.
+/// Until saliencyd refuses such files before toml++ sees them, inputs of these shapes are skipped
+/// so that the fuzzer looks for other bugs instead of re-finding these: table headers as above,
+/// any value that starts with `[` or `{` (arrays, inline tables: the configuration has neither),
+/// and any value that starts like a date or time (4 digits then `-`, or 2 digits then `:`).
+/// FUZZ_CONFIG_NO_SKIP=1 fuzzes without the skip (to check a fix, or to enumerate more sites with
+/// `-fork=1 -ignore_crashes=1`).
+func hitsKnownTOMLAbort(_ b: UnsafeBufferPointer<UInt8>) -> Bool {
     func isBare(_ c: UInt8) -> Bool {
         (c >= 0x41 && c <= 0x5A) || (c >= 0x61 && c <= 0x7A) || (c >= 0x30 && c <= 0x39) || c == 0x5F || c == 0x2D
     }
+    func isDigit(_ i: Int) -> Bool { i < b.count && b[i] >= 0x30 && b[i] <= 0x39 }
     func skipBlanks(_ i: inout Int) { while i < b.count, b[i] == 0x20 || b[i] == 0x09 { i += 1 } }
+    // Values: after every `=` (also inside strings: skipping too much is harmless).
+    for (eq, c) in b.enumerated() where c == UInt8(ascii: "=") {
+        var i = eq + 1
+        skipBlanks(&i)
+        guard i < b.count else { break }
+        if b[i] == UInt8(ascii: "[") || b[i] == UInt8(ascii: "{") { return true }
+        if isDigit(i), isDigit(i + 1) {
+            if i + 2 < b.count, b[i + 2] == UInt8(ascii: ":") { return true }
+            if isDigit(i + 2), isDigit(i + 3), i + 4 < b.count, b[i + 4] == UInt8(ascii: "-") { return true }
+        }
+    }
+    // Table headers: at the start of a line.
     var lineStart = b.count >= 3 && b[0] == 0xEF && b[1] == 0xBB && b[2] == 0xBF ? 3 : 0
     while lineStart < b.count {
         var i = lineStart
@@ -44,7 +66,7 @@ let skipKnown = getenv("FUZZ_CONFIG_NO_SKIP") == nil
 @_cdecl("LLVMFuzzerTestOneInput")
 public func fuzz(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
     let buffer = UnsafeBufferPointer(start: data, count: size)
-    if skipKnown, hitsKnownTableHeaderAbort(buffer) { return -1 }   // -1: not added to the corpus
+    if skipKnown, hitsKnownTOMLAbort(buffer) { return -1 }   // -1: not added to the corpus
     let bytes = Array(buffer)
     guard let c = try? DaemonConfiguration.parse(contents: bytes, source: "fuzz") else { return 0 }
     guard (try? c.validate()) != nil else { return 0 }
