@@ -323,28 +323,40 @@ def compare_honest(main: dict, control: dict):
     return out, dev
 
 
+def _ask(d: Daemon, req: dict, lost: list) -> dict:
+    """A query that is re-sent (up to 3 times) when its reply does not come within 5 s; every
+    unanswered attempt is recorded in `lost` (a problem of its own, reported by the test)."""
+    for _ in range(3):
+        try:
+            return d.query(req, timeout=5)
+        except TimeoutError:
+            lost.append(req)
+    raise AssertionError(f"no reply to {req} in 3 attempts")
+
+
 def snapshot_of_honest(d: Daemon) -> dict:
     """Everything learned about the honest model that must not depend on the abuse around it."""
-    out = {"filters": {}}
+    lost = []
+    out = {"filters": {}, "lost": lost}
     for j in SAMPLE_FILTERS:
-        r = d.query({"op": "filter", "model": HONEST, "filter": j}, timeout=10)
+        r = _ask(d, {"op": "filter", "model": HONEST, "filter": j}, lost)
         assert r["ok"], r
         out["filters"][j] = {k: r[k] for k in FILTER_FIELDS}
         out["filters"][j]["recent"] = [(x["value"], x["score"], x["p"], x["zscore"]) for x in r["recent"]]
     for by in ("pot", "zscore"):
-        r = d.query({"op": "top", "model": HONEST, "k": 20, "by": by}, timeout=10)
+        r = _ask(d, {"op": "top", "model": HONEST, "k": 20, "by": by}, lost)
         assert r["ok"], r
         out[f"top_{by}"] = [(e["filter"], e["layer"], e["channel"], e["score"], e.get("p")) for e in r["top"]]
-        r = d.query({"op": "top", "model": HONEST, "k": 20, "by": by, "window": 32}, timeout=10)
+        r = _ask(d, {"op": "top", "model": HONEST, "k": 20, "by": by, "window": 32}, lost)
         assert r["ok"], r
         out[f"top_{by}_w32"] = [(e["filter"], e["score"]) for e in r["top"]]
-    m = d.model(HONEST)
+    m = [x for x in _ask(d, {"op": "status"}, lost)["models"] if x["model"] == HONEST][0]
     out["status"] = {k: m[k] for k in ("filters", "layers", "fingerprint", "phase", "rows", "firing", "model_alert",
                                        "extremes_by_layer", "peak_stride", "calibration_seen")}
     alerts = []
     since = 0
     for _ in range(100):
-        r = d.query({"op": "alerts", "since": since}, timeout=10)
+        r = _ask(d, {"op": "alerts", "since": since}, lost)
         assert r["ok"], r
         alerts += [a for a in r["alerts"] if a.get("labels", {}).get("model") == HONEST]
         if not r.get("truncated") or not r["alerts"]:
@@ -400,7 +412,7 @@ def test_soak_abuse_leaves_honest_model_unchanged(saliencyd):
             if p.is_alive():
                 p.kill()
                 p.join(5)
-    st = d.status()
+    st = _ask(d, {"op": "status"}, [])
     lat_ms = sorted([x * 1000 for x in poller.latencies] + [float("inf")] * len(poller.failures))
     p99 = lat_ms[min(len(lat_ms) - 1, int(np.ceil(0.99 * len(lat_ms))) - 1)]
     p50 = lat_ms[len(lat_ms) // 2]
@@ -444,6 +456,9 @@ def test_soak_abuse_leaves_honest_model_unchanged(saliencyd):
 
     if main["status"] != control["status"]:
         problems.append(f"honest status differs: {main['status']} vs control {control['status']}")
+    for name, snap in (("soaked daemon", main), ("control daemon", control)):
+        if snap["lost"]:
+            problems.append(f"{len(snap['lost'])} queries to the {name} got no reply within 5 s (sent one at a time)")
     diffs, fit_dev = compare_honest(main, control)
     problems += diffs
     if not control["alerts"]:
