@@ -29,7 +29,9 @@ public struct DaemonConfiguration: Sendable, Hashable {
         /// (its TCP window closes) and undelivered replies are dropped, never buffered.
         public var maxInflight = 4
         /// Largest reply; `alerts` answers are cut to fit (`"truncated": true`, continue with `since`).
-        public var maxReplyBytes = 1 << 20
+        /// With the 32 replies libzmq queues per peer, this bounds what a client that never reads
+        /// its replies can claim: 32 × 256 KiB = 8 MiB per connection.
+        public var maxReplyBytes = 256 << 10
     }
     public struct State: Sendable, Hashable {
         /// Empty: `$STATE_DIRECTORY` when run by systemd, else `./saliencyd-state`.

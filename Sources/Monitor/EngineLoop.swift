@@ -245,6 +245,12 @@ final class EngineLoop: @unchecked Sendable {
     }
 
 
+    /// Replies queued per query peer before libzmq drops them (see `openSockets`): with
+    /// `query.max_reply_bytes` this bounds what a peer that never reads can claim (32 × 256 KiB
+    /// = 8 MiB at the defaults). 32 is the smallest that never dropped a reply to a client that
+    /// reads every one (libzmq's read accounting lags by HWM/2 messages).
+    static let replyQueue: Int32 = 32
+
     struct Sockets: ~Copyable {
         let feed: ZMQSocket
         let pub: ZMQSocket
@@ -304,10 +310,13 @@ final class EngineLoop: @unchecked Sendable {
             try secure(s)
             try s.setAffinity(2)
             try s.setHandshakeInterval(5000)
-            // Per peer: at most max_inflight requests queued and replies waiting to be read; a
-            // frame larger than a request may be (64 KiB) disconnects the peer unread.
+            // Per peer: at most max_inflight requests queued (beyond, TCP pushes the peer back); a
+            // frame larger than a request may be (64 KiB) disconnects the peer unread. Replies a
+            // peer does not read are dropped past `replyQueue` per peer: libzmq learns of reads
+            // only every HWM/2 messages, so a send HWM as small as max_inflight dropped replies to
+            // clients that read every one (measured: 1 in 7–1000 at HWM 4).
             try s.setReceiveHighWaterMark(Int32(cfg.query.maxInflight))
-            try s.setSendHighWaterMark(Int32(cfg.query.maxInflight))
+            try s.setSendHighWaterMark(Self.replyQueue)
             try s.setMaxMessageSize(Int64(QueryRequest.maxBytes + 1024))
             try s.setBacklog(256)
             try s.bind(cfg.query.endpoint)
