@@ -65,6 +65,7 @@ import SaliencyCore
         // The old build's bytes restore, and re-serialize to themselves.
         let restored = try FilterBank(restoring: golden, configuration: nil)
         #expect(restored.serializedState() == golden)
+        restored.checkInvariants()
         #expect(restored.phase == bank.phase && restored.rows == bank.rows && restored.rejected == bank.rejected)
         if bank.isCalibrated {   // (while calibrating, reports carry NaN moments)
             #expect((0..<restored.filterCount).map { restored.report(filter: $0) } == (0..<bank.filterCount).map { bank.report(filter: $0) })
