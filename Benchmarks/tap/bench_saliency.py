@@ -115,6 +115,10 @@ def main() -> int:
                     row["speedup"] = row["old_s"] / row["new_s"]
                 row["uptime"] = subprocess.check_output(["uptime"], text=True).strip()
                 results.append(row)
+                if a.out:                      # written after every cell: a partial run keeps its figures
+                    os.makedirs(os.path.dirname(a.out), exist_ok=True)
+                    with open(a.out, "w") as f:
+                        json.dump({"machine": info, "results": results}, f, indent=1)
                 print(f"{arch:9s} threads={threads} B={B:3d}  forward {row['forward_s']*1e3:8.1f} ms  "
                       f"new {row['new_s']*1e3:8.1f} ms ({row['new_x']:.2f}x)"
                       + (f"  old {row['old_s']*1e3:9.1f} ms ({row['old_x']:.2f}x)  old/new {row['speedup']:.1f}"

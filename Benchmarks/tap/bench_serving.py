@@ -71,6 +71,7 @@ def main() -> int:
         g = torch.Generator().manual_seed(2)
         x = torch.randn(a.batch, 3, 224, 224, generator=g)
         lat = {k: [] for k in ["off"] + rates}
+        cpu = {k: [] for k in ["off"] + rates}     # the serving thread's CPU time per request
         sub_t = {r: [] for r in rates}
         with torch.inference_mode():
             for _ in range(5):
@@ -82,6 +83,7 @@ def main() -> int:
                 tap = taps.get(arm)
                 for _ in range(a.block):
                     t0 = time.perf_counter()
+                    c0 = time.thread_time()
                     with torch.inference_mode():
                         model(x)
                     if tap is not None:
@@ -89,6 +91,7 @@ def main() -> int:
                         tap.submit(x)
                         sub_t[arm].append(time.perf_counter() - t1)
                     lat[arm].append(time.perf_counter() - t0)
+                    cpu[arm].append(time.thread_time() - c0)
                 if tap is not None:
                     tap.flush()
         base = statistics.mean(lat["off"])
@@ -97,7 +100,9 @@ def main() -> int:
             row = {"arch": a.arch, "threads": threads, "batch": a.batch, "arm": arm, "requests": len(v),
                    "mean_ms": statistics.mean(v) * 1e3, "p50_ms": pct(v, 50) * 1e3, "p90_ms": pct(v, 90) * 1e3,
                    "p99_ms": pct(v, 99) * 1e3, "added_mean": statistics.mean(v) / base - 1.0,
-                   "added_p50": pct(v, 50) / pct(lat["off"], 50) - 1.0}
+                   "added_p50": pct(v, 50) / pct(lat["off"], 50) - 1.0,
+                   "cpu_mean_ms": statistics.mean(cpu[arm]) * 1e3,
+                   "added_cpu": statistics.mean(cpu[arm]) / statistics.mean(cpu["off"]) - 1.0}
             if arm != "off":
                 m = taps[arm].metrics()
                 s = sub_t[arm]
@@ -105,14 +110,21 @@ def main() -> int:
                            submit_max_us=max(s) * 1e6, rows_offered=len(v) * a.batch,
                            published=m["published"], sampled_out=m["sampled_out"],
                            dropped=m["dropped_queue_full"], worker_seconds=m["worker_seconds"],
+                           worker_cpu_seconds=m["worker_cpu_seconds"],
                            serving_seconds=sum(v))
             row["uptime"] = subprocess.check_output(["uptime"], text=True).strip()
             results.append(row)
+            if a.out:                          # written after every cell: a partial run keeps its figures
+                os.makedirs(os.path.dirname(a.out), exist_ok=True)
+                with open(a.out, "w") as f:
+                    json.dump({"machine": info, "results": results}, f, indent=1)
             extra = ""
             if arm != "off":
-                extra = (f"  submit mean {row['submit_mean_us']:.1f} us p99 {row['submit_p99_us']:.1f} us"
+                extra = (f"  serving-thread CPU {row['cpu_mean_ms']:.2f} ms/request ({row['added_cpu']*100:+.2f}%)"
+                         f"  submit mean {row['submit_mean_us']:.1f} us p99 {row['submit_p99_us']:.1f} us"
                          f"  rows {row['published']}/{row['rows_offered']} dropped {row['dropped']}"
-                         f"  worker {row['worker_seconds']:.2f} s of {row['serving_seconds']:.1f} s")
+                         f"  worker {row['worker_seconds']:.2f} s wall, {row['worker_cpu_seconds']:.2f} s CPU,"
+                         f" serving {row['serving_seconds']:.1f} s")
             print(f"{a.arch} B={a.batch} threads={threads} {str(arm):>5s}: mean {row['mean_ms']:.2f} ms "
                   f"p50 {row['p50_ms']:.2f} p90 {row['p90_ms']:.2f} p99 {row['p99_ms']:.2f}  "
                   f"added {row['added_mean']*100:+.2f}% (p50 {row['added_p50']*100:+.2f}%){extra}"

@@ -136,7 +136,8 @@ class Tap:
         self._worker: Optional[threading.Thread] = None
         self._stop = False
         self.last_error: Optional[str] = None
-        self.worker_seconds = 0.0               # CPU-side wall time the worker spent computing
+        self.worker_seconds = 0.0               # wall time the worker spent computing and publishing
+        self.worker_cpu_seconds = 0.0           # CPU time of the worker thread in that work
 
     @classmethod
     def connect(cls, model, name: str, endpoint: str = "tcp://127.0.0.1:5560", *,
@@ -254,6 +255,7 @@ class Tap:
                 return
             rows = sum(it.n for it in items)
             t0 = time.perf_counter()
+            c0 = time.thread_time()
             try:
                 x = _cat([it.x for it in items])
                 y = _cat([it.y for it in items])
@@ -274,6 +276,7 @@ class Tap:
                 self._error(rows, e)
             finally:
                 self.worker_seconds += time.perf_counter() - t0
+                self.worker_cpu_seconds += time.thread_time() - c0
                 with self._lock:
                     self._busy = 0
                     self._cv.notify_all()
@@ -324,7 +327,8 @@ class Tap:
         with self._lock:
             m = self.publisher.metrics()
             m.update(queued_rows=self._queued, queue_rows=self.queue_rows, sample_rate=self.sample_rate,
-                     worker_seconds=round(self.worker_seconds, 6), last_error=self.last_error)
+                     worker_seconds=round(self.worker_seconds, 6),
+                     worker_cpu_seconds=round(self.worker_cpu_seconds, 6), last_error=self.last_error)
         return m
 
     def prometheus_text(self) -> str:
