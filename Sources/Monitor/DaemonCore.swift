@@ -116,7 +116,7 @@ final class DaemonCore {
         }
         let schema: ModelSchema
         do {
-            schema = try SchemaMessage.decode(raw, topicModel: model)
+            schema = try SchemaMessage.decode(raw, topicModel: model, maxLayers: configuration.limits.maxLayers)
         } catch {
             return reject(.invalidSchema, error.message)
         }

@@ -95,6 +95,7 @@ final class EngineLoop: @unchecked Sendable {
         var nextWatchdog = clock.now
         var nextSnapshot = clock.now + .seconds(core.configuration.state.snapshotInterval)
         var nextStatus = clock.now
+        var nextPeriodic = clock.now + .seconds(5)
 
         func flushOutbox() {
             for (topic, body) in core.outbox {
@@ -205,12 +206,15 @@ final class EngineLoop: @unchecked Sendable {
                 notifier.notify("WATCHDOG=1")
                 nextWatchdog = now + w
             }
+            // Periodic work on its own clock: calibration progress marks the status line dirty
+            // every few rows, and must not postpone expiry, log summaries or metrics.
+            if now >= nextPeriodic {
+                core.expireIdleModels(now: now)
+                core.logLimiter.flush(logger, now: now)
+                core.publishPeriodicMetrics()
+                nextPeriodic = now + .seconds(5)
+            }
             if now >= nextStatus || core.statusDirty {
-                if now >= nextStatus {
-                    core.expireIdleModels(now: now)
-                    core.logLimiter.flush(logger, now: now)
-                    core.publishPeriodicMetrics()
-                }
                 notifier.notify("STATUS=\(core.statusLine)")
                 core.statusDirty = false
                 nextStatus = now + .seconds(5)
