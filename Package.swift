@@ -98,7 +98,7 @@ let package = Package(
         .testTarget(name: "CoreTests", dependencies: ["SaliencyCore"], path: "Tests/CoreTests"),
         .testTarget(
             name: "EVTOnlineTests",
-            dependencies: ["EVTOnline", "SaliencyCore"],
+            dependencies: ["EVTOnline", "SaliencyCore", "CKernels"],
             path: "Tests/EVTOnlineTests",
             resources: [.copy("Fixtures")]
         ),

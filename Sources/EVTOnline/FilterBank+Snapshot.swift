@@ -57,8 +57,11 @@ extension FilterBank {
         func bad(_ m: String) -> SaliencyError { SaliencyError(.corruptState, m) }
         let version = try r.read(UInt32.self, "version")
         guard version == Self.stateVersion else { throw SaliencyError(.unsupportedVersion, "FilterBank state version \(version); this build reads \(Self.stateVersion)") }
-        let k = Int(try r.read(UInt64.self, "filter count"))
-        let cap = Int(try r.read(UInt64.self, "ring capacity"))
+        // Sizes are checked before any conversion to Int: a u64 ≥ 2^63 must be an error, not a trap
+        // (FuzzSnapshot finding; docs/fuzzing.md).
+        let k64 = try r.read(UInt64.self, "filter count"), cap64 = try r.read(UInt64.self, "ring capacity")
+        guard k64 >= 1, k64 <= 1 << 24, cap64 <= 1 << 16 else { throw bad("inconsistent header: K=\(k64), ring=\(cap64)") }
+        let k = Int(k64), cap = Int(cap64)
         var c = POTConfiguration()
         c.level = try r.readDouble("level"); c.q = try r.readDouble("q")
         c.calibration = Int(try r.read(Int64.self)); c.maxPeaks = Int(try r.read(Int64.self)); c.minPeaks = Int(try r.read(Int64.self))
@@ -105,6 +108,9 @@ extension FilterBank {
             }
             guard calibrating || (s.scale[j] > 0 && s.thrD[j].isFinite) else { throw bad("filter \(j): scale \(s.scale[j]) or threshold \(s.thrD[j]) invalid") }
             guard UInt64(s.extremesTotal[j]) <= rows else { throw bad("filter \(j): more extremes than rows") }
+            // A row adds at most one peak per filter: N_t = peaks at the fit + peaks since ≤ rows
+            // (and the sum can then never overflow; FuzzSnapshot finding).
+            guard s.ntAtFit[j] <= rows, UInt64(s.sinceFit[j]) <= rows - s.ntAtFit[j] else { throw bad("filter \(j): more peaks than rows") }
         }
         try storage.read(.driftState, from: &r)
         if let headD = s.driftHead, let sumD = s.driftSum {
