@@ -15,7 +15,7 @@ clean.npy, ranking ALL filters of every row, and computes:
   Spearman correlation of the two scores over the filters above their threshold.
 
 Writes docs/synthetic.md (unless --no-doc) and, with matplotlib, docs/results/synthetic_shares.png.
-The functions are reused by tests/python/test_synthetic_eval.py.
+The functions are reused by Tests/Python/test_synthetic_eval.py.
 """
 import argparse
 import json

@@ -43,7 +43,7 @@ swift test --skip-build 2>&1 | awk '/^✔ Test run with/ || !(/^✔ Test / || /^
 
 step "python tests (tap, daemon round trip, synthetic evaluation)"
 pytest_dirs=(clients/python/tests)
-[ -d tests/python ] && pytest_dirs+=(tests/python)
+[ -d Tests/Python ] && pytest_dirs+=(Tests/Python)
 python3 -m pytest -q "${pytest_dirs[@]}"
 
 step "systemd unit and example configuration"

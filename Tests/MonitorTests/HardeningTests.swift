@@ -12,7 +12,7 @@ import Glibc
 
 /// Issue 9 (docs/security.md): what a hostile schema, frame, file or configuration can do to the
 /// daemon's logic, tested without sockets. The same findings are attacked on a real daemon
-/// process in tests/python/test_hardening.py.
+/// process in Tests/Python/test_hardening.py.
 @Suite struct SchemaAdmissionTests {
     func schemaBytes(_ model: String, _ layers: [(String, Int)]) -> [UInt8] {
         let l = layers.map { "{\"name\":\"\($0.0)\",\"filters\":\($0.1)}" }.joined(separator: ",")

@@ -1,5 +1,5 @@
-"""Shared helpers for the tests that run a real saliencyd process (tests/python/test_hardening.py,
-tests/python/test_soak.py): one `Daemon` class (start/stop, status, queries, RSS, log), the
+"""Shared helpers for the tests that run a real saliencyd process (Tests/Python/test_hardening.py,
+Tests/Python/test_soak.py): one `Daemon` class (start/stop, status, queries, RSS, log), the
 `saliencyd` fixture that makes them and kills whatever is left at teardown, and raw wire helpers
 (docs/protocol.md) to forge frames and schemas.
 
