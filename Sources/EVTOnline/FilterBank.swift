@@ -212,7 +212,7 @@ public final class FilterBank {
         self.scanRow = table.scan_row!
         self.mergeMomentsKernel = table.merge_moments!
         self.rowHasInvalid = table.row_has_invalid!
-        self.fitter = GrimshawFitter(capacity: max(configuration.maxPeaks, configuration.calibration))
+        self.fitter = GrimshawFitter(capacity: max(configuration.maxPeaks, configuration.calibration), kernels: kernels)
     }
 
     /// The instruction set of the best kernels on this machine: "avx2" or "sse2" on x86-64,

@@ -78,10 +78,13 @@ public struct GrimshawFitter: ~Copyable, @unchecked Sendable {
     public let capacity: Int
     private let scratch: UnsafeMutablePointer<Double>
     private let scratchCount: Int
+    /// The kernel variant of the fit's inner sums (given at init; the same bits for every variant).
+    let kernels: FilterBank.Kernels
 
-    public init(capacity: Int) {
+    public init(capacity: Int, kernels: FilterBank.Kernels = .best) {
         precondition(capacity >= 0, "capacity must be ≥ 0")
         self.capacity = capacity
+        self.kernels = kernels
         // Room for peaks and censored peaks, each padded to the vector width.
         self.scratchCount = GrimshawCore.scratchBound(capacity)
         self.scratch = .allocate(capacity: scratchCount)
@@ -96,14 +99,14 @@ public struct GrimshawFitter: ~Copyable, @unchecked Sendable {
     public mutating func fit(_ peaks: UnsafeBufferPointer<Double>, minPeaks: Int) -> GPDFit {
         precondition(peaks.count <= capacity, "GrimshawFitter capacity \(capacity) exceeded by \(peaks.count) peaks")
         for i in 0..<peaks.count { scratch[i] = peaks[i] }
-        return GrimshawCore.fit(scratch: buffer, count: peaks.count, minPeaks: minPeaks)
+        return GrimshawCore.fit(scratch: buffer, count: peaks.count, minPeaks: minPeaks, kernels: kernels)
     }
 
     /// Converts `peaks` into the Double scratch buffer, then fits. Allocation-free.
     public mutating func fit(_ peaks: UnsafeBufferPointer<Float>, minPeaks: Int) -> GPDFit {
         precondition(peaks.count <= capacity, "GrimshawFitter capacity \(capacity) exceeded by \(peaks.count) peaks")
         for i in 0..<peaks.count { scratch[i] = Double(peaks[i]) }
-        return GrimshawCore.fit(scratch: buffer, count: peaks.count, minPeaks: minPeaks)
+        return GrimshawCore.fit(scratch: buffer, count: peaks.count, minPeaks: minPeaks, kernels: kernels)
     }
 
     /// Fits with right-censored peaks: each `censored` value `c` is known only to satisfy
@@ -126,7 +129,7 @@ public struct GrimshawFitter: ~Copyable, @unchecked Sendable {
         let k = peaks.count, offset = GrimshawCore.paddedCount(k)
         for i in 0..<k { scratch[i] = Double(peaks[i]) }
         for i in 0..<censored.count { scratch[offset + i] = Double(censored[i]) }
-        return GrimshawCore.fit(scratch: buffer, count: k, censored: censored.count, minPeaks: minPeaks)
+        return GrimshawCore.fit(scratch: buffer, count: k, censored: censored.count, minPeaks: minPeaks, kernels: kernels)
     }
 
     /// Fits using a caller-provided scratch buffer of at least
@@ -187,7 +190,8 @@ enum GrimshawCore {
     /// entries from `paddedCount(k)` on hold `m` right-censored peaks (known only to exceed the
     /// stored value). Padding is written here.
     static func fit(scratch: UnsafeMutableBufferPointer<Double>, count k: Int, censored m: Int = 0, minPeaks: Int,
-                    denseGrid: Int = 0) -> GPDFit {
+                    denseGrid: Int = 0, kernels: FilterBank.Kernels = .best) -> GPDFit {
+        let table = kernels.table
         let y = scratch.baseAddress!
         let pk = paddedCount(k)
         let pm = m > 0 ? paddedCount(m) : 0
@@ -229,7 +233,7 @@ enum GrimshawCore {
         var best = GPDFit(gpd: GPD(shape: 0, scale: expScale), logLikelihood: -kd * (Double.log(expScale) + 1),
                           method: .exponential, peakCount: k, censoredCount: m)
 
-        let evaluator = Evaluator(y: y, padded: pk, censored: y + pk, censoredPadded: pm, k: kd)
+        let evaluator = Evaluator(y: y, padded: pk, censored: y + pk, censoredPadded: pm, k: kd, kernel: table.grimshaw_sums_f64)
 
         // Single-precision copies of Y/mean (and C/mean) for the sign scan.
         let fk = paddedCount8(k), fm = m > 0 ? paddedCount8(m) : 0
@@ -240,7 +244,7 @@ enum GrimshawCore {
             for i in k..<fk { yf[i] = 0 }
             for i in 0..<m { yf[fk + i] = Float(y[pk + i] * invMean) }
             for i in (fk + m)..<(fk + fm) { yf[i] = 0 }
-            let scanner = FloatScanner(y: yf, padded: fk, censored: yf + fk, censoredPadded: fm, k: Float(kd))
+            let scanner = FloatScanner(y: yf, padded: fk, censored: yf + fk, censoredPadded: fm, k: Float(kd), kernel: table.grimshaw_sums_f32)
 
             func consider(x: Double, e: Evaluation) {
                 // γ = (Σ log(1 + xY) + Σ log(1 + xC))/k, σ = γ/x; ℓ = −k(log σ + 1 + Σ log(1 + xY)/k).
@@ -347,14 +351,17 @@ enum GrimshawCore {
         let censored: UnsafeMutablePointer<Double>
         let censoredPadded: Int
         let k: Double
+        let kernel: @convention(c) (UnsafePointer<Double>?, Int64, Double, UnsafeMutablePointer<Double>?, UnsafeMutablePointer<Double>?) -> Void
 
         init(y: UnsafeMutablePointer<Double>, padded: Int, censored: UnsafeMutablePointer<Double>? = nil,
-             censoredPadded: Int = 0, k: Double) {
+             censoredPadded: Int = 0, k: Double,
+             kernel: @escaping @convention(c) (UnsafePointer<Double>?, Int64, Double, UnsafeMutablePointer<Double>?, UnsafeMutablePointer<Double>?) -> Void = FilterBank.Kernels.best.table.grimshaw_sums_f64) {
             self.y = y
             self.padded = padded
             self.censored = censored ?? y
             self.censoredPadded = censoredPadded
             self.k = k
+            self.kernel = kernel
         }
 
         func evaluate(_ x: Double) -> Evaluation {
@@ -375,7 +382,7 @@ enum GrimshawCore {
         @inline(__always)
         private func sums(_ p: UnsafeMutablePointer<Double>, _ count: Int, _ x: Double) -> (Double, Double) {
             var l = 0.0, v = 0.0
-            saliency_grimshaw_sums_f64(p, Int64(count), x, &l, &v)
+            kernel(p, Int64(count), x, &l, &v)
             return (l, v)
         }
 
@@ -399,6 +406,7 @@ enum GrimshawCore {
         let censored: UnsafeMutablePointer<Float>
         let censoredPadded: Int
         let k: Float
+        let kernel: @convention(c) (UnsafePointer<Float>?, Int64, Float, UnsafeMutablePointer<Float>?, UnsafeMutablePointer<Float>?) -> Void
 
         struct Result {
             var w: Double
@@ -435,7 +443,7 @@ enum GrimshawCore {
         @inline(__always)
         private func sums(_ p: UnsafeMutablePointer<Float>, _ count: Int, _ x: Float) -> (Float, Float) {
             var l: Float = 0, v: Float = 0
-            saliency_grimshaw_sums_f32(p, Int64(count), x, &l, &v)
+            kernel(p, Int64(count), x, &l, &v)
             return (l, v)
         }
     }

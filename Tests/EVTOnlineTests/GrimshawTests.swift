@@ -214,7 +214,7 @@ import CKernels
                     yf.withUnsafeMutableBufferPointer { fb in
                         let exact = GrimshawCore.Evaluator(y: yb.baseAddress!, padded: yb.count, k: Double(n))
                         let scan = GrimshawCore.FloatScanner(y: fb.baseAddress!, padded: padded, censored: fb.baseAddress!,
-                                                             censoredPadded: 0, k: Float(n))
+                                                             censoredPadded: 0, k: Float(n), kernel: FilterBank.Kernels.best.table.grimshaw_sums_f32)
                         var xs = (1..<200).map { -(Double($0) / 200) / maxY }
                         xs += (0..<200).map { Foundation.pow(10, -4 + 8 * Double($0) / 200) / mean }
                         for x in xs {
@@ -312,6 +312,20 @@ import CKernels
             var l: Float = 0, v: Float = 0
             yf.withUnsafeBufferPointer { saliency_grimshaw_sums_f32($0.baseAddress!, Int64(n), xf, &l, &v) }
             #expect(l.bitPattern == refLf.bitPattern && v.bitPattern == refVf.bitPattern, "f32 x=\(x) free function")
+        }
+    }
+}
+
+/// The fitter takes its kernel variant as a value, like the bank: baseline and best give the same bits.
+@Suite struct GrimshawFitterKernelsTests {
+    @Test func baselineAndBestFitsAreBitIdentical() {
+        var rng = SplitMix64(seed: 11)
+        for n in [12, 57, 256, 1000] {
+            let peaks = (0..<n).map { _ in -Foundation.log(max(1e-12, rng.uniform())) * 0.7 }
+            var a = GrimshawFitter(capacity: n, kernels: .best), b = GrimshawFitter(capacity: n, kernels: .baseline)
+            let fa = peaks.withUnsafeBufferPointer { a.fit($0, minPeaks: 10) }
+            let fb = peaks.withUnsafeBufferPointer { b.fit($0, minPeaks: 10) }
+            #expect(fa.gpd.shape.bitPattern == fb.gpd.shape.bitPattern && fa.gpd.scale.bitPattern == fb.gpd.scale.bitPattern && fa.method == fb.method)
         }
     }
 }
