@@ -83,7 +83,7 @@ if [[ $replay == 1 ]]; then
         [[ -d $dir ]] || continue
         for f in "$dir"/*; do
             [[ -f $f ]] || continue
-            if FUZZ_CONFIG_NO_SKIP=1 FUZZ_SNAPSHOT_NO_SKIP=1 "$bindir/$t" "${common[@]}" -runs=1 "$f" >"$here/logs/replay-$t-$(basename "$f").log" 2>&1; then
+            if "$bindir/$t" "${common[@]}" -runs=1 "$f" >"$here/logs/replay-$t-$(basename "$f").log" 2>&1; then
                 summary+=("fixed   $t $(basename "$f")")
             else
                 summary+=("CRASHES $t $(basename "$f") (log: Fuzz/logs/replay-$t-$(basename "$f").log)")
