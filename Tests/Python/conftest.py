@@ -1,5 +1,5 @@
 """Shared helpers for the tests that run a real saliencyd process (Tests/Python/test_hardening.py,
-Tests/Python/test_soak.py): one `Daemon` class (start/stop, status, queries, RSS, log), the
+Tests/Python/test_soak.py, test_daemon_*.py, test_crash_recovery.py): one `Daemon` class (start/stop, status, queries, RSS, log), the
 `saliencyd` fixture that makes them and kills whatever is left at teardown, and raw wire helpers
 (docs/protocol.md) to forge frames and schemas.
 
@@ -342,6 +342,10 @@ class Daemon:
     def start(self, wait: bool = True, timeout: float = 30.0) -> "Daemon":
         if not self.binary.exists():
             pytest.fail(f"saliencyd binary not found at {self.binary}; set SALIENCYD_BIN or run `swift build`")
+        # A restart (same endpoints, state directory and log, appended): drop the previous run's
+        # log handle and query socket.
+        self._close_log()
+        self.close_sockets()
         self._log_file = open(self.log_path, "ab")
         env = dict(os.environ)
         env.pop("JOURNAL_STREAM", None)
@@ -409,6 +413,10 @@ class Daemon:
 
     def sighup(self) -> None:
         self.proc.send_signal(signal.SIGHUP)
+
+    def send_signal(self, sig: int) -> None:
+        """Sends `sig` without waiting (e.g. SIGTERM, then watch $NOTIFY_SOCKET, then wait_exit)."""
+        self.proc.send_signal(sig)
 
     def _close_log(self) -> None:
         if self._log_file is not None:

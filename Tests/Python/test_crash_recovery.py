@@ -2,32 +2,23 @@
 
 Every restart must resume from the last snapshot (never recalibrate once a snapshot of a calibrated
 model exists), no snapshot may ever be refused as corrupt, and the alert log's sequence numbers must
-have no holes.
+have no holes. One conftest `Daemon` (same endpoints, state directory and log) is started 20 times.
 """
 import json
-import os
 import random
 import signal
 import subprocess
 import threading
 import time
-from pathlib import Path
 
 import numpy as np
 
 from saliency_tap import Publisher, QueryClient
 
-ROOT = Path(__file__).resolve().parents[2]
-DAEMON = Path(os.environ.get("SALIENCYD_BIN", ROOT / ".build/debug/saliencyd"))
+from conftest import ctl_bin
+
 SCHEMA = {"model": "crash", "layers": [{"name": "a", "filters": 24}, {"name": "b", "filters": 40}]}
 K = 64
-
-
-def start(tmp, ep):
-    log = open(tmp / "daemon.log", "a")
-    return subprocess.Popen([str(DAEMON), "--feed", ep["feed"], "--alerts", ep["alerts"], "--query", ep["query"],
-                             "--state-dir", str(tmp / "state"), "--metrics", "", "--calibration", "300",
-                             "--snapshot-interval", "1"], stdout=log, stderr=subprocess.STDOUT)
 
 
 def status(q, timeout=30.0):
@@ -57,15 +48,16 @@ def feeder(ep, stop, rng):
     pub.close()
 
 
-def test_kill_minus_nine_twenty_times(tmp_path):
-    ep = {k: f"ipc://{tmp_path}/{k}" for k in ("feed", "alerts", "query")}
+def test_kill_minus_nine_twenty_times(saliencyd, tmp_path):
+    d = saliencyd(start=False, state_dir=tmp_path / "state", calibration=300, snapshot_interval=1)
+    ep = d.endpoints
     rng = np.random.default_rng(7)
     pick = random.Random(7)
     q = QueryClient(ep["query"], timeout=1.0)
     rows_at_kill = 0
     calibrated_snapshot = False
     for cycle in range(20):
-        proc = start(tmp_path, ep)
+        d.start(wait=False)
         s = status(q)
         ms = [m for m in s["models"] if m["model"] == "crash"]
         if calibrated_snapshot:
@@ -81,19 +73,18 @@ def test_kill_minus_nine_twenty_times(tmp_path):
             rows_at_kill = m[0]["rows"] if m else 0
         except Exception:
             pass
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
+        d.stop(timeout=10, sig=signal.SIGKILL)          # kill -9, then reap it
         stop.set()
         t.join()
         rows_at_kill += 10_000          # rows possibly absorbed between the status query and the kill
         snap = tmp_path / "state" / "snapshot.bin"
         if snap.exists():
-            out = subprocess.run([str(DAEMON.parent / "saliencyctl"), "state", "inspect", str(snap), "--json"],
+            out = subprocess.run([str(ctl_bin()), "state", "inspect", str(snap), "--json"],
                                  capture_output=True, text=True)
             assert out.returncode == 0, out.stderr
             info = json.loads(out.stdout)
             calibrated_snapshot = calibrated_snapshot or any(m["phase"] == "monitoring" for m in info["models"])
-    log = (tmp_path / "daemon.log").read_text()
+    log = d.log_text()
     assert "snapshot refused" not in log
     assert calibrated_snapshot
     rejected = [p for p in (tmp_path / "state").iterdir() if ".rejected-" in p.name]

@@ -1,12 +1,11 @@
 """Round trip: a PyTorch model, the saliency tap, a real saliencyd process, alerts and queries back.
 
-The daemon binary comes from $SALIENCYD_BIN (scripts/test.sh sets it) or .build/debug/saliencyd.
+The daemon is started by conftest's `saliencyd` fixture: its binary comes from $SALIENCYD_BIN
+(scripts/test.sh sets it) or .build/debug/saliencyd, saliencyctl from $SALIENCYCTL.
 """
 import json
-import os
 import subprocess
 import time
-from pathlib import Path
 
 import pytest
 import torch
@@ -14,8 +13,7 @@ from torch import nn
 
 from saliency_tap import AlertSubscriber, Publisher, QueryClient, SaliencyComputer, schema_from_model
 
-ROOT = Path(__file__).resolve().parents[2]
-DAEMON = Path(os.environ.get("SALIENCYD_BIN", ROOT / ".build/debug/saliencyd"))
+from conftest import ctl_bin
 
 
 class SmallCNN(nn.Module):
@@ -33,33 +31,13 @@ class SmallCNN(nn.Module):
 
 
 @pytest.fixture
-def daemon(tmp_path):
-    if not DAEMON.exists():
-        pytest.fail(f"saliencyd binary not found at {DAEMON}; run `swift build` first (scripts/test.sh does)")
-    ep = {k: f"ipc://{tmp_path}/{k}" for k in ("feed", "alerts", "query")}
-    log = open(tmp_path / "daemon.log", "w")
-    proc = subprocess.Popen([str(DAEMON), "--feed", ep["feed"], "--alerts", ep["alerts"], "--query", ep["query"],
-                             "--state-dir", str(tmp_path / "state"), "--metrics", "", "--calibration", "200"],
-                            stdout=log, stderr=subprocess.STDOUT)
+def daemon(saliencyd):
+    d = saliencyd(calibration=200)          # waits until it answers status (conftest.Daemon)
+    ep = d.endpoints
     q = QueryClient(ep["query"], timeout=2.0)
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            q.status()
-            break
-        except Exception:
-            if time.monotonic() > deadline or proc.poll() is not None:
-                proc.kill()
-                raise RuntimeError("saliencyd did not start:\n" + (tmp_path / "daemon.log").read_text())
-            time.sleep(0.1)
-    yield proc, ep, q
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            assert proc.wait(timeout=30) == 0, "saliencyd did not exit cleanly on SIGTERM"
-        finally:
-            if proc.poll() is None:
-                proc.kill()
+    yield d, ep, q
+    if d.alive():
+        assert d.stop(timeout=30) == 0, "saliencyd did not exit cleanly on SIGTERM"
     q.close()
 
 
@@ -74,7 +52,7 @@ def wait_rows(q, model, rows, timeout=60.0):
 
 
 def test_tap_to_daemon_round_trip(daemon):
-    proc, ep, q = daemon
+    d, ep, q = daemon
     torch.manual_seed(0)
     model = SmallCNN().eval()
     schema = schema_from_model(model, "roundtrip")
@@ -132,7 +110,7 @@ def test_tap_to_daemon_round_trip(daemon):
 
     st = q.status()
     # saliencyctl's per-layer summary adds up to the firing count.
-    ctl = Path(os.environ.get("SALIENCYCTL", ROOT / ".build/debug/saliencyctl"))
+    ctl = ctl_bin()
     out = subprocess.run([str(ctl), "alerts", "--summary", "--json", "--query", ep["query"]], capture_output=True, text=True, check=True)
     groups = [json.loads(l) for l in out.stdout.splitlines()]
     assert sum(g["firing"] for g in groups) == st["firing"]

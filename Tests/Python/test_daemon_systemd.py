@@ -1,27 +1,16 @@
 """The daemon as systemd and an operator see it: sd_notify (READY, STATUS, WATCHDOG, RELOADING,
-STOPPING) on $NOTIFY_SOCKET, SIGHUP reload (applied / refused), /metrics, --check-config, SIGTERM."""
-import os
+STOPPING) on $NOTIFY_SOCKET, SIGHUP reload (applied / refused), /metrics, --check-config, SIGTERM.
+
+The daemon is a conftest `Daemon` whose endpoints come from its config file (endpoint_flags=False)
+and whose environment carries NOTIFY_SOCKET and WATCHDOG_USEC."""
 import signal
 import socket
-import subprocess
 import time
 import urllib.request
-from pathlib import Path
-
-import pytest
 
 from saliency_tap import QueryClient
 
-ROOT = Path(__file__).resolve().parents[2]
-DAEMON = Path(os.environ.get("SALIENCYD_BIN", ROOT / ".build/debug/saliencyd"))
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
+from conftest import free_port, run_saliencyd
 
 
 def read_until(sock, wanted, timeout=20.0):
@@ -69,18 +58,19 @@ max_peaks = {max_peaks}
 """)
 
 
-def test_notify_reload_metrics_and_stop(tmp_path):
+def test_notify_reload_metrics_and_stop(saliencyd, tmp_path):
     notify_path = str(tmp_path / "notify.sock")
     ns = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     ns.bind(notify_path)
     port = free_port()
     cfg = tmp_path / "saliencyd.toml"
     config(cfg, port=port)
-    env = dict(os.environ, NOTIFY_SOCKET=notify_path, WATCHDOG_USEC="400000")
-    log = open(tmp_path / "daemon.log", "w")
-    proc = subprocess.Popen([str(DAEMON), "--config", str(cfg), "--state-dir", str(tmp_path / "state")],
-                            env=env, stdout=log, stderr=subprocess.STDOUT)
+    d = saliencyd(start=False, name="daemon", endpoint_flags=False,
+                  endpoints={k: f"ipc://{tmp_path}/{k}" for k in ("feed", "alerts", "query")},
+                  flags=["--config", str(cfg), "--state-dir", str(tmp_path / "state")],
+                  env={"NOTIFY_SOCKET": notify_path, "WATCHDOG_USEC": "400000"})
     try:
+        d.start(wait=False)                              # READY=1 on the notify socket is the readiness check
         seen = read_until(ns, "READY=1")
         assert any("STATUS=" in m for m in seen)
         read_until(ns, "WATCHDOG=1", timeout=2.0)          # pinged by the engine loop at half the interval
@@ -94,7 +84,7 @@ def test_notify_reload_metrics_and_stop(tmp_path):
                 time.sleep(0.1)
         assert "saliencyd_snapshots_total" in body
         assert "saliencyd_build_info" in body and 'version="0.1.0"' in body
-        q = QueryClient(f"ipc://{tmp_path}/query", timeout=3.0)
+        q = QueryClient(d.endpoints["query"], timeout=3.0)
         st = q.status()
         assert st["ok"]
         # The kernels' instruction set is the same in the status reply and the metric.
@@ -104,7 +94,7 @@ def test_notify_reload_metrics_and_stop(tmp_path):
         import numpy as np
         from saliency_tap import Publisher
         schema = {"model": "sys", "layers": [{"name": "a", "filters": 6}, {"name": "b", "filters": 9}]}
-        pub = Publisher(f"ipc://{tmp_path}/feed", "sys", schema)
+        pub = Publisher(d.endpoints["feed"], "sys", schema)
         assert pub.wait_for_subscriber(10.0)
         rng = np.random.default_rng(0)
         for i in range(150):
@@ -129,41 +119,40 @@ def test_notify_reload_metrics_and_stop(tmp_path):
         # A reloadable change is applied…
         config(cfg, resend=5, port=port)
         drain(ns)
-        proc.send_signal(signal.SIGHUP)
+        d.sighup()
         seen = read_until(ns, "READY=1")
         assert any("RELOADING=1" in m and "MONOTONIC_USEC=" in m for m in seen)
         time.sleep(0.3)
-        assert "configuration reloaded" in (tmp_path / "daemon.log").read_text()
+        assert "configuration reloaded" in d.log_text()
         # …one that needs a restart is refused, and the daemon keeps serving.
         config(cfg, resend=5, port=port, max_peaks=128)
         drain(ns)
-        proc.send_signal(signal.SIGHUP)
+        d.sighup()
         read_until(ns, "READY=1")
         time.sleep(0.3)
-        text = (tmp_path / "daemon.log").read_text()
+        text = d.log_text()
         assert "configuration reload refused" in text and "pot" in text
         assert q.status()["ok"]
         q.close()
 
         drain(ns)
-        proc.send_signal(signal.SIGTERM)
+        d.send_signal(signal.SIGTERM)
         read_until(ns, "STOPPING=1")
-        assert proc.wait(timeout=30) == 0
+        assert d.wait_exit(timeout=30) == 0
     finally:
-        if proc.poll() is None:
-            proc.kill()
+        d.kill()
         ns.close()
 
 
 def test_check_config_explains_mistakes(tmp_path):
     good = tmp_path / "good.toml"
     config(good)
-    ok = subprocess.run([str(DAEMON), "--check-config", "--config", str(good)], capture_output=True, text=True)
+    ok = run_saliencyd("--check-config", "--config", str(good))
     assert ok.returncode == 0 and "configuration OK" in ok.stdout
     bad = tmp_path / "bad.toml"
     bad.write_text("[pot]\nlevle = 0.9\n[feed]\nendpoint = \"localhost:1\"\n")
-    r = subprocess.run([str(DAEMON), "--check-config", "--config", str(bad)], capture_output=True, text=True)
+    r = run_saliencyd("--check-config", "--config", str(bad))
     assert r.returncode == 2
     assert "pot.levle" in r.stderr and "did you mean 'level'" in r.stderr
-    r = subprocess.run([str(DAEMON), "--check-config", "--calibration", "3"], capture_output=True, text=True)
+    r = run_saliencyd("--check-config", "--calibration", "3")
     assert r.returncode == 2 and "calibration" in r.stderr

@@ -5,22 +5,20 @@ shifted rows one at a time; after each, its `top` (latest prediction) must equal
 on the same rows (which absorbs each row before scoring it, exactly as the daemon does).
 """
 import json
-import os
 import subprocess
 import time
-from pathlib import Path
 
 import numpy as np
 
 from saliency_tap import Publisher, QueryClient
 
-ROOT = Path(__file__).resolve().parents[2]
-DAEMON = Path(os.environ.get("SALIENCYD_BIN", ROOT / ".build/debug/saliencyd"))
-CTL = Path(os.environ.get("SALIENCYCTL", ROOT / ".build/debug/saliencyctl"))
+from conftest import ROOT, ctl_bin
+
+CTL = ctl_bin()
 FEED = ROOT / "data/feeds/fmnist"
 
 
-def test_daemon_top_equals_offline_analyze(tmp_path):
+def test_daemon_top_equals_offline_analyze(saliencyd, tmp_path):
     schema = json.loads((FEED / "reference.schema.json").read_text())
     ref = np.load(FEED / "reference.npy")
     shifted = np.load(FEED / "shifted.npy")[:12]
@@ -32,10 +30,9 @@ def test_daemon_top_equals_offline_analyze(tmp_path):
         offline = [json.loads(line) for line in out.stdout.splitlines()]
         assert len(offline) == len(shifted)
 
-        ep = {k: f"ipc://{tmp_path}/{by}-{k}" for k in ("feed", "alerts", "query")}
-        proc = subprocess.Popen([str(DAEMON), "--feed", ep["feed"], "--alerts", ep["alerts"], "--query", ep["query"],
-                                 "--state-dir", str(tmp_path / f"state-{by}"), "--metrics", "", "--calibration", str(len(ref))],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        d = saliencyd(start=False, name=by, state_dir=tmp_path / f"state-{by}", calibration=len(ref))
+        ep = d.endpoints
+        d.start(wait=False)
         try:
             q = QueryClient(ep["query"], timeout=2.0)
             pub = Publisher(ep["feed"], schema["model"], schema)
@@ -67,5 +64,4 @@ def test_daemon_top_equals_offline_analyze(tmp_path):
             pub.close()
             q.close()
         finally:
-            proc.terminate()
-            assert proc.wait(timeout=60) == 0
+            assert d.stop(timeout=60) == 0
