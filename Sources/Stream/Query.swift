@@ -74,24 +74,10 @@ public enum QueryRequest: Sendable, Hashable {
     /// Deepest array/object nesting accepted (requests are flat; this bounds the JSON parser's recursion).
     public static let maxNesting = 16
 
-    /// Scans brackets outside strings; returns the depth reached if it exceeds `limit`.
+    /// The depth reached if it exceeds `limit` (brackets outside strings), else nil.
     static func excessiveNesting(_ raw: UnsafeRawBufferPointer, limit: Int) -> Int? {
-        var depth = 0, inString = false, escaped = false
-        for b in raw {
-            if inString {
-                if escaped { escaped = false } else if b == UInt8(ascii: "\\") { escaped = true } else if b == UInt8(ascii: "\"") { inString = false }
-                continue
-            }
-            switch b {
-            case UInt8(ascii: "\""): inString = true
-            case UInt8(ascii: "["), UInt8(ascii: "{"):
-                depth += 1
-                if depth > limit { return depth }
-            case UInt8(ascii: "]"), UInt8(ascii: "}"): depth -= 1
-            default: break
-            }
-        }
-        return nil
+        let depth = JSONShape.scan(raw).maxDepth
+        return depth > limit ? depth : nil
     }
 
     /// Parses a request held in a byte array.

@@ -69,25 +69,7 @@ public enum SchemaMessage {
 
     /// Objects nested inside the top-level object, counted outside strings (an upper bound on
     /// the layers a schema can hold). One pass, no allocation.
-    static func nestedObjectCount(_ raw: UnsafeRawBufferPointer) -> Int {
-        var depth = 0, count = 0, inString = false, escaped = false
-        for b in raw {
-            if inString {
-                if escaped { escaped = false } else if b == UInt8(ascii: "\\") { escaped = true } else if b == UInt8(ascii: "\"") { inString = false }
-                continue
-            }
-            switch b {
-            case UInt8(ascii: "\""): inString = true
-            case UInt8(ascii: "{"):
-                if depth >= 1 { count += 1 }
-                depth += 1
-            case UInt8(ascii: "["): depth += 1
-            case UInt8(ascii: "}"), UInt8(ascii: "]"): depth -= 1
-            default: break
-            }
-        }
-        return count
-    }
+    static func nestedObjectCount(_ raw: UnsafeRawBufferPointer) -> Int { JSONShape.scan(raw).nestedObjects }
 
     /// Decodes a schema body held in a byte array.
     public static func decode(_ bytes: [UInt8], topicModel: String? = nil) throws(SaliencyError) -> ModelSchema {
