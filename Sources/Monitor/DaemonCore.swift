@@ -192,7 +192,7 @@ final class DaemonCore {
             byName[e.schema.model] = engines.values.first { $0.schema.model == e.schema.model }?.fingerprint
         }
         admittedBytes -= e.maximumBytes
-        metrics.forget(model: e)
+        if !engines.values.contains(where: { $0.schema.model == e.schema.model }) { metrics.forget(model: e) }
         metrics.budget(used: admittedBytes, limit: configuration.limits.maxTotalBytes)
         statusDirty = true
     }

@@ -52,7 +52,8 @@ final class DaemonMetrics {
     /// accumulate series and the layer-series budget is given back.
     func forget(model engine: ModelEngine) {
         let m = engine.schema.model
-        // Another live layout of the same name keeps the per-model series.
+        // Series are keyed by model name: the caller skips this while another layout of the same
+        // name is live (limits.layout_change = "replace").
         for dict in [acceptedByModel, extremesByModel, peaksByModel, refitsByModel, gapsByModel] { dict[m]?.destroy() }
         acceptedByModel[m] = nil; extremesByModel[m] = nil; peaksByModel[m] = nil; refitsByModel[m] = nil; gapsByModel[m] = nil
         calibrationByModel.removeValue(forKey: m)?.destroy()
