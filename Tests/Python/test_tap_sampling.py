@@ -2,7 +2,6 @@
 and the publisher's counters (against a bound SUB socket standing in for the daemon)."""
 from __future__ import annotations
 
-import socket
 import threading
 import time
 
@@ -12,6 +11,7 @@ import torch
 import zmq
 from torch import nn
 
+from conftest import free_port
 from saliency_tap import Publisher, SaliencyComputer, Tap, schema_from_model, unpack_header
 
 torch.set_num_threads(1)
@@ -26,14 +26,6 @@ class Small(nn.Module):
 
     def forward(self, x):
         return self.fc(torch.relu(self.conv2(torch.relu(self.conv1(x)))).mean((2, 3)))
-
-
-def free_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 @pytest.fixture
