@@ -132,6 +132,8 @@ struct MetricsServer: Service {
     let host: String
     let port: Int
     let logger: Logger
+    /// Runs before each `/metrics` exposition (values read at scrape time: process, delivery).
+    var beforeScrape: @Sendable () -> Void = {}
 
     func run() async throws {
         let server: NIOAsyncChannel<NIOAsyncChannel<HTTPServerRequestPart, HTTPServerResponsePart>, Never>
@@ -169,7 +171,7 @@ struct MetricsServer: Service {
                 guard case .head(let req) = part else { continue }
                 var body: [UInt8] = []
                 let ok = req.method == .GET && (req.uri == "/metrics" || req.uri.hasPrefix("/metrics?"))
-                if ok { registry.emit(into: &body) } else { body = Array("not found; try /metrics\n".utf8) }
+                if ok { beforeScrape(); registry.emit(into: &body) } else { body = Array("not found; try /metrics\n".utf8) }
                 try await outbound.write(.head(.init(version: req.version, status: ok ? .ok : .notFound,
                                                      headers: ["Content-Type": "text/plain; version=0.0.4", "Content-Length": "\(body.count)"])))
                 try await outbound.write(.body(.byteBuffer(ByteBuffer(bytes: body))))
