@@ -7,10 +7,14 @@ root=$PWD
 
 step() { printf '\n==> %s\n' "$*"; }
 
-step "system packages (libzmq3-dev, systemd for unit checks)"
+step "system packages (libzmq3-dev, systemd for unit checks, prometheus, alertmanager, chromium)"
 need=()
 pkg-config --exists libzmq 2>/dev/null || need+=(libzmq3-dev pkg-config)
 command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
+# The neighbours the integration tests run for real, on loopback (docs/operations.md):
+command -v prometheus-alertmanager >/dev/null 2>&1 || need+=(prometheus-alertmanager)
+command -v promtool >/dev/null 2>&1 || need+=(prometheus)
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
 if ((${#need[@]})); then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
