@@ -44,6 +44,7 @@ final class DaemonCore {
     func recordAlertLatency(_ us: Double) {
         if alertLatencies.count < 4096 { alertLatencies.append(us) } else { alertLatencies[alertLatencyNext] = us }
         alertLatencyNext = (alertLatencyNext + 1) % 4096
+        metrics.alertLatency(microseconds: us)
     }
     /// Called when calibration progress or phase changes, for the systemd STATUS line.
     var statusDirty = true
@@ -58,6 +59,7 @@ final class DaemonCore {
         let m = metrics
         logLimiter.onSuppressed = { m.logSuppressed($0) }
         metrics.budget(used: 0, limit: configuration.limits.maxTotalBytes)
+        metrics.snapshotSettings(interval: configuration.state.snapshotInterval)
     }
 
     /// Applies the settings a reload may change (`restartRequired` lists the others).
@@ -75,6 +77,7 @@ final class DaemonCore {
         configuration.limits.layoutChange = c.limits.layoutChange
         logLimiter.setBurst(c.monitor.logBurst)
         metrics.budget(used: admittedBytes, limit: configuration.limits.maxTotalBytes)
+        metrics.snapshotSettings(interval: configuration.state.snapshotInterval)
     }
 
     /// Counts rejected input by reason (a code-defined string, never peer bytes) and logs it,
@@ -182,6 +185,7 @@ final class DaemonCore {
         engines[engine.fingerprint] = engine
         admittedBytes += engine.maximumBytes
         metrics.budget(used: admittedBytes, limit: configuration.limits.maxTotalBytes)
+        metrics.admitted(engine)
         statusDirty = true
     }
 

@@ -1,51 +1,115 @@
-import CoreMetrics
 import EVTOnline
-import Metrics
+import Prometheus
 import SaliencyCore
 import SaliencyStream
 
-/// The daemon's swift-metrics instruments. Per-model and per-layer aggregates only — never a
-/// series per filter. Instruments are created once and cached (creation goes through the factory).
+/// The daemon's Prometheus instruments, all created through `MetricCatalog` (one table of names,
+/// types, labels and help) in the daemon's `PrometheusCollectorRegistry`. Per-model and per-layer
+/// aggregates only — never a series per filter. Every series with known label values exists at 0
+/// from the start (rejections by reason) or from the model's admission (per-model, per-layer), so
+/// `rate()` sees the first event. Used by the engine thread only (scrape-time values:
+/// `ProcessMetrics`, `DeliveryMetrics`).
 final class DaemonMetrics {
-    private var acceptedByModel: [String: Counter] = [:]
-    private var extremesByModel: [String: Counter] = [:]
-    private var peaksByModel: [String: Counter] = [:]
-    private var refitsByModel: [String: Counter] = [:]
-    private var calibrationByModel: [String: Gauge] = [:]
-    private var firingByModel: [String: Gauge] = [:]
+    typealias C = MetricCatalog
+    let registry: PrometheusCollectorRegistry
+
+    /// A model's series, created when the model is admitted.
+    private final class ModelSeries {
+        let accepted, extremes, peaks, refits, gaps, firingAlerts, resolvedAlerts: Counter
+        let calibrated, firing, modelShift: Gauge
+        init(_ r: PrometheusCollectorRegistry, _ m: String) {
+            accepted = C.predictions.counter(r, m)
+            extremes = C.extremes.counter(r, m)
+            peaks = C.peaks.counter(r, m)
+            refits = C.refits.counter(r, m)
+            gaps = C.gaps.counter(r, m)
+            firingAlerts = C.alerts.counter(r, m, AlertMessage.Status.firing.rawValue)
+            resolvedAlerts = C.alerts.counter(r, m, AlertMessage.Status.resolved.rawValue)
+            calibrated = C.calibrated.gauge(r, m)
+            firing = C.firing.gauge(r, m)
+            modelShift = C.modelShift.gauge(r, m)
+        }
+        func destroy(_ r: PrometheusCollectorRegistry) {
+            for c in [accepted, extremes, peaks, refits, gaps, firingAlerts, resolvedAlerts] { r.unregisterCounter(c) }
+            for g in [calibrated, firing, modelShift] { r.unregisterGauge(g) }
+        }
+    }
+    private var models: [String: ModelSeries] = [:]
     private var rejectedByReason: [RejectReason: Counter] = [:]
-    private var alertsByKey: [String: Counter] = [:]
-    private var gapsByModel: [String: Counter] = [:]
-    private let processing = Timer(label: "saliencyd_row_processing_seconds")
-    let queries = Counter(label: "saliencyd_queries_total")
-    let snapshots = Counter(label: "saliencyd_snapshots_total")
-    let snapshotFailures = Counter(label: "saliencyd_snapshot_failures_total")
-    private let alertLogFailures = Counter(label: "saliencyd_alert_log_failures_total")
-    private let suppressedLines = Counter(label: "saliencyd_log_lines_suppressed_total")
-    private let expiredModels = Counter(label: "saliencyd_models_expired_total")
-    private let admittedBytes = Gauge(label: "saliencyd_admitted_state_bytes")
-    private let admittedLimit = Gauge(label: "saliencyd_admitted_state_limit_bytes")
+    private let processing: DurationHistogram
+    private let alertLatencyHistogram: DurationHistogram
+    let queries: Counter
+    let snapshots: Counter
+    let snapshotFailures: Counter
+    /// Unix time of the last snapshot written (set by the snapshot queue: a Prometheus Gauge is Sendable).
+    let lastSnapshot: Gauge
+    private let snapshotInterval: Gauge
+    private let alertLogFailures: Counter
+    private let suppressedLines: Counter
+    private let expiredModels: Counter
+    private let admittedBytes: Gauge
+    private let admittedLimit: Gauge
     /// Per-layer series over all models (`limits.max_layer_series`); layers beyond it share one
-    /// `layer="_other"` series per model, so a schema cannot create unbounded series.
+    /// `layer="_other"` series per model, so a schema cannot create unbounded series. Each layer
+    /// series is one exceedance counter and one firing-alerts gauge.
     let maxLayerSeries: Int
     private var layerSeries = 0
     private var latencyCountdown = 0
     private var layerCounters: [String: [Counter]] = [:]
+    private var layerGauges: [String: [Gauge]] = [:]
     private var layerPushed: [String: [UInt64]] = [:]
+    private var layerOther: [String: Int] = [:]
     private var topGauges: [String: [Gauge]] = [:]
     /// Ranks exported by `saliencyd_top_score` (bounded: never a series per filter).
     static let topRanks = 10
 
-    init(maxLayerSeries: Int = 2048) {
+    init(registry: PrometheusCollectorRegistry = PrometheusCollectorRegistry(), maxLayerSeries: Int = 2048) {
+        self.registry = registry
         self.maxLayerSeries = maxLayerSeries
+        let r = registry
+        processing = C.rowLatency.histogram(r, buckets: C.rowLatencyBuckets)
+        alertLatencyHistogram = C.alertLatency.histogram(r, buckets: C.alertLatencyBuckets)
+        queries = C.queries.counter(r)
+        snapshots = C.snapshots.counter(r)
+        snapshotFailures = C.snapshotFailures.counter(r)
+        lastSnapshot = C.lastSnapshot.gauge(r)
+        snapshotInterval = C.snapshotInterval.gauge(r)
+        alertLogFailures = C.alertLogFailures.counter(r)
+        suppressedLines = C.suppressedLines.counter(r)
+        expiredModels = C.expired.counter(r)
+        admittedBytes = C.admittedBytes.gauge(r)
+        admittedLimit = C.admittedLimit.gauge(r)
+        registerRejectionCounters()
     }
 
     func alertLogFailure() { alertLogFailures.increment() }
-    func logSuppressed(_ n: UInt64) { suppressedLines.increment(by: Int(clamping: n)) }
+    func logSuppressed(_ n: UInt64) { suppressedLines.increment(by: Int64(clamping: n)) }
     func modelExpired() { expiredModels.increment() }
     func budget(used: Int, limit: Int) {
-        admittedBytes.record(used)
-        admittedLimit.record(limit)
+        admittedBytes.set(Int64(used))
+        admittedLimit.set(Int64(limit))
+    }
+    func snapshotSettings(interval: Double) { snapshotInterval.set(interval) }
+
+    /// `saliencyd_build_info{version, kernels} 1`: which build runs and which instruction set its
+    /// FilterBank kernels use on this CPU (capacity differs ~1.5× between avx2 and sse2).
+    func publishBuildInfo(version: String) {
+        C.buildInfo.gauge(registry, version, FilterBank.kernelISA).set(1.0)
+    }
+
+    /// Creates a newly admitted (or restored) model's series at 0, so the first event is a change
+    /// a `rate()` sees, and its calibration progress is visible before its first row.
+    func admitted(_ engine: ModelEngine) {
+        let s = series(engine.schema.model)
+        if engine.rows == 0 && !engine.isCalibrated { s.calibrated.set(0.0) } else { calibration(engine, s) }
+        ensureLayers(engine)
+    }
+
+    private func series(_ m: String) -> ModelSeries {
+        if let s = models[m] { return s }
+        let s = ModelSeries(registry, m)
+        models[m] = s
+        return s
     }
 
     /// Destroys every series of a model that is forgotten (reset or expired), so churn cannot
@@ -54,42 +118,37 @@ final class DaemonMetrics {
         let m = engine.schema.model
         // Series are keyed by model name: the caller skips this while another layout of the same
         // name is live (limits.layout_change = "replace").
-        for dict in [acceptedByModel, extremesByModel, peaksByModel, refitsByModel, gapsByModel] { dict[m]?.destroy() }
-        acceptedByModel[m] = nil; extremesByModel[m] = nil; peaksByModel[m] = nil; refitsByModel[m] = nil; gapsByModel[m] = nil
-        calibrationByModel.removeValue(forKey: m)?.destroy()
-        firingByModel.removeValue(forKey: m)?.destroy()
+        models.removeValue(forKey: m)?.destroy(registry)
         if let cs = layerCounters.removeValue(forKey: m) {
             layerSeries -= cs.count
-            for c in cs { c.destroy() }
+            for c in cs { registry.unregisterCounter(c) }
         }
+        for g in layerGauges.removeValue(forKey: m) ?? [] { registry.unregisterGauge(g) }
         layerPushed[m] = nil
         layerOther[m] = nil
-        for g in topGauges.removeValue(forKey: m) ?? [] { g.destroy() }
-    }
-    private var layerOther: [String: Int] = [:]
-
-    /// `saliencyd_build_info{version, kernels} 1`: which build runs and which instruction set its
-    /// FilterBank kernels use on this CPU (capacity differs ~1.5× between avx2 and sse2).
-    static func publishBuildInfo(version: String) {
-        Gauge(label: "saliencyd_build_info", dimensions: [("version", version), ("kernels", FilterBank.kernelISA)]).record(1)
+        for g in topGauges.removeValue(forKey: m) ?? [] { registry.unregisterGauge(g) }
     }
 
-    /// Per-layer extreme exceedances (bounded by the number of layers), pushed periodically.
+    private func ensureLayers(_ engine: ModelEngine) {
+        let m = engine.schema.model
+        guard layerCounters[m] == nil else { return }
+        // Own series for the first layers while the budget lasts; the rest share `_other`.
+        let layers = engine.schema.layers
+        let own = max(0, min(layers.count, maxLayerSeries - layerSeries - (layers.count > maxLayerSeries - layerSeries ? 1 : 0)))
+        var names = layers.prefix(own).map(\.name)
+        if own < layers.count { names.append("_other") }
+        layerCounters[m] = names.map { C.layerExtremes.counter(registry, m, $0) }
+        layerGauges[m] = names.map { C.layerFiring.gauge(registry, m, $0) }
+        layerSeries += names.count
+        layerOther[m] = own
+        layerPushed[m] = Array(repeating: 0, count: names.count)
+    }
+
+    /// Per-layer extreme exceedances and firing alerts (bounded by the number of layers) and the
+    /// model-level shift state, pushed periodically.
     func publishLayers(_ engine: ModelEngine) {
         let m = engine.schema.model
-        if layerCounters[m] == nil {
-            // Own series for the first layers while the budget lasts; the rest share `_other`.
-            let layers = engine.schema.layers
-            let own = max(0, min(layers.count, maxLayerSeries - layerSeries - (layers.count > maxLayerSeries - layerSeries ? 1 : 0)))
-            var cs = layers.prefix(own).map { Counter(label: "saliencyd_layer_extreme_exceedances_total", dimensions: [("model", m), ("layer", $0.name)]) }
-            if own < layers.count {
-                cs.append(Counter(label: "saliencyd_layer_extreme_exceedances_total", dimensions: [("model", m), ("layer", "_other")]))
-            }
-            layerSeries += cs.count
-            layerOther[m] = own
-            layerCounters[m] = cs
-            layerPushed[m] = Array(repeating: 0, count: cs.count)
-        }
+        ensureLayers(engine)
         let own = layerOther[m] ?? 0
         var pushed = layerPushed[m]!
         var other: UInt64 = 0
@@ -97,47 +156,50 @@ final class DaemonMetrics {
         for (i, c) in layerCounters[m]!.enumerated() {
             let now = i < own ? engine.layerExtremes[i] : other
             let before = pushed[i]
-            if now > before { c.increment(by: Int(clamping: now - before)) }
+            if now > before { c.increment(by: Int64(clamping: now - before)) }
             pushed[i] = now
         }
         layerPushed[m] = pushed
+        let gauges = layerGauges[m]!
+        var firing = [Int](repeating: 0, count: gauges.count)
+        for filter in engine.active.keys where filter >= 0 && filter < engine.layerOf.count {
+            firing[min(Int(engine.layerOf[filter]), gauges.count - 1)] += 1
+        }
+        for (g, n) in zip(gauges, firing) { g.set(Int64(n)) }
+        let s = series(m)
+        s.firing.set(Int64(engine.active.count))
+        s.modelShift.set(engine.modelAlert == nil ? 0.0 : 1.0)
     }
 
     /// The POT scores of the top `topRanks` filters of the latest prediction, by rank.
     func publishTop(model: String, scores: [Double]) {
         if topGauges[model] == nil {
-            topGauges[model] = (1...Self.topRanks).map { Gauge(label: "saliencyd_top_score", dimensions: [("model", model), ("rank", "\($0)")]) }
+            topGauges[model] = (1...Self.topRanks).map { C.topScore.gauge(registry, model, "\($0)") }
         }
         for (i, g) in topGauges[model]!.enumerated() where i < scores.count {
-            g.record(scores[i].isFinite ? scores[i] : Double.greatestFiniteMagnitude)
+            g.set(scores[i].isFinite ? scores[i] : Double.greatestFiniteMagnitude)
         }
     }
 
     func accepted(model engine: ModelEngine, result: FilterBank.RowResult) {
-        let m = engine.schema.model
-        counter(&acceptedByModel, "saliencyd_predictions_total", m).increment()
-        if result.peaks > 0 { counter(&peaksByModel, "saliencyd_peaks_total", m).increment(by: result.peaks) }
-        if result.extremes > 0 { counter(&extremesByModel, "saliencyd_extreme_exceedances_total", m).increment(by: result.extremes) }
-        if result.refits > 0 { counter(&refitsByModel, "saliencyd_refits_total", m).increment(by: result.refits) }
-        let g = calibrationByModel[m] ?? {
-            let g = Gauge(label: "saliencyd_calibrated_ratio", dimensions: [("model", m)])
-            calibrationByModel[m] = g
-            return g
-        }()
+        let s = series(engine.schema.model)
+        s.accepted.increment()
+        if result.peaks > 0 { s.peaks.increment(by: Int64(result.peaks)) }
+        if result.extremes > 0 { s.extremes.increment(by: Int64(result.extremes)) }
+        if result.refits > 0 { s.refits.increment(by: Int64(result.refits)) }
+        calibration(engine, s)
+        s.firing.set(Int64(engine.active.count))
+        s.modelShift.set(engine.modelAlert == nil ? 0.0 : 1.0)
+    }
+
+    private func calibration(_ engine: ModelEngine, _ s: ModelSeries) {
         switch engine.phase {
-        case .calibrating(let seen, let of): g.record(Double(seen) / Double(of))
-        case .monitoring: g.record(1)
+        case .calibrating(let seen, let of): s.calibrated.set(Double(seen) / Double(max(1, of)))
+        case .monitoring: s.calibrated.set(1.0)
         }
-        let f = firingByModel[m] ?? {
-            let g = Gauge(label: "saliencyd_firing_alerts", dimensions: [("model", m)])
-            firingByModel[m] = g
-            return g
-        }()
-        f.record(engine.active.count)
     }
 
     func rejected(_ reason: RejectReason) {
-        if rejectedByReason.isEmpty { registerRejectionCounters() }
         rejectedByReason[reason]!.increment()
     }
 
@@ -145,36 +207,30 @@ final class DaemonMetrics {
     /// (a rate over a series that appears with its first event misses that event).
     func registerRejectionCounters() {
         for r in RejectReason.allCases where rejectedByReason[r] == nil {
-            rejectedByReason[r] = Counter(label: "saliencyd_rejected_total", dimensions: [("reason", r.rawValue)])
+            rejectedByReason[r] = C.rejected.counter(registry, r.rawValue)
         }
     }
 
     func gaps(_ n: UInt64, model: String) {
-        counter(&gapsByModel, "saliencyd_sequence_gaps_total", model).increment(by: Int(clamping: n))
+        series(model).gaps.increment(by: Int64(clamping: n))
     }
 
     func alert(status: String, model: String) {
-        let key = status + "\u{0}" + model
-        let c = alertsByKey[key] ?? {
-            let c = Counter(label: "saliencyd_alerts_total", dimensions: [("model", model), ("status", status)])
-            alertsByKey[key] = c
-            return c
-        }()
-        c.increment()
+        let s = series(model)
+        (status == AlertMessage.Status.resolved.rawValue ? s.resolvedAlerts : s.firingAlerts).increment()
     }
 
-    /// Records processing time of 1 row in 16 (the timer histogram is not free).
+    /// Records processing time of 1 row in 16.
     func latency(_ d: Duration) {
         latencyCountdown -= 1
         guard latencyCountdown <= 0 else { return }
         latencyCountdown = 16
-        processing.recordNanoseconds(d.components.seconds * 1_000_000_000 + d.components.attoseconds / 1_000_000_000)
+        processing.record(d)
     }
 
-    private func counter(_ dict: inout [String: Counter], _ label: String, _ model: String) -> Counter {
-        if let c = dict[model] { return c }
-        let c = Counter(label: label, dimensions: [("model", model)])
-        dict[model] = c
-        return c
+    /// Arrival-to-publish time of a message that produced alerts, in microseconds.
+    func alertLatency(microseconds us: Double) {
+        guard us.isFinite, us >= 0 else { return }
+        alertLatencyHistogram.record(.nanoseconds(Int64(min(us * 1000, 1e15))))
     }
 }

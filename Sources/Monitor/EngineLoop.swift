@@ -1,6 +1,7 @@
 import EVTOnline
 import Foundation
 import Logging
+import Prometheus
 import SaliencyCore
 import SaliencyStream
 import Synchronization
@@ -29,12 +30,13 @@ final class EngineLoop: @unchecked Sendable {
     let readyState = Mutex<String>("starting")
     private(set) var zap: ZAPHandler?
 
-    init(configuration: DaemonConfiguration, logger: Logger, notifier: SystemdNotifier) throws(SaliencyError) {
+    init(configuration: DaemonConfiguration, logger: Logger, notifier: SystemdNotifier,
+         registry: PrometheusCollectorRegistry = PrometheusCollectorRegistry()) throws(SaliencyError) {
         // Two I/O threads: the feed on one, queries and alerts on the other (socket affinity), so
         // a flood of connections to the query port cannot stall ingest, nor the feed the queries.
         do { context = try ZMQContext(ioThreads: 2) } catch { throw error.saliencyError }
         initialConfiguration = configuration
-        metrics = DaemonMetrics(maxLayerSeries: configuration.limits.maxLayerSeries)
+        metrics = DaemonMetrics(registry: registry, maxLayerSeries: configuration.limits.maxLayerSeries)
         self.logger = logger
         self.notifier = notifier
     }
@@ -68,6 +70,9 @@ final class EngineLoop: @unchecked Sendable {
         let core = DaemonCore(configuration: cfg, alertLog: alertLog, logger: logger, metrics: metrics, schemaKeys: schemaKeys)
         let store = SnapshotStore(directory: stateDir, logger: logger)
         store.restore(into: core)
+        if let d = (try? FileManager.default.attributesOfItem(atPath: store.currentPath))?[.modificationDate] as? Date {
+            metrics.lastSnapshot.set(d.timeIntervalSince1970)   // the restored snapshot's age until the next write
+        }
 
         var adminKeys = Set<String>()
         let sockets: Sockets
@@ -109,11 +114,12 @@ final class EngineLoop: @unchecked Sendable {
             core.outbox.removeAll(keepingCapacity: true)
         }
         let snapshotCounter = metrics.snapshots, snapshotFailures = metrics.snapshotFailures, log = logger
-        let health = snapshotHealth
+        let health = snapshotHealth, snapshotTime = metrics.lastSnapshot
         let onSnapshot: @Sendable (Result<String, SaliencyError>) -> Void = { r in
             switch r {
             case .success:
                 snapshotCounter.increment()
+                snapshotTime.set(Date().timeIntervalSince1970)
                 health.succeeded()
             case .failure(let e):
                 snapshotFailures.increment()

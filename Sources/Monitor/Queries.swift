@@ -9,7 +9,7 @@ extension DaemonCore {
     static let statusProducers = 32
     static let statusLayers = 32
 
-    static let version = "0.1.0"
+    static let version = SaliencyVersion.string   // Sources/Core/Version.swift
 
     /// Handles one request. `admin`: whether the client may change state (CURVE admin list, or no CURVE).
     func handleQuery(_ raw: UnsafeRawBufferPointer, admin: Bool, snapshot: () -> Result<String, SaliencyError>, lastSnapshot: String?,

@@ -107,8 +107,11 @@ struct Analyze: ParsableCommand {
         }
         var rejected: [RowRejection: Int] = [:]
         var table = Table(headers: ["row", "rank", "filter", "layer", "channel", "score"] + (by == .pot ? ["p"] : []))
+        var progress = ProgressLine("analyze", total: x.rows)
+        defer { progress.finish() }
         try x.values.withUnsafeBufferPointer { all in
             for r in 0..<x.rows {
+                progress.update(r + 1)
                 let row = UnsafeBufferPointer(rebasing: all[(r * k)..<((r + 1) * k)])
                 if let why = bank.validate(row) {
                     rejected[why, default: 0] += 1

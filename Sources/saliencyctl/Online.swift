@@ -128,32 +128,74 @@ struct Status: ParsableCommand {
 }
 
 struct Top: ParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "The most salient filters of a model, now (like top(1) with --watch).")
+    static let configuration = CommandConfiguration(
+        abstract: "The most salient filters of a model, now (like top(1) with --watch).",
+        discussion: """
+        With --watch on a terminal: a full-screen view (alternate screen) with a summary line (model, phase, rows,
+        rate, firing alerts, time, refresh interval) and a fixed header, cut to the window; q or Ctrl-C quits and
+        restores the terminal. With --watch into a pipe or file: the table again every --interval seconds, plain text.
+        """)
     @Option(help: "Model name (as in its schema).") var model: String
     @Option(name: .shortAndLong, help: "How many filters.") var k = 20
     @Option(help: "Score: pot or zscore.") var by: ScoreKind = .pot
     @Option(help: "Average the score over this many recent predictions (default: the latest only).") var window: Int?
-    @Flag(help: "Refresh every --interval seconds until interrupted.") var watch = false
+    @Flag(help: "Refresh every --interval seconds until interrupted (q quits on a terminal).") var watch = false
     @Option(help: "Refresh interval for --watch.") var interval: Double = 1
     @OptionGroup var endpoints: EndpointOptions
     @OptionGroup var output: OutputOptions
 
+    func validate() throws {
+        guard interval > 0, interval.isFinite else { throw ValidationError("--interval must be > 0 seconds") }
+    }
+
+    var request: QueryRequest { .top(model: model, k: k, by: by, window: window.map { .recent($0) } ?? .latest) }
+
+    /// The table's columns, one place (a new score kind or column is added here).
+    func table(_ r: TopReply) -> Table {
+        var t = Table(headers: ["rank", "filter", "layer", "channel", "score"] + (by == .pot ? ["p"] : []))
+        for (i, e) in r.top.enumerated() {
+            t.rows.append([String(i + 1), String(e.filter), e.layer, String(e.channel), fmt(e.score, 5)] + (by == .pot ? [fmt(e.p ?? .nan, 4)] : []))
+        }
+        return t
+    }
+
+    func title(_ r: TopReply) -> String { "\(model): top \(k) by \(by.rawValue) over \(r.window) prediction(s)" }
+
+    /// The full-screen view: summary line (from `status`), title, blank, header, rows.
+    func screenLines(_ c: borrowing QueryClient) throws -> [String] {
+        let r = try c.ask(request, as: TopReply.self)
+        let s = try c.ask(.status, as: StatusReply.self)
+        let clock = Date().formatted(.dateTime.hour(.twoDigits(amPM: .omitted)).minute(.twoDigits).second(.twoDigits))
+        var summary = "\(model)"
+        if let m = s.models.first(where: { $0.model == model }) {
+            summary += "  phase \(m.phase)  rows \(m.rows)  rate \(fmt(m.rate_per_s, 4))/s  firing \(m.firing)"
+        }
+        summary += "  \(clock)  every \(fmt(interval, 3)) s  (q quits)"
+        return [summary, title(r), ""] + table(r).render().split(separator: "\n", omittingEmptySubsequences: false).map(String.init)
+    }
+
     func run() throws {
         try runCtl(output.json) {
             let c = try QueryClient(endpoints)
-            let req = QueryRequest.top(model: model, k: k, by: by, window: window.map { .recent($0) } ?? .latest)
+            if watch, !output.json, let screen = FullScreen.enter() {
+                defer { screen.leave() }
+                while true {
+                    screen.draw(try screenLines(c))
+                    if screen.waitForKey(interval) { break }
+                }
+                screen.leave()
+                if let sig = screen.quitSignal, sig != SIGINT { throw ExitCode(128 + sig) }   // SIGTERM/SIGHUP: say so
+                return
+            }
             repeat {
-                let r = try c.ask(req, as: TopReply.self)
+                let r = try c.ask(request, as: TopReply.self)
                 if output.json {
                     for e in r.top { print(String(decoding: Wire.encode(e), as: UTF8.self)) }
                 } else {
-                    if watch { print("\u{1B}[2J\u{1B}[H", terminator: "") }
-                    print("\(model): top \(k) by \(by.rawValue) over \(r.window) prediction(s)  \(Date())")
-                    var t = Table(headers: ["rank", "filter", "layer", "channel", "score"] + (by == .pot ? ["p"] : []))
-                    for (i, e) in r.top.enumerated() {
-                        t.rows.append([String(i + 1), String(e.filter), e.layer, String(e.channel), fmt(e.score, 5)] + (by == .pot ? [fmt(e.p ?? .nan, 4)] : []))
-                    }
-                    print(t.render())
+                    // Not a terminal: plain text, once per interval, no escape codes.
+                    print(title(r) + (watch ? "  \(Date())" : ""))
+                    print(table(r).render())
+                    if watch { print() }
                 }
                 fflush(nil)   // each refresh reaches a pipe or file at once
                 if watch { Thread.sleep(forTimeInterval: interval) }
@@ -292,7 +334,8 @@ struct Replay: ParsableCommand {
     @Option(help: "End row (exclusive; default: all).") var to: Int?
     @Option(name: .customLong("target"), help: "Loss target recorded in the header: predicted or true.") var target = "true"
     @Option(name: .customLong("producer-id"), help: "Producer id (default: random).") var producerID: UInt64?
-    @Option(name: .customLong("wait-subscriber"), help: "Seconds to wait for the daemon's subscription before sending.") var waitSubscriber: Double = 5
+    @Option(name: .customLong("wait-subscriber"), help: "Seconds to wait for the daemon's subscription before sending; none within it is an error (exit 1).") var waitSubscriber: Double = 10
+    @Flag(name: .customLong("no-wait"), help: "Publish without waiting for a subscriber (rows sent before one connects are lost).") var noWait = false
     @Option(help: "Publish the selected rows this many times over (sequence numbers keep counting).") var `repeat` = 1
     @Option(help: "Send high-water mark: messages queued before the socket drops (0 = never drop; memory grows if the daemon is slower).") var hwm: Int32 = 0
     @OptionGroup var endpoints: EndpointOptions
@@ -318,15 +361,20 @@ struct Replay: ParsableCommand {
         try pub.connect(endpoints.feed)
         let sub = ZMQMultipart(maxFrames: 1)
         let deadline = Date().addingTimeInterval(waitSubscriber)
-        var subscribed = false
-        while Date() < deadline {
+        var subscribed = noWait
+        while !subscribed && Date() < deadline {
             if try pub.poll(timeout: 100).contains(.pollIn), try pub.receive(into: sub, dontWait: true), sub.count == 1 {
                 let f = sub.bytes(0)
                 if f.first == 1 && Array(f.dropFirst()).starts(with: Array(Topic.predictionPrefix.utf8)) { subscribed = true; break }
             }
         }
         if !subscribed {
-            FileHandle.standardError.write(Data("saliencyctl: no subscriber on \(endpoints.feed) after \(waitSubscriber) s; is saliencyd running? publishing anyway\n".utf8))
+            let curve = endpoints.serverKey == nil ? "" : ", that --server-key is the daemon's public key and --client-key is in its allowed_clients_file"
+            throw InputError("""
+                no subscriber on \(endpoints.feed) within \(fmt(waitSubscriber, 4)) s: nothing was published. \
+                Check that saliencyd is running (saliencyctl status --query …), that its feed endpoint ([feed] endpoint or --feed) \
+                is \(endpoints.feed)\(curve); or pass --no-wait to publish regardless (e.g. to a proxy)
+                """)
         }
         let schemaTopic = Topic.schema(sch.model), predTopic = Topic.prediction(sch.model), schemaBody = SchemaMessage.encode(sch)
         _ = try pub.send(schemaTopic, more: true)
@@ -339,6 +387,7 @@ struct Replay: ParsableCommand {
         let start = Date()
         var lastSchema = start
         var sent = 0
+        var progress = ProgressLine("replay", total: max(1, `repeat`) * (end - from))
         for pass in 0..<max(1, `repeat`) { for r in from..<end {
             let seq = pass * (end - from) + (r - from)
             if rate > 0 {
@@ -359,7 +408,9 @@ struct Replay: ParsableCommand {
             // Straight from the array (libzmq copies it once; no intermediate buffer).
             _ = try x.values.withUnsafeBytes { v in try pub.send(UnsafeRawBufferPointer(rebasing: v[(r * k * 4)..<((r + 1) * k * 4)])) }
             sent += 1
+            progress.update(sent)
         } }
+        progress.finish()
         let secs = Date().timeIntervalSince(start)
         let n = sent
         if output.json {
@@ -372,16 +423,28 @@ struct Replay: ParsableCommand {
 
 struct Keygen: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Create a CURVE key pair: FILE (secret, mode 0600) and FILE.pub (public, to share).")
-    @Argument(help: "Output path of the secret key file.") var file: String
+        abstract: "Create a CURVE key pair as ZeroMQ certificates: NAME (public, to share) and NAME_secret (mode 0600).",
+        discussion: """
+        The files are in the certificate format of czmq (zcert) and pyzmq (zmq.auth.load_certificate).
+        saliencyd's server_secret_key_file and saliencyctl's --client-key take NAME or NAME_secret (NAME_secret is
+        read when it exists); --server-key, allowed_clients_file and admin_clients_file take the public NAME.
+        Key files of saliencyd 0.1 (`public = …` / `secret = …` lines) are still read everywhere.
+        """)
+    @Argument(help: "Name of the public certificate; the secret one is NAME_secret.") var file: String
     @Flag(help: "Overwrite existing files.") var force = false
+    @OptionGroup var output: OutputOptions
 
     func run() throws {
-        if !force && FileManager.default.fileExists(atPath: file) { throw InputError("'\(file)' exists; use --force to replace it") }
+        for f in [file, file + "_secret"] where !force && FileManager.default.fileExists(atPath: f) {
+            throw InputError("'\(f)' exists; use --force to replace it")
+        }
         let pair = try CurveKeyPair.generate()
-        try pair.save(to: file)
-        try pair.savePublic(to: file + ".pub")
-        print("public key: \(pair.publicKey)\nsecret key written to \(file) (mode 0600), public key to \(file).pub")
+        let secret = try pair.saveCertificates(to: file, createdBy: "saliencyctl \(SaliencyVersion.string)")
+        if output.json {
+            try IO.printJSON(["public_key": pair.publicKey, "public_file": file, "secret_file": secret])
+        } else {
+            print("public key: \(pair.publicKey)\npublic certificate \(file) (to share), secret certificate \(secret) (mode 0600, keep private)")
+        }
     }
 }
 

@@ -12,6 +12,7 @@ struct SaliencyCtl: AsyncParsableCommand {
         Online commands talk to a running saliencyd over ZeroMQ (docs/protocol.md).
         Every command takes --json for machine-readable output.
         """,
+        version: "saliencyctl \(SaliencyVersion.string)",
         subcommands: [Fit.self, Spot.self, Analyze.self, Bench.self, Status.self, Top.self, FilterCmd.self, Alerts.self, Replay.self, Sink.self, Keygen.self, State.self]
     )
 }

@@ -13,7 +13,8 @@ struct Saliencyd: AsyncParsableCommand {
         tcp://127.0.0.1:5561, queries REP tcp://127.0.0.1:5562, state in ./saliencyd-state (or
         $STATE_DIRECTORY under systemd), metrics on http://127.0.0.1:9464/metrics.
         Flags override the configuration file. SIGHUP re-reads it; SIGTERM stops cleanly (state written).
-        """)
+        """,
+        version: "saliencyd \(SaliencyVersion.string)")
 
     @Option(help: "TOML configuration file (every key: systemd/saliencyd.toml).") var config: String?
     @Option(help: "Feed endpoint (ZeroMQ syntax, e.g. tcp://0.0.0.0:5560 or ipc:///run/saliencyd/feed).") var feed: String?

@@ -83,7 +83,7 @@ def test_notify_reload_metrics_and_stop(saliencyd, tmp_path):
             except OSError:
                 time.sleep(0.1)
         assert "saliencyd_snapshots_total" in body
-        assert "saliencyd_build_info" in body and 'version="0.1.0"' in body
+        assert "saliencyd_build_info" in body and f'version="{run_saliencyd("--version").stdout.split()[-1]}"' in body
         q = QueryClient(d.endpoints["query"], timeout=3.0)
         st = q.status()
         assert st["ok"]

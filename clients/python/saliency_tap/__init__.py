@@ -7,6 +7,7 @@ used, so daemon-side tools can use this package without torch installed.
 from typing import TYPE_CHECKING
 
 from .batch import TARGET_PREDICTED, TARGET_TRUE, SaliencyBatch
+from ._socket import CurveKeys
 from .client import AlertSubscriber, QueryClient, QueryError
 from .publisher import Publisher
 from .recorder import Recorder, load_feed
@@ -29,7 +30,7 @@ def __getattr__(name: str):
 
 
 __all__ = [
-    "AlertSubscriber", "QueryClient", "QueryError", "Publisher", "Tap", "Recorder", "load_feed",
+    "AlertSubscriber", "CurveKeys", "QueryClient", "QueryError", "Publisher", "Tap", "Recorder", "load_feed",
     "TARGET_PREDICTED", "TARGET_TRUE", "SaliencyBatch", "SaliencyComputer", "conv_weights", "filter_count",
     "layer_offsets", "locate", "monitored_units", "schema_fingerprint", "schema_from_model", "unwrap_model",
     "default_logits", "shadow_copy", "HEADER_FORMAT", "Header", "pack_header", "unpack_header",

@@ -6,7 +6,7 @@ from typing import Dict, Iterator, Optional
 
 import zmq
 
-from ._socket import SocketOwner
+from ._socket import CurveArg, SocketOwner, curve_keys
 
 
 class AlertSubscriber(SocketOwner):
@@ -14,13 +14,17 @@ class AlertSubscriber(SocketOwner):
 
     Iterate to get parsed alert dicts (with "_topic" added), or call `recv(timeout)`.
     `last_seq` is the highest seq seen; after a gap, ask `QueryClient.alerts(since=last_seq)`.
+    `curve`: `CurveKeys(...)` or `(server_cert_path, client_cert_path)` for a CURVE daemon.
     """
 
     def __init__(self, endpoint: str = "tcp://127.0.0.1:5561", prefix: str = "alert.",
-                 context: Optional[zmq.Context] = None):
+                 context: Optional[zmq.Context] = None, curve: CurveArg = None):
         self._ctx = context or zmq.Context.instance()
         self.socket = self._ctx.socket(zmq.SUB)
         self.socket.setsockopt(zmq.LINGER, 0)
+        keys = curve_keys(curve)
+        if keys is not None:
+            keys.apply(self.socket)
         self.socket.setsockopt(zmq.SUBSCRIBE, prefix.encode())
         self.socket.connect(endpoint)
         self.last_seq: Optional[int] = None
@@ -57,13 +61,16 @@ class QueryClient(SocketOwner):
     """REQ to the daemon's query socket, with a timeout.
 
     On a timeout the REQ socket is in a state that cannot send again, so it is closed and recreated
-    (the "lazy pirate" pattern) and `TimeoutError` is raised.
+    (the "lazy pirate" pattern) and `TimeoutError` is raised. `curve`: `CurveKeys(...)` or
+    `(server_cert_path, client_cert_path)` for a CURVE daemon (a wrong key also ends in a timeout:
+    CURVE refuses the handshake silently).
     """
 
     def __init__(self, endpoint: str = "tcp://127.0.0.1:5562", timeout: float = 5.0,
-                 context: Optional[zmq.Context] = None):
+                 context: Optional[zmq.Context] = None, curve: CurveArg = None):
         self.endpoint = endpoint
         self.timeout = timeout
+        self.curve = curve_keys(curve)
         self._ctx = context or zmq.Context.instance()
         self.socket = None
         self._open()
@@ -73,6 +80,8 @@ class QueryClient(SocketOwner):
             self.socket.close(linger=0)
         self.socket = self._ctx.socket(zmq.REQ)
         self.socket.setsockopt(zmq.LINGER, 0)
+        if self.curve is not None:
+            self.curve.apply(self.socket)
         self.socket.connect(self.endpoint)
 
     def request(self, op: str, **args) -> Dict:

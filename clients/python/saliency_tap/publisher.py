@@ -9,7 +9,7 @@ from typing import Dict, Optional
 import numpy as np
 import zmq
 
-from ._socket import SocketOwner
+from ._socket import CurveArg, SocketOwner, curve_keys
 from .batch import SaliencyBatch
 from .schema import filter_count, schema_fingerprint, schema_json, validate_model_name
 from .wire import pack_header
@@ -22,6 +22,10 @@ class Publisher(SocketOwner):
     subscriber (a daemon) joins or reconnects, the schema is re-sent before the next prediction, in
     addition to the periodic re-send every `schema_interval` seconds and before the first prediction.
     The daemon's feed socket binds by default, so `connect=True` is the default here.
+
+    `curve`: for a daemon with `[security] curve = true`, `CurveKeys(...)` or
+    `(server_cert_path, client_cert_path)` (ZeroMQ certificates from `saliencyctl keygen` or
+    `zmq.auth.create_certificates`; docs/tap.md "CURVE").
 
     Not thread-safe (a ZeroMQ socket belongs to one thread).
 
@@ -37,7 +41,7 @@ class Publisher(SocketOwner):
 
     def __init__(self, endpoint: str, model: str, schema: Dict, connect: bool = True,
                  schema_interval: float = 10.0, producer_id: Optional[int] = None,
-                 context: Optional[zmq.Context] = None, sndhwm: int = 100_000):
+                 context: Optional[zmq.Context] = None, sndhwm: int = 100_000, curve: CurveArg = None):
         validate_model_name(model)
         if schema.get("model") != model:
             raise ValueError(f"schema is for model {schema.get('model')!r}, publisher for {model!r}")
@@ -58,6 +62,9 @@ class Publisher(SocketOwner):
         self.socket.setsockopt(zmq.XPUB_VERBOSE, 1)
         self.socket.setsockopt(zmq.SNDHWM, sndhwm)
         self.socket.setsockopt(zmq.LINGER, 1000)
+        keys = curve_keys(curve)
+        if keys is not None:
+            keys.apply(self.socket)
         (self.socket.connect if connect else self.socket.bind)(endpoint)
         self._last_schema = None  # monotonic time of the last schema send
         self._schema_due = True   # a subscriber joined (or nothing sent yet): send before the next prediction
