@@ -11,8 +11,8 @@ import Synchronization
 /// runs on Swift's cooperative pool.
 ///
 /// `@unchecked Sendable` argument: after `start`, every mutable field except `stopRequested`,
-/// `reloadMailbox` and `readyState` is touched only by the engine thread; those three are an
-/// `Atomic` and two `Mutex`es. `context` is a thread-safe libzmq context.
+/// `reloadMailbox`, `readyState` and `pages` is touched only by the engine thread; those are an
+/// `Atomic`, two `Mutex`es and a `Sendable` mailbox. `context` is a thread-safe libzmq context.
 final class EngineLoop: @unchecked Sendable {
     let context: ZMQContext
     let initialConfiguration: DaemonConfiguration
@@ -28,6 +28,8 @@ final class EngineLoop: @unchecked Sendable {
     let reloadMailbox = Mutex<DaemonConfiguration?>(nil)
     /// "starting" → "ready" (endpoints bound) or "failed: …"; read by tests and the service.
     let readyState = Mutex<String>("starting")
+    /// Status-page requests from the metrics port (StatusPageData.swift), served once per turn.
+    let pages = StatusMailbox()
     private(set) var zap: ZAPHandler?
 
     init(configuration: DaemonConfiguration, logger: Logger, notifier: SystemdNotifier,
@@ -51,6 +53,7 @@ final class EngineLoop: @unchecked Sendable {
 
     /// Runs on the dedicated thread until stopped. Throws only for start-up failures.
     func run() throws(SaliencyError) {
+        defer { pages.close() }   // waiting status pages get 503 at once, not a timeout
         let cfg = initialConfiguration
         let stateDir = cfg.resolvedStateDirectory
         let directory = StateDirectory(path: stateDir)
@@ -228,6 +231,11 @@ final class EngineLoop: @unchecked Sendable {
             if now >= nextSnapshot {
                 _ = snapshotNow(wait: false)
                 nextSnapshot = now + .seconds(core.configuration.state.snapshotInterval)
+            }
+            // Status pages: a few per turn, each a bounded read of the state (≤ 8 queued; the HTTP
+            // side gives up after its timeout and a given-up ticket is skipped).
+            for t in pages.take(limit: 4) where !t.isDone {
+                t.complete(.answer(core.statusPage(t.request, lastSnapshot: store.lastWritten, snapshotHealth: snapshotHealth.value)))
             }
             if let newConfig = reloadMailbox.withLock({ c -> DaemonConfiguration? in defer { c = nil }; return c }) {
                 let needRestart = newConfig.restartRequired(comparedTo: core.configuration)

@@ -188,6 +188,26 @@ extension ModelEngine {
         return bank.top(row, k: k, by: .pot).map(\.score)
     }
 
+    /// POT scores (−log10 p) of every filter of the latest row (the status page's heat map); nil
+    /// while calibrating or before the first row since the daemon started.
+    func latestScores() -> [Double]? {
+        guard bank.isCalibrated, let row = latestRow else { return nil }
+        return [Double](unsafeUninitializedCapacity: filterCount) { out, n in
+            bank.score(row, by: .pot, into: out)
+            n = filterCount
+        }
+    }
+
+    /// Filter `j`'s value, score, p and z in the newest `n` rows of the window, oldest first
+    /// (the status page's sparkline); empty while calibrating.
+    func history(filter j: Int, rows n: Int) -> [FilterReply.Recent] {
+        guard bank.isCalibrated, j >= 0, j < filterCount else { return [] }
+        return recentRows(n).reversed().map { row in
+            let p = bank.tailProbability(filter: j, value: row[j])
+            return FilterReply.Recent(value: Double(row[j]), score: POT.score(p: p), p: p, zscore: bank.zScore(filter: j, value: row[j]))
+        }
+    }
+
     /// One filter's report (read-only introspection: tests, `state inspect`).
     func report(filter j: Int) -> FilterBank.FilterReport { bank.report(filter: j) }
     /// Rows the bank itself refused (never happens behind `PayloadCheck`; tests check it stays empty).
