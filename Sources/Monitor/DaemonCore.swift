@@ -38,6 +38,10 @@ final class DaemonCore {
     var outbox: [(topic: [UInt8], body: [UInt8])] = []
     let alertLog: AlertLog
     var lastResend = ContinuousClock.now
+    /// Alertmanager delivery (`[alertmanager]`), when configured; `publish` hands it every alert
+    /// and `resendIfDue` the firing set every `alertmanager.resend_interval`.
+    var forwarder: AlertmanagerForwarder?
+    var lastAlertmanagerSync: ContinuousClock.Instant?
     /// Arrival-to-publish latency of the last alert-carrying messages, in microseconds (ring of 4096).
     var alertLatencies: [Double] = []
     var alertLatencyNext = 0
@@ -335,11 +339,18 @@ final class DaemonCore {
         let status: Topic.AlertStatus = a.status == .firing ? .firing : .resolved
         outbox.append((Topic.alert(status: status, model: a.model, layer: a.layer), body))
         metrics.alert(status: a.status.rawValue, model: a.model)
+        if let f = forwarder, !f.submit(a) {
+            logLimiter.log(logger, .warning, kind: "alertmanager queue full", "Alertmanager queue full (alertmanager.queue_capacity); alert dropped from delivery. A firing one is re-sent at the next alertmanager.resend_interval", metadata: ["seq": "\(a.seq)", "model": "\(a.model)"])
+        }
         logLimiter.log(logger, .notice, kind: "alert \(a.status.rawValue)", "alert \(a.status.rawValue)", metadata: ["seq": "\(a.seq)", "model": "\(a.model)", "layer": "\(a.layer)", "filter": "\(a.filter.map(String.init) ?? "-")"])
     }
 
     /// Re-sends firing alerts every `resend_interval` seconds (same seq, `resent: true`).
     func resendIfDue(now: ContinuousClock.Instant) {
+        if let f = forwarder, lastAlertmanagerSync.map({ now - $0 >= .seconds(configuration.alertmanager.resendInterval) }) ?? true {
+            lastAlertmanagerSync = now
+            f.sync(engines.values.flatMap(\.firingAlerts))
+        }
         guard now - lastResend >= .seconds(configuration.alerts.resendInterval) else { return }
         lastResend = now
         for engine in engines.values {

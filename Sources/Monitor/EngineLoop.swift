@@ -31,6 +31,9 @@ final class EngineLoop: @unchecked Sendable {
     /// Status-page requests from the metrics port (StatusPageData.swift), served once per turn.
     let pages = StatusMailbox()
     private(set) var zap: ZAPHandler?
+    /// Alert delivery to Alertmanager as counts (AlertmanagerForwarder writes; metrics and the
+    /// status page read). `enabled` is false unless `[alertmanager] urls` is set.
+    let delivery = DeliveryStats()
 
     init(configuration: DaemonConfiguration, logger: Logger, notifier: SystemdNotifier,
          registry: PrometheusCollectorRegistry = PrometheusCollectorRegistry()) throws(SaliencyError) {
@@ -91,6 +94,16 @@ final class EngineLoop: @unchecked Sendable {
             "query": "\(cfg.query.endpoint)", "state": "\(stateDir)", "models_restored": "\(core.engines.count)",
             "next_alert_seq": "\(alertLog.nextSequence)", "zmq": "\(ZMQVersion.string)", "kernels": "\(FilterBank.kernelISA)",
         ])
+        if !cfg.alertmanager.urls.isEmpty {
+            do {
+                let f = try AlertmanagerForwarder(configuration: cfg, stats: delivery, logger: logger)
+                f.start()
+                core.forwarder = f
+            } catch {
+                readyState.withLock { $0 = "failed: \(error.message)" }
+                throw error
+            }
+        }
         readyState.withLock { $0 = "ready" }
         notifier.notify("READY=1\nSTATUS=\(core.statusLine)\nMAINPID=\(getpid())")
 
@@ -251,6 +264,9 @@ final class EngineLoop: @unchecked Sendable {
         }
         notifier.notify("STOPPING=1\nSTATUS=stopping: writing state")
         logger.notice("stopping: writing final snapshot")
+        // Delivers what is queued for Alertmanager while the snapshot is written (at most 3 s).
+        let forwarderStop = core.forwarder.map { f in Thread { f.stop(deadline: .seconds(3)) } }
+        forwarderStop?.start()
         store.drain()
         let final = snapshotNow(wait: true)
         alertLog.syncNow()
