@@ -91,6 +91,27 @@ public struct DaemonConfiguration: Sendable, Hashable {
         public var logBurst = 20
     }
 
+    /// Native delivery to Prometheus Alertmanager (docs/operations.md "Alertmanager";
+    /// AlertmanagerForwarder.swift). Off unless `urls` is set.
+    public struct Alertmanager: Sendable, Hashable {
+        /// Base URLs (`http://host:9093`, optionally with a path prefix); every alert goes to each
+        /// one's `/api/v2/alerts`, as Prometheus does for an HA pair. Empty: delivery off.
+        public var urls: [String] = []
+        /// Seconds allowed for one POST (connect, write, and reading the response).
+        public var timeout = 5.0
+        /// Seconds between re-sends of every firing alert. Alertmanager resolves an alert it has
+        /// not heard of for `resolve_timeout` (5 min by default), so this must stay well below it.
+        public var resendInterval = 60.0
+        /// Alerts the engine may hand over before the forwarder takes them; beyond it, counted drops.
+        public var queueCapacity = 10_000
+        /// Alerts per POST.
+        public var batchSize = 64
+        /// Cap, in seconds, of the exponential back-off between failed POSTs to one Alertmanager.
+        public var maxBackoff = 30.0
+        /// Base of each alert's `generatorURL`; empty: `http://` + metrics.listen.
+        public var externalURL = ""
+    }
+
     public var feed = Feed()
     public var alerts = Alerts()
     public var query = Query()
@@ -99,6 +120,7 @@ public struct DaemonConfiguration: Sendable, Hashable {
     public var security = Security()
     public var monitor = Monitor()
     public var limits = Limits()
+    public var alertmanager = Alertmanager()
     public var pot = POTConfiguration()
     public var alerting = AlertBudget()
     /// The alert rule meets its budget at `safety_factor × q`: streaming SPOT's realized per-filter
@@ -170,6 +192,7 @@ public struct DaemonConfiguration: Sendable, Hashable {
         guard ["trace", "debug", "info", "notice", "warning", "error", "critical"].contains(monitor.logLevel) else {
             throw bad("monitor.log_level = \"\(monitor.logLevel)\"; use trace, debug, info, notice, warning, error or critical")
         }
+        try validateAlertmanager()
         do { try pot.validate() } catch { throw bad("[pot] \(error.message)") }
         do { try alerting.validate() } catch { throw bad("[alerting] \(error.message)") }
         guard modelBurnIn >= 100, modelBurnIn <= 10_000_000 else { throw bad("alerting.model_burn_in must be in 100...10000000 predictions, got \(modelBurnIn)") }
@@ -185,6 +208,7 @@ public struct DaemonConfiguration: Sendable, Hashable {
         if state.directory != old.state.directory { out.append("state.directory") }
         if metrics != old.metrics { out.append("metrics") }
         if security != old.security { out.append("security") }
+        if alertmanager != old.alertmanager { out.append("alertmanager") }
         if pot != old.pot { out.append("pot") }
         if alerting != old.alerting || alertSafetyFactor != old.alertSafetyFactor || modelBurnIn != old.modelBurnIn { out.append("alerting") }
         if monitor.recentRows != old.monitor.recentRows || monitor.maxModels != old.monitor.maxModels { out.append("monitor.recent_rows/max_models") }
@@ -206,6 +230,7 @@ public struct DaemonConfiguration: Sendable, Hashable {
         "limits": ["max_model_bytes", "max_total_bytes", "max_layers", "max_producers", "max_layer_series", "calibrating_idle_expiry", "idle_expiry", "layout_change"],
         "pot": ["level", "q", "calibration", "max_peaks", "min_peaks", "refit_after_peaks", "refits_per_row", "drift_window", "peak_stride"],
         "alerting": ["expected_run_time", "model_share", "safety_factor", "model_burn_in"],
+        "alertmanager": ["urls", "timeout", "resend_interval", "queue_capacity", "batch_size", "max_backoff", "external_url"],
     ]
 
     /// Parses TOML text over the defaults. Errors carry the line/column or the key path.
@@ -285,6 +310,18 @@ public struct DaemonConfiguration: Sendable, Hashable {
         if let v = dbl("alerting", "model_share") { c.alerting.modelShare = v }
         if let v = dbl("alerting", "safety_factor") { c.alertSafetyFactor = v }
         if let v = int("alerting", "model_burn_in") { c.modelBurnIn = v }
+        if let v = value("alertmanager", "urls", "an array of strings", { v -> [String]? in
+            guard case .array(let items) = v else { return nil }
+            var out: [String] = []
+            for i in items { guard case .string(let x) = i else { return nil }; out.append(x) }
+            return out
+        }) { c.alertmanager.urls = v }
+        if let v = dbl("alertmanager", "timeout") { c.alertmanager.timeout = v }
+        if let v = dbl("alertmanager", "resend_interval") { c.alertmanager.resendInterval = v }
+        if let v = int("alertmanager", "queue_capacity") { c.alertmanager.queueCapacity = v }
+        if let v = int("alertmanager", "batch_size") { c.alertmanager.batchSize = v }
+        if let v = dbl("alertmanager", "max_backoff") { c.alertmanager.maxBackoff = v }
+        if let v = str("alertmanager", "external_url") { c.alertmanager.externalURL = v }
         if !problems.isEmpty {
             throw SaliencyError(.invalidConfiguration, "\(source): " + problems.joined(separator: "; "))
         }
@@ -360,6 +397,14 @@ extension DaemonConfiguration {
     public var warnings: [String] {
         var out: [String] = []
         let initialPeaks = Double(pot.calibration) * (1 - pot.level)
+        if !alertmanager.urls.isEmpty, alertmanager.resendInterval > Self.alertmanagerResendWarning {
+            out.append("alertmanager.resend_interval = \(alertmanager.resendInterval) s: Alertmanager resolves an alert it has not heard of for resolve_timeout (5 min by default), so one or two failed re-sends would resolve a firing alert. Use 60 (the default) or less.")
+        }
+        if !alertmanager.urls.isEmpty, alertmanager.externalURL.isEmpty, metrics.listen.isEmpty {
+            out.append("alertmanager: metrics.listen is off and alertmanager.external_url is empty, so alerts carry no generatorURL. Set alertmanager.external_url to where the daemon's pages are reachable.")
+        } else if !alertmanager.urls.isEmpty, alertmanager.externalURL.isEmpty, metrics.listen.hasPrefix("0.0.0.0:") || metrics.listen.hasPrefix("[::]:") {
+            out.append("alertmanager: generatorURL would be http://\(metrics.listen) (a wildcard address, not reachable from a browser); set alertmanager.external_url to the daemon's public http://host:port.")
+        }
         if initialPeaks < Self.recommendedInitialPeaks {
             let needed = Int((Self.recommendedInitialPeaks / (1 - pot.level)).rounded(.up))
             out.append("pot.calibration × (1 − pot.level) = \(Int(initialPeaks.rounded())) peaks per filter for the first GPD fits; with fewer than \(Int(Self.recommendedInitialPeaks)) the extreme thresholds are noisy and, until refits have seen more peaks, filters exceed them several times more often than q (BENCHMARKS.md: 2–6× q at 20 peaks). Raise pot.calibration to \(needed) or lower pot.level.")
@@ -381,6 +426,48 @@ extension DaemonConfiguration {
         [limits]   max_model_bytes = \(limits.maxModelBytes)  max_total_bytes = \(limits.maxTotalBytes)  max_layers = \(limits.maxLayers)  max_producers = \(limits.maxProducers)  max_layer_series = \(limits.maxLayerSeries)  calibrating_idle_expiry = \(limits.calibratingIdleExpiry)  idle_expiry = \(limits.idleExpiry)  layout_change = "\(limits.layoutChange)"
         [pot]      level = \(pot.level)  q = \(pot.q)  calibration = \(pot.calibration)  max_peaks = \(pot.maxPeaks)  min_peaks = \(pot.minPeaks)  refit_after_peaks = \(pot.refitAfterPeaks)  refits_per_row = \(pot.refitsPerRow)  drift_window = \(pot.driftWindow)  peak_stride = \(pot.peakStride == 0 ? "auto" : String(pot.peakStride))
         [alerting] expected_run_time = \(alerting.expectedRunTime)  model_share = \(alerting.modelShare)  safety_factor = \(alertSafetyFactor)  model_burn_in = \(modelBurnIn)
+        [alertmanager] urls = [\(alertmanager.urls.map { "\"\($0)\"" }.joined(separator: ", "))]\(alertmanager.urls.isEmpty ? " (delivery off)" : "")  timeout = \(alertmanager.timeout)  resend_interval = \(alertmanager.resendInterval)  queue_capacity = \(alertmanager.queueCapacity)  batch_size = \(alertmanager.batchSize)  max_backoff = \(alertmanager.maxBackoff)  external_url = "\(alertmanagerExternalURL)"
         """
+    }
+}
+
+// MARK: - [alertmanager]
+
+extension DaemonConfiguration {
+    /// Above this `alertmanager.resend_interval` (seconds) `warnings` advises a shorter one.
+    public static let alertmanagerResendWarning = 150.0
+
+    /// `alertmanager.external_url` after defaults, without a trailing slash: explicit, else
+    /// `http://` + metrics.listen, else "" (alerts then carry no generatorURL).
+    public var alertmanagerExternalURL: String {
+        var u = alertmanager.externalURL.isEmpty ? (metrics.listen.isEmpty ? "" : "http://" + metrics.listen) : alertmanager.externalURL
+        while u.hasSuffix("/") { u.removeLast() }
+        return u
+    }
+
+    func validateAlertmanager() throws(SaliencyError) {
+        func bad(_ m: String) -> SaliencyError { SaliencyError(.invalidConfiguration, m) }
+        let a = alertmanager
+        guard a.urls.count <= 16 else { throw bad("alertmanager.urls has \(a.urls.count) entries; at most 16") }
+        for u in a.urls {
+            do { _ = try HTTPEndpoint(parsing: u) } catch { throw bad("alertmanager.urls: \(error.message)") }
+        }
+        guard Set(a.urls).count == a.urls.count else { throw bad("alertmanager.urls lists a URL twice") }
+        func finite(_ key: String, _ v: Double, _ r: ClosedRange<Double>) throws(SaliencyError) {
+            guard v.isFinite, r.contains(v) else { throw bad("alertmanager.\(key) must be a finite number in \(r.lowerBound)...\(r.upperBound) seconds, got \(v)") }
+        }
+        try finite("timeout", a.timeout, 0.1...60)
+        guard a.resendInterval.isFinite, a.resendInterval >= 1, a.resendInterval < 300 else {
+            throw bad("alertmanager.resend_interval must be a finite number of seconds in 1..<300 (below Alertmanager's default resolve_timeout of 5 min, or firing alerts resolve between re-sends), got \(a.resendInterval)")
+        }
+        try finite("max_backoff", a.maxBackoff, 0.1...3600)
+        guard (10...1_000_000).contains(a.queueCapacity) else { throw bad("alertmanager.queue_capacity must be in 10...1000000 alerts, got \(a.queueCapacity)") }
+        guard (1...10_000).contains(a.batchSize) else { throw bad("alertmanager.batch_size must be in 1...10000 alerts per POST, got \(a.batchSize)") }
+        if !a.externalURL.isEmpty {
+            guard a.externalURL.hasPrefix("http://") || a.externalURL.hasPrefix("https://"),
+                  a.externalURL.utf8.allSatisfy({ $0 > 0x20 && $0 < 0x7F }) else {
+                throw bad("alertmanager.external_url = \"\(a.externalURL)\" must be an http:// or https:// URL without spaces (the base of each alert's generatorURL)")
+            }
+        }
     }
 }

@@ -265,11 +265,11 @@ final class EngineLoop: @unchecked Sendable {
         notifier.notify("STOPPING=1\nSTATUS=stopping: writing state")
         logger.notice("stopping: writing final snapshot")
         // Delivers what is queued for Alertmanager while the snapshot is written (at most 3 s).
-        let forwarderStop = core.forwarder.map { f in Thread { f.stop(deadline: .seconds(3)) } }
-        forwarderStop?.start()
+        core.forwarder?.requestStop(deadline: .seconds(3))
         store.drain()
         let final = snapshotNow(wait: true)
         alertLog.syncNow()
+        core.forwarder?.waitStopped()
         zap?.stop()
         if case .failure(let e) = final {
             finalSnapshotFailed.store(true, ordering: .releasing)

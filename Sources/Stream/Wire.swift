@@ -328,14 +328,18 @@ public struct AlertMessage: Codable, Sendable, Hashable {
         return o.bytes
     }
 
-    /// Alertmanager-style fingerprint: FNV-1a of the sorted labels.
+    /// Alertmanager's fingerprint of a label set, exactly (prometheus/common `labelSetToFingerprint`,
+    /// shown by Alertmanager's API as `fingerprint`): FNV-1a 64 over the label names sorted bytewise,
+    /// each contributing `name, 0xff, value, 0xff`; 16 lowercase hex digits. An empty set hashes to
+    /// the FNV offset basis. docs/protocol.md §3.
     public static func fingerprint(of labels: [String: String]) -> String {
         var h: UInt64 = 0xcbf2_9ce4_8422_2325
-        for (k, v) in labels.sorted(by: { $0.key < $1.key }) {
-            for b in k.utf8 { h ^= UInt64(b); h = h &* 0x100_0000_01b3 }
-            h ^= 0xff; h = h &* 0x100_0000_01b3
-            for b in v.utf8 { h ^= UInt64(b); h = h &* 0x100_0000_01b3 }
-            h ^= 0xfe; h = h &* 0x100_0000_01b3
+        @inline(__always) func mix(_ b: UInt8) { h ^= UInt64(b); h = h &* 0x100_0000_01b3 }
+        for (k, v) in labels.sorted(by: { $0.key.utf8.lexicographicallyPrecedes($1.key.utf8) }) {
+            for b in k.utf8 { mix(b) }
+            mix(0xff)
+            for b in v.utf8 { mix(b) }
+            mix(0xff)
         }
         let s = String(h, radix: 16)
         return String(repeating: "0", count: 16 - s.count) + s
