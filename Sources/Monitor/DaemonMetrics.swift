@@ -54,7 +54,6 @@ final class DaemonMetrics {
     /// series is one exceedance counter and one firing-alerts gauge.
     let maxLayerSeries: Int
     private var layerSeries = 0
-    private var latencyCountdown = 0
     private var layerCounters: [String: [Counter]] = [:]
     private var layerGauges: [String: [Gauge]] = [:]
     private var layerPushed: [String: [UInt64]] = [:]
@@ -220,11 +219,10 @@ final class DaemonMetrics {
         (status == AlertMessage.Status.resolved.rawValue ? s.resolvedAlerts : s.firingAlerts).increment()
     }
 
-    /// Records processing time of 1 row in 16.
+    /// Records the processing time of every accepted row (a lock and 17 compares: ~0.1 µs, under
+    /// 1 % of a row at K = 256). Every row, so the count is the rows scored and a rare slow row
+    /// (calibration's first fits) cannot make p99 on a short feed.
     func latency(_ d: Duration) {
-        latencyCountdown -= 1
-        guard latencyCountdown <= 0 else { return }
-        latencyCountdown = 16
         processing.record(d)
     }
 

@@ -33,7 +33,7 @@ enum MetricCatalog {
     static let calibrated = Family(name: "saliencyd_calibrated_ratio", kind: .gauge, labels: ["model"],
         help: "Calibration progress per model: rows seen / pot.calibration while calibrating, 1 once monitoring.")
     static let rowLatency = Family(name: "saliencyd_row_processing_seconds", kind: .histogram, labels: [],
-        help: "Time to score one accepted prediction row (1 row in 16 is timed).")
+        help: "Time to score one accepted prediction row (every row is timed).")
     static let admittedBytes = Family(name: "saliencyd_admitted_state_bytes", kind: .gauge, labels: [],
         help: "Memory the admitted models may claim (their maximum size summed).")
     static let admittedLimit = Family(name: "saliencyd_admitted_state_limit_bytes", kind: .gauge, labels: [],
