@@ -52,6 +52,39 @@ static int64_t scan_generic(const saliency_scan_columns *c, const float *row,
     return scan_tail(c, row, 0, eventBase, eventMask, 0, peaks);
 }
 
+static inline int lower_lane(const saliency_lower_columns *c, const float *row, int64_t j, int64_t *peaks) {
+    float s = row[j];
+    float e = c->ext[j];
+    uint32_t eBits; __builtin_memcpy(&eBits, &e, 4);
+    int zero = s == 0.0f;
+    int isExt = s < e;
+    int watch = (eBits >> 31) & zero;
+    int isPeak = (s < c->thr[j]) & !zero;
+    uint32_t since = c->since[j] + (uint32_t)isPeak;
+    c->since[j] = since;
+    *peaks += isPeak;
+    return isExt | watch | (isPeak & (((since & c->strideMask) == 0) | (since == c->dueAt)));
+}
+
+static int64_t lower_tail(const saliency_lower_columns *c, const float *row, int64_t from,
+                          int32_t *eventBase, uint8_t *eventMask, int64_t groups, int64_t *peaks) {
+    for (int64_t base = from; base < c->count; base += 8) {
+        unsigned mask = 0;
+        for (int64_t l = 0; l < 8 && base + l < c->count; l++)
+            mask |= (unsigned)lower_lane(c, row, base + l, peaks) << l;
+        eventBase[groups] = (int32_t)base;
+        eventMask[groups] = (uint8_t)mask;
+        groups += mask != 0;
+    }
+    return groups;
+}
+
+static int64_t lower_generic(const saliency_lower_columns *c, const float *row,
+                             int32_t *eventBase, uint8_t *eventMask, int64_t *peaks) {
+    *peaks = 0;
+    return lower_tail(c, row, 0, eventBase, eventMask, 0, peaks);
+}
+
 static int check_generic(const void *row, int64_t count) {
     const unsigned char *p = (const unsigned char *)row;
     int bad = 0;
@@ -265,6 +298,38 @@ static int64_t scan_sse2(const saliency_scan_columns *c, const float *row,
     return scan_tail(c, row, n, eventBase, eventMask, groups, peaks);
 }
 
+static inline unsigned sse_lower_half(const saliency_lower_columns *c, const float *row, int64_t i, __m128i *peakAcc) {
+    __m128 s = _mm_loadu_ps(row + i);
+    __m128 e = _mm_loadu_ps(c->ext + i);
+    __m128 zero = _mm_cmpeq_ps(s, _mm_setzero_ps());
+    __m128 isExt = _mm_cmplt_ps(s, e);
+    __m128 watch = _mm_and_ps(zero, _mm_castsi128_ps(_mm_srai_epi32(_mm_castps_si128(e), 31)));
+    __m128 isPeak = _mm_andnot_ps(zero, _mm_cmplt_ps(s, _mm_loadu_ps(c->thr + i)));
+    __m128i p = _mm_castps_si128(isPeak);
+    *peakAcc = _mm_sub_epi32(*peakAcc, p);
+    __m128i since = _mm_sub_epi32(_mm_loadu_si128((const __m128i *)(c->since + i)), p);
+    _mm_storeu_si128((__m128i *)(c->since + i), since);
+    __m128i hit = _mm_or_si128(_mm_cmpeq_epi32(_mm_and_si128(since, _mm_set1_epi32((int)c->strideMask)), _mm_setzero_si128()),
+                               _mm_cmpeq_epi32(since, _mm_set1_epi32((int)c->dueAt)));
+    return (unsigned)_mm_movemask_ps(_mm_or_ps(_mm_or_ps(_mm_and_ps(_mm_castsi128_ps(hit), isPeak), isExt), watch));
+}
+
+static int64_t lower_sse2(const saliency_lower_columns *c, const float *row,
+                          int32_t *eventBase, uint8_t *eventMask, int64_t *peaks) {
+    int64_t n = c->count & ~(int64_t)7, groups = 0;
+    __m128i acc = _mm_setzero_si128();
+    for (int64_t i = 0; i < n; i += 8) {
+        unsigned mask = sse_lower_half(c, row, i, &acc) | (sse_lower_half(c, row, i + 4, &acc) << 4);
+        eventBase[groups] = (int32_t)i;
+        eventMask[groups] = (uint8_t)mask;
+        groups += mask != 0;
+    }
+    int32_t lanes[4];
+    _mm_storeu_si128((__m128i *)lanes, acc);
+    *peaks = (int64_t)(uint32_t)lanes[0] + (uint32_t)lanes[1] + (uint32_t)lanes[2] + (uint32_t)lanes[3];
+    return lower_tail(c, row, n, eventBase, eventMask, groups, peaks);
+}
+
 static int check_sse2(const void *bytes, int64_t count) {
     const float *row = (const float *)bytes;
     int64_t n = count & ~(int64_t)3;
@@ -358,6 +423,38 @@ static int64_t scan_avx2(const saliency_scan_columns *c, const float *row,
 }
 
 __attribute__((target("avx2")))
+static int64_t lower_avx2(const saliency_lower_columns *c, const float *row,
+                          int32_t *eventBase, uint8_t *eventMask, int64_t *peaks) {
+    int64_t n = c->count & ~(int64_t)7, groups = 0;
+    __m256i acc = _mm256_setzero_si256();
+    const __m256i strideMask = _mm256_set1_epi32((int)c->strideMask), dueAt = _mm256_set1_epi32((int)c->dueAt);
+    for (int64_t i = 0; i < n; i += 8) {
+        __m256 s = _mm256_loadu_ps(row + i);
+        __m256 e = _mm256_loadu_ps(c->ext + i);
+        __m256 zero = _mm256_cmp_ps(s, _mm256_setzero_ps(), _CMP_EQ_OQ);
+        __m256 isExt = _mm256_cmp_ps(s, e, _CMP_LT_OQ);
+        __m256 watch = _mm256_and_ps(zero, _mm256_castsi256_ps(_mm256_srai_epi32(_mm256_castps_si256(e), 31)));
+        __m256 isPeak = _mm256_andnot_ps(zero, _mm256_cmp_ps(s, _mm256_loadu_ps(c->thr + i), _CMP_LT_OQ));
+        __m256i p = _mm256_castps_si256(isPeak);
+        acc = _mm256_sub_epi32(acc, p);
+        __m256i since = _mm256_sub_epi32(_mm256_loadu_si256((const __m256i *)(c->since + i)), p);
+        _mm256_storeu_si256((__m256i *)(c->since + i), since);
+        __m256i hit = _mm256_or_si256(_mm256_cmpeq_epi32(_mm256_and_si256(since, strideMask), _mm256_setzero_si256()),
+                                      _mm256_cmpeq_epi32(since, dueAt));
+        unsigned mask = (unsigned)_mm256_movemask_ps(_mm256_or_ps(_mm256_or_ps(_mm256_and_ps(_mm256_castsi256_ps(hit), isPeak), isExt), watch));
+        eventBase[groups] = (int32_t)i;
+        eventMask[groups] = (uint8_t)mask;
+        groups += mask != 0;
+    }
+    int32_t lanes[8];
+    _mm256_storeu_si256((__m256i *)lanes, acc);
+    int64_t total = 0;
+    for (int l = 0; l < 8; l++) total += (uint32_t)lanes[l];
+    *peaks = total;
+    return lower_tail(c, row, n, eventBase, eventMask, groups, peaks);
+}
+
+__attribute__((target("avx2")))
 static void merge_avx2(const saliency_merge_columns *c) {
     int64_t n = c->count & ~(int64_t)3;
     const __m256d rows = _mm256_set1_pd(c->rowsInBlock), zero = _mm256_setzero_pd();
@@ -425,14 +522,14 @@ static void sums_f32_avx2(const float *y, int64_t count, float x, float *sumLog,
 // explicit with an atomic).
 #ifdef SALIENCY_X86
 static const saliency_kernels table_sse2 = {
-    scan_sse2, merge_generic, check_sse2, sums_f64_sse2, sums_f32_sse2, "sse2",
+    scan_sse2, merge_generic, lower_sse2, check_sse2, sums_f64_sse2, sums_f32_sse2, "sse2",
 };
 static const saliency_kernels table_avx2 = {
-    scan_avx2, merge_avx2, check_avx2, sums_f64_avx2, sums_f32_avx2, "avx2",
+    scan_avx2, merge_avx2, lower_avx2, check_avx2, sums_f64_avx2, sums_f32_avx2, "avx2",
 };
 #else
 static const saliency_kernels table_generic = {
-    scan_generic, merge_generic, check_generic, sums_f64_generic, sums_f32_generic, "generic",
+    scan_generic, merge_generic, lower_generic, check_generic, sums_f64_generic, sums_f32_generic, "generic",
 };
 #endif
 
@@ -484,6 +581,11 @@ int64_t saliency_scan_row(const saliency_scan_columns *c, const float *row,
 }
 
 void saliency_merge_moments(const saliency_merge_columns *c) { best()->merge_moments(c); }
+
+int64_t saliency_scan_lower(const saliency_lower_columns *c, const float *row,
+                            int32_t *eventBase, uint8_t *eventMask, int64_t *peaks) {
+    return best()->scan_lower(c, row, eventBase, eventMask, peaks);
+}
 
 int saliency_row_has_invalid(const void *row, int64_t count) { return best()->row_has_invalid(row, count); }
 

@@ -1,3 +1,12 @@
+/// Which tails of each filter's saliency the FilterBank watches (docs/statistics.md, "Two tails").
+/// `upper`: exploding saliency (the original detector); `lower`: a filter that goes quiet or dead;
+/// `both`: each tail gets half of the risk `q`, so the false-alarm budget is shared.
+public enum TailSelection: String, Sendable, Hashable, Codable, CaseIterable {
+    case upper, lower, both
+    public var hasUpper: Bool { self != .lower }
+    public var hasLower: Bool { self != .upper }
+}
+
 /// Settings of the per-filter streaming POT estimator (docs/method.md §3).
 ///
 /// Validate once at the edge with `validate()`; the statistics only `assert`.
@@ -26,6 +35,11 @@ public struct POTConfiguration: Sendable, Hashable, Codable {
     /// ring spans about one refit period at full load instead of being overwritten many times
     /// between two fits of the same filter. See docs/statistics.md, "Ring sampling".
     public var peakStride: Int = 0
+    /// Tails watched per filter (`upper` by default; docs/statistics.md, "Two tails").
+    public var tails: TailSelection = .upper
+
+    /// The risk each watched tail gets: `q`, or `q/2` for `both` (the budget is shared).
+    public var tailQ: Double { tails == .both ? q / 2 : q }
 
     public init() {}
 
@@ -78,6 +92,9 @@ public struct POTConfiguration: Sendable, Hashable, Codable {
             guard residuals > 0, Double(residuals) * (1 - level) + 1e-9 >= Double(minPeaks) else {
                 throw bad("drift_window = \(driftWindow) leaves calibration − drift_window = \(residuals) residuals, too few for min_peaks = \(minPeaks) at level \(level) (need ≥ \(Int((Double(minPeaks) / (1 - level)).rounded(.up)))); raise calibration or lower drift_window")
             }
+        }
+        guard driftWindow == 0 || tails == .upper else {
+            throw bad("tails = \"\(tails.rawValue)\" needs drift_window = 0: the lower tail is not implemented for DSPOT residuals")
         }
         guard peakStride >= 0, peakStride <= 1 << 20, peakStride & (peakStride - 1) == 0 || peakStride == 0 else {
             throw bad("peak_stride must be 0 (automatic) or a power of two up to 1048576, got \(peakStride)")

@@ -87,6 +87,8 @@ extension FilterBank {
         }
         storage.head[j] = UInt32(h); storage.ringCount[j] = UInt32(count); storage.ntAtFit[j] = nt; storage.sinceFit[j] = 0
         fitFilter(j)
+        if !configuration.tails.hasUpper { storage.thr[j] = .infinity }   // `lower`: no upper peaks
+        calibrateLower(j, column: column, sorted: sorted)
     }
 
 }

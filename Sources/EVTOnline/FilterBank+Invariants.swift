@@ -73,7 +73,11 @@ extension FilterBank {
             let t = s.thrD[j], z = s.extD[j]
             check(s.method[j] != 255 && GPDFitMethod(rawValue: s.method[j]) != nil, "filter \(j): fit method \(s.method[j])")
             check(t.isFinite && !z.isNaN && t <= z, "filter \(j): thresholds t = \(t), z = \(z) not ordered")
-            check(s.thr[j] == Self.floatDown(t) && s.ext[j] == Self.floatDown(z), "filter \(j): Float thresholds are not the exact ones rounded down")
+            if configuration.tails.hasUpper {
+                check(s.thr[j] == Self.floatDown(t) && s.ext[j] == Self.floatDown(z), "filter \(j): Float thresholds are not the exact ones rounded down")
+            } else {
+                check(s.thr[j] == .infinity && s.ext[j] == .infinity, "filter \(j): tails = lower but the upper Float thresholds are finite")
+            }
             check(s.scale[j] > 0 && s.shape[j].isFinite, "filter \(j): scale \(s.scale[j]), shape \(s.shape[j])")
             if s.method[j] == GPDFitMethod.insufficientPeaks.rawValue { check(z == .infinity, "filter \(j): no fit but z = \(z)") }
             let sk = s.sketch + j * Self.sketchPoints
@@ -86,6 +90,7 @@ extension FilterBank {
                   "filter \(j): moments count \(s.wCount[j]) + block \(absorbedInBlock) + extremes \(s.extremesTotal[j]) ≠ rows \(rows)")
             check(s.wM2[j] >= 0 && s.wMean[j].isFinite, "filter \(j): mean \(s.wMean[j]), M2 \(s.wM2[j])")
         }
+        checkLowerInvariants(check)
         // DSPOT windows (seeded at the end of calibration).
         if let ringD = s.driftRing, let headD = s.driftHead, let sumD = s.driftSum, !calibrating {
             let d = configuration.driftWindow
@@ -95,6 +100,52 @@ extension FilterBank {
                 for i in 0..<d { exact += Double(ringD[j * d + i]); magnitude += abs(Double(ringD[j * d + i])) }
                 check(abs(sumD[j] - exact) <= 1e-9 * magnitude + 1e-300, "filter \(j): drift sum \(sumD[j]) ≠ window sum \(exact)")
             }
+        }
+    }
+
+    /// The lower tail's invariants (docs/statistics.md, "Two tails"): the same ring, queue and
+    /// threshold rules as the upper tail with `t_low`, `z_low` rounded toward +∞, `0 ≤ z_low ≤
+    /// t_low`, the zero mode consistent with the calibration zero fraction and its Float encoding.
+    func checkLowerInvariants(_ check: (@autoclosure () -> Bool, @autoclosure () -> String) -> Void) {
+        let k = filterCount
+        guard let L = storage.lower else {
+            check(!configuration.tails.hasLower, "tails = \(configuration.tails.rawValue) without lower columns")
+            check(lowerQueueCount == 0 && lowerExtremeCount == 0, "lower scalars without a lower tail")
+            return
+        }
+        check(configuration.tails.hasLower, "lower columns with tails = upper")
+        check(lowerQueueHead >= 0 && lowerQueueHead < k && lowerQueueCount >= 0 && lowerQueueCount <= k, "lower queue head \(lowerQueueHead), count \(lowerQueueCount)")
+        for i in 0..<lowerQueueCount {
+            let q = Int(L.queue[(lowerQueueHead + i) % k])
+            check(q >= 0 && q < k && L.inQueue[q], "lower queue entry \(i) = \(q) invalid")
+        }
+        var queued = 0
+        for j in 0..<k where L.inQueue[j] { queued += 1 }
+        check(queued == lowerQueueCount, "\(queued) filters flagged lower inQueue, queue holds \(lowerQueueCount)")
+        var previous = -1
+        for i in 0..<lowerExtremeCount {
+            let j = Int(L.extremeOut[i])
+            check(j > previous && j < k, "lastLowerExtremes[\(i)] = \(j) not ascending or out of range")
+            previous = j
+        }
+        let calibrating = storage.calibration != nil
+        let dueAt = UInt32(truncatingIfNeeded: configuration.refitAfterPeaks)
+        for j in 0..<k {
+            let h = Int(L.head[j]), c = Int(L.ringCount[j])
+            check(h < cap && c <= cap && (c == cap || h == c), "filter \(j): lower ring head \(h), count \(c)")
+            let base = L.ring + j * cap
+            for i in 0..<c { check(base[i].isFinite, "filter \(j): lower ring entry \(i) = \(base[i])") }
+            check(UInt64(c) <= ntLower(j), "filter \(j): \(c) lower peaks in the ring > N_t")
+            if L.isDue[j] { check(L.inQueue[j], "filter \(j) lower due but not queued") }
+            if calibrating {
+                check(L.method[j] == 255 && !L.isDue[j] && c == 0 && L.extremesTotal[j] == 0, "filter \(j): lower tail fitted while calibrating")
+                continue
+            }
+            check(L.frozen[j] || L.sinceFit[j] < dueAt || L.isDue[j], "filter \(j): \(L.sinceFit[j]) lower peaks since its fit, not frozen, not due")
+            check(ntLower(j) <= nLower(j) || L.zeroMode[j] == ZeroMode.off.rawValue, "filter \(j): lower N_t \(ntLower(j)) > n₊ \(nLower(j))")
+            let problem = lowerTailProblem(j)
+            check(problem == nil, "filter \(j): \(problem ?? "")")
+            check(L.calZeros[j] <= L.zeros[j] && L.zeros[j] <= rows && L.extremesTotal[j] <= rows, "filter \(j): lower counts")
         }
     }
 

@@ -17,7 +17,15 @@ extension FilterBank {
     /// - At or below the threshold: `p = max(1 − F̂(s), N_t/n)` from the calibration sketch, so every
     ///   filter above its threshold outranks every filter below its own.
     /// Valid only once calibrated. `s` must be finite and ≥ 0.
+    ///
+    /// With the lower tail watched (`tails` lower or both) this is the smaller of the two tails'
+    /// probabilities (`tail(filter:value:)` also says which); `upperTailProbability` is the above.
     public func tailProbability(filter j: Int, value s: Float) -> Double {
+        configuration.tails == .upper ? upperTailProbability(filter: j, value: s) : tail(filter: j, value: s).p
+    }
+
+    /// The upper tail's probability `P(X ≥ s)` as described at `tailProbability`.
+    public func upperTailProbability(filter j: Int, value s: Float) -> Double {
         precondition(isCalibrated, "tailProbability before calibration")
         let n = Double(nPOT(j)), ntj = Double(nt(j))
         let rate = ntj / n
@@ -116,6 +124,9 @@ extension FilterBank {
     }
 
     func tieBreak(_ j: Int, _ s: Float) -> Double {
+        if let L = storage.lower, configuration.tails == .lower || direction(filter: j, value: s) == .lower {
+            return Double(s) < L.thrD[j] ? (s > 0 ? Double.log(L.thrD[j] / Double(s)) / L.scale[j] : .infinity) : 0
+        }
         let v = comparable(j, s)
         return v > storage.thrD[j] ? (v - storage.thrD[j]) / storage.scale[j] : 0
     }

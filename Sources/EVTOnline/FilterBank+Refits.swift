@@ -8,17 +8,37 @@ extension FilterBank {
     @discardableResult
     public func refitDue(limit: Int = .max) -> Int {
         var done = 0
-        while done < limit, queueCount > 0 { if refitNextDue() { done += 1 } }
+        while done < limit, queueCount + lowerQueueCount > 0 { if refitNextDueAny() { done += 1 } }
         checkInvariantsIfEnabled()
         return done
     }
 
-    /// Refits one filter now (on demand), whether due or not.
+    /// Refits one filter now (on demand), whether due or not: every tail the bank watches.
     public func refit(filter j: Int) {
         precondition(j >= 0 && j < filterCount)
         guard isCalibrated else { return }
         fitFilter(j)
+        if storage.lower != nil { fitLower(j) }
         checkInvariantsIfEnabled()
+    }
+
+    /// One budgeted refit from the upper or the lower queue (alternating when both hold filters).
+    /// Returns whether a fit ran.
+    func refitNextDueAny() -> Bool {
+        let lower = lowerQueueCount > 0 && (queueCount == 0 || refitLowerNext)
+        refitLowerNext.toggle()
+        return lower ? refitNextLowerDue() : refitNextDue()
+    }
+
+    func refitNextLowerDue() -> Bool {
+        guard let L = storage.lower else { return false }
+        let j = Int(L.queue[lowerQueueHead])
+        lowerQueueHead += 1; if lowerQueueHead == filterCount { lowerQueueHead = 0 }
+        lowerQueueCount -= 1
+        L.inQueue[j] = false
+        guard L.isDue[j] else { return false }
+        fitLower(j)
+        return true
     }
 
     /// Pops the oldest queued filter and refits it if still due (an on-demand refit may have
@@ -61,11 +81,13 @@ extension FilterBank {
             storage.ext[j] = .infinity
         } else {
             let n = Double(nPOT(j)), nt = Double(storage.ntAtFit[j])
-            var z = POT.extremeThreshold(threshold: storage.thrD[j], gpd: fit.gpd, q: configuration.q, n: n, peaks: nt)
+            var z = POT.extremeThreshold(threshold: storage.thrD[j], gpd: fit.gpd, q: configuration.tailQ, n: n, peaks: nt)
             if !(z >= storage.thrD[j]) { z = storage.thrD[j] }   // q ≥ N_t/n: every peak is extreme (also catches NaN)
             storage.extD[j] = z
             storage.ext[j] = Self.floatDown(z)
         }
+        // `tails = lower`: the upper tail is fitted (scores, reports) but never flags anything.
+        if !configuration.tails.hasUpper { storage.ext[j] = .infinity }
     }
 
     /// `n_j`: valid rows (extremes count: they enter the tail as censored peaks).
@@ -77,7 +99,20 @@ extension FilterBank {
     /// Holds filter `j`'s tail model fixed (`true`) or lets it learn again (`false`). The daemon
     /// freezes a filter while its alert fires. O(1).
     public func setFrozen(_ j: Int, _ on: Bool) {
+        setFrozen(j, on, direction: .upper)
+    }
+
+    /// Holds the given tail of filter `j` fixed or lets it learn again (a lower-tail call on a
+    /// bank without the lower tail does nothing). O(1).
+    public func setFrozen(_ j: Int, _ on: Bool, direction: TailDirection) {
         precondition(j >= 0 && j < filterCount)
+        if direction == .lower {
+            guard let L = storage.lower else { return }
+            L.frozen[j] = on
+            if !on, isCalibrated, L.sinceFit[j] >= UInt32(truncatingIfNeeded: configuration.refitAfterPeaks) { markLowerDue(L, j) }
+            checkInvariantsIfEnabled()
+            return
+        }
         storage.frozen[j] = on
         // Peaks kept counting while frozen; one that passed the refit mark then is due now.
         if !on, isCalibrated, storage.sinceFit[j] >= UInt32(truncatingIfNeeded: configuration.refitAfterPeaks) { markDue(j) }
@@ -85,5 +120,8 @@ extension FilterBank {
     }
 
     public func isFrozen(_ j: Int) -> Bool { storage.frozen[j] }
+    public func isFrozen(_ j: Int, direction: TailDirection) -> Bool {
+        direction == .upper ? storage.frozen[j] : (storage.lower?.frozen[j] ?? false)
+    }
 
 }

@@ -12,8 +12,14 @@ import SaliencyCore
 /// rejection counts (u32 count, then name blob + u64 each, by name). The column sections are
 /// written and read by iterating the table (FilterBank+Storage.swift), so the table's order is
 /// the format: `Fixtures/filterbank_v1_*.bin` pins it.
+///
+/// Version 2 (written now; version 1 is still read, as an upper-only bank) adds, after the pot
+/// settings, the tails u8 (0 upper, 1 lower, 2 both), and after the DSPOT state every
+/// `.lowerState` column (lower or both only) followed by the lower refit queue's head and count
+/// (i64). An upper-only version-2 state is the version-1 state plus that one byte.
 extension FilterBank {
-    static let stateVersion: UInt32 = 1
+    static let stateVersion: UInt32 = 2
+    static let tailCodes: [TailSelection] = [.upper, .lower, .both]
 
     /// Serializes the learned state. O(K · maxPeaks).
     public func serializedState() -> [UInt8] {
@@ -36,6 +42,7 @@ extension FilterBank {
         let c = configuration
         w.write(c.level); w.write(c.q); w.write(Int64(c.calibration)); w.write(Int64(c.maxPeaks)); w.write(Int64(c.minPeaks))
         w.write(Int64(c.refitAfterPeaks)); w.write(c.refitsPerRow); w.write(Int64(c.driftWindow))
+        w.write(UInt8(Self.tailCodes.firstIndex(of: c.tails)!))
         w.write(rows); w.write(refitCount)
         w.write(!isCalibrated)
         w.write(Int64(calibSeen))
@@ -43,6 +50,10 @@ extension FilterBank {
         storage.write(.state, into: &w)
         w.write(Int64(queueHead)); w.write(Int64(queueCount)); w.write(Int64(blockFill)); w.write(refitCredit)
         storage.write(.driftState, into: &w)
+        if storage.lower != nil {
+            storage.write(.lowerState, into: &w)
+            w.write(Int64(lowerQueueHead)); w.write(Int64(lowerQueueCount))
+        }
         w.write(UInt32(rejected.count))
         for (r, n) in rejected.sorted(by: { $0.key.rawValue < $1.key.rawValue }) {
             w.write(blob: Array(r.rawValue.utf8)); w.write(n)
@@ -56,7 +67,7 @@ extension FilterBank {
         var r = ByteReader(bytes)
         func bad(_ m: String) -> SaliencyError { SaliencyError(.corruptState, m) }
         let version = try r.read(UInt32.self, "version")
-        guard version == Self.stateVersion else { throw SaliencyError(.unsupportedVersion, "FilterBank state version \(version); this build reads \(Self.stateVersion)") }
+        guard version == 1 || version == Self.stateVersion else { throw SaliencyError(.unsupportedVersion, "FilterBank state version \(version); this build reads 1 and \(Self.stateVersion)") }
         // Sizes are checked before any conversion to Int: a u64 ≥ 2^63 must be an error, not a trap
         // (FuzzSnapshot finding; docs/fuzzing.md).
         let k64 = try r.read(UInt64.self, "filter count"), cap64 = try r.read(UInt64.self, "ring capacity")
@@ -66,9 +77,17 @@ extension FilterBank {
         c.level = try r.readDouble("level"); c.q = try r.readDouble("q")
         c.calibration = Int(try r.read(Int64.self)); c.maxPeaks = Int(try r.read(Int64.self)); c.minPeaks = Int(try r.read(Int64.self))
         c.refitAfterPeaks = Int(try r.read(Int64.self)); c.refitsPerRow = try r.readDouble(); c.driftWindow = Int(try r.read(Int64.self))
+        if version >= 2 {
+            let code = Int(try r.read(UInt8.self, "tails"))
+            guard code < Self.tailCodes.count else { throw bad("tails code \(code) unknown") }
+            c.tails = Self.tailCodes[code]
+        }
         guard cap == c.maxPeaks, k >= 1, k <= 1 << 24 else { throw bad("inconsistent header: K=\(k), ring=\(cap), max_peaks=\(c.maxPeaks)") }
         do { try c.validate() } catch { throw bad("stored settings are invalid: \(error.message)") }
         let expected = expectedOrNil ?? c
+        guard c.tails == expected.tails else {
+            throw SaliencyError(.invalidConfiguration, "snapshot was learned with tails = \(c.tails.rawValue); the configuration now says tails = \(expected.tails.rawValue)")
+        }
         guard c.level == expected.level, c.q == expected.q, c.calibration == expected.calibration, c.maxPeaks == expected.maxPeaks,
               c.minPeaks == expected.minPeaks, c.refitAfterPeaks == expected.refitAfterPeaks, c.driftWindow == expected.driftWindow else {
             throw SaliencyError(.invalidConfiguration, "snapshot was learned with pot settings level=\(c.level) q=\(c.q) calibration=\(c.calibration) max_peaks=\(c.maxPeaks) min_peaks=\(c.minPeaks) refit_after_peaks=\(c.refitAfterPeaks); the configuration now says level=\(expected.level) q=\(expected.q) calibration=\(expected.calibration) max_peaks=\(expected.maxPeaks) min_peaks=\(expected.minPeaks) refit_after_peaks=\(expected.refitAfterPeaks)")
@@ -116,6 +135,33 @@ extension FilterBank {
         if let headD = s.driftHead, let sumD = s.driftSum {
             let d = c.driftWindow
             for j in 0..<k where Int(headD[j]) >= d || !sumD[j].isFinite { throw bad("filter \(j): drift window state out of range") }
+        }
+        if let L = s.lower {
+            try storage.read(.lowerState, from: &r)
+            lowerQueueHead = Int(try r.read(Int64.self, "lower queue head")); lowerQueueCount = Int(try r.read(Int64.self, "lower queue count"))
+            guard lowerQueueHead >= 0, lowerQueueHead < k, lowerQueueCount >= 0, lowerQueueCount <= k else {
+                throw bad("lower refit queue out of range (head \(lowerQueueHead), count \(lowerQueueCount))")
+            }
+            for i in 0..<lowerQueueCount {
+                let q = Int(L.queue[(lowerQueueHead + i) % k])
+                guard q >= 0, q < k, L.inQueue[q] else { throw bad("lower refit queue entry \(q) invalid") }
+            }
+            for j in 0..<k {
+                guard Int(L.head[j]) < cap, Int(L.ringCount[j]) <= cap, L.method[j] == 255 || GPDFitMethod(rawValue: L.method[j]) != nil,
+                      ZeroMode(rawValue: L.zeroMode[j]) != nil else {
+                    throw bad("filter \(j): lower ring head \(L.head[j]) / count \(L.ringCount[j]) / method \(L.method[j]) / zero mode \(L.zeroMode[j]) out of range")
+                }
+                guard calibrating || (L.scale[j] > 0 && L.thrD[j].isFinite && L.thrD[j] >= 0 && L.extD[j] >= 0 && L.extD[j] <= L.thrD[j]) else {
+                    throw bad("filter \(j): lower scale \(L.scale[j]) or thresholds \(L.thrD[j]), \(L.extD[j]) invalid")
+                }
+                guard L.extremesTotal[j] <= rows, L.zeros[j] <= rows, L.calZeros[j] <= L.zeros[j], L.zeroLast[j] <= rows,
+                      UInt64(L.zeroRun[j]) <= L.zeros[j] else { throw bad("filter \(j): lower tail counts exceed the rows") }
+                guard L.ntAtFit[j] <= rows, UInt64(L.sinceFit[j]) <= rows - L.ntAtFit[j] else { throw bad("filter \(j): more lower peaks than rows") }
+                if !calibrating, let problem = lowerTailProblem(j) { throw bad("filter \(j): \(problem)") }
+                if calibrating {
+                    guard L.method[j] == 255, L.ringCount[j] == 0, L.extremesTotal[j] == 0, !L.isDue[j], !L.inQueue[j] else { throw bad("filter \(j): lower tail fitted while calibrating") }
+                }
+            }
         }
         let nRejected = try r.read(UInt32.self, "rejection reasons")
         guard nRejected <= 16 else { throw bad("\(nRejected) rejection reasons") }

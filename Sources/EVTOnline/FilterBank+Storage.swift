@@ -46,6 +46,9 @@ extension FilterBank {
             case state
             /// DSPOT state: serialized after the scheduler scalars (present only with drift).
             case driftState
+            /// Lower-tail state (`tails` lower or both): serialized after the DSPOT state, then
+            /// the lower refit queue's scalars (state version 2).
+            case lowerState
             /// The calibration buffer: the rows seen so far are serialized while calibrating.
             case calibration
             /// Recomputed or per-call: never serialized.
@@ -118,6 +121,9 @@ extension FilterBank {
         let driftRing: UnsafeMutablePointer<Float>?
         let driftHead: UnsafeMutablePointer<UInt32>?
         let driftSum: UnsafeMutablePointer<Double>?
+        /// The lower tail's columns (`tails` = lower or both), nil for `upper`: an upper-only bank
+        /// allocates and touches none of them.
+        let lower: Lower?
         // scratch
         let extremeOut: UnsafeMutablePointer<Int32>  // filters of the last row's extremes
         let scores: UnsafeMutablePointer<Double>     // ranking
@@ -166,6 +172,37 @@ extension FilterBank {
             driftRing  = t.add("drift windows",      Float(0),       .perFilter(d),            .hot,   .heap,       .driftState, if: d > 0)
             driftHead  = t.add("drift heads",        UInt32(0),      .perFilter(1),            .hot,   .heap,       .driftState, if: d > 0)
             driftSum   = t.add("drift sums",         Double(0),      .perFilter(1),            .hot,   .heap,       .driftState, if: d > 0)
+            let lo = c.tails.hasLower
+            // Lower tail (docs/statistics.md, "Two tails"): the same tail state, on the reflected
+            // excess t_low − s of the positive values, plus the zero atom's counters.
+            if lo {
+                lower = Lower(
+                    thr:       t.add("lower thresholds",         Float(0),        .perFilter(1),          .hot,   .heap,      .lowerState),
+                    ext:       t.add("lower extreme thresholds", Float(0),        .perFilter(1),          .hot,   .heap,      .lowerState),
+                    sinceFit:  t.add("lower peaks since fit",    UInt32(0),       .perFilter(1),          .hot,   .heap,      .lowerState),
+                    head:      t.add("lower ring heads",         UInt32(0),       .perFilter(1),          .event, .heap,      .lowerState),
+                    ringCount: t.add("lower ring counts",        UInt32(0),       .perFilter(1),          .event, .heap,      .lowerState),
+                    ring:      t.add("lower peak rings",         Float(0),        .perFilter(c.maxPeaks), .event, .hugePages, .lowerState),
+                    thrD:      t.add("lower thresholds",         Double(0),       .perFilter(1),          .event, .heap,      .lowerState),
+                    extremesTotal: t.add("lower extreme counts", UInt64(0),       .perFilter(1),          .rare,  .heap,      .lowerState),
+                    zeros:     t.add("zero counts",              UInt64(0),       .perFilter(1),          .rare,  .heap,      .lowerState),
+                    zeroLast:  t.add("last zero rows",           UInt64(0),       .perFilter(1),          .rare,  .heap,      .lowerState),
+                    zeroRun:   t.add("zero runs",                UInt32(0),       .perFilter(1),          .rare,  .heap,      .lowerState),
+                    ntAtFit:   t.add("lower peak counts",        UInt64(0),       .perFilter(1),          .cold,  .heap,      .lowerState),
+                    shape:     t.add("lower shapes",             Double(0),       .perFilter(1),          .cold,  .heap,      .lowerState),
+                    scale:     t.add("lower scales",             Double(1),       .perFilter(1),          .cold,  .heap,      .lowerState),
+                    extD:      t.add("lower extreme thresholds", Double(0),       .perFilter(1),          .cold,  .heap,      .lowerState),
+                    method:    t.add("lower fit methods",        UInt8(255),      .perFilter(1),          .cold,  .heap,      .lowerState),
+                    zeroMode:  t.add("zero modes",               UInt8(0),        .perFilter(1),          .cold,  .heap,      .lowerState),
+                    calZeros:  t.add("calibration zeros",        UInt64(0),       .perFilter(1),          .cold,  .heap,      .lowerState),
+                    isDue:     t.add("lower due flags",          false,           .perFilter(1),          .event, .heap,      .lowerState),
+                    inQueue:   t.add("lower queue flags",        false,           .perFilter(1),          .event, .heap,      .lowerState),
+                    frozen:    t.add("lower frozen flags",       false,           .perFilter(1),          .event, .heap,      .lowerState),
+                    queue:     t.add("lower refit queue",        Int32(0),        .perFilter(1),          .event, .heap,      .lowerState),
+                    extremeOut: t.add("lower extremes out",      Int32(0),        .perFilter(1),          .rare,  .heap,      .scratch))
+            } else {
+                lower = nil
+            }
             extremeOut = t.add("extremes out",       Int32(0),       .perFilter(1),            .rare,  .heap,       .scratch)
             scores     = t.add("scores",             Double(0),      .perFilter(1),            .cold,  .heap,       .scratch)
             eventBase  = t.add("event bases",        Int32(0),       .perEventGroup,           .hot,   .heap,       .scratch)
@@ -261,6 +298,33 @@ extension FilterBank {
                 return add(name, initial, count, temperature, placement, role, if: true)!
             }
         }
+    }
+
+    /// The lower tail's columns (see `Storage.init` for each one's role).
+    struct Lower {
+        let thr: UnsafeMutablePointer<Float>        // t_low rounded toward +∞ (s < thr ⇔ s < t_low exactly)
+        let ext: UnsafeMutablePointer<Float>        // z_low rounded toward +∞; −0.0: zero watch; +0.0: nothing extreme
+        let sinceFit: UnsafeMutablePointer<UInt32>
+        let head: UnsafeMutablePointer<UInt32>
+        let ringCount: UnsafeMutablePointer<UInt32>
+        let ring: UnsafeMutablePointer<Float>       // K × cap excesses log(t_low/s) (negative: censored at log(t_low/z_low))
+        let thrD: UnsafeMutablePointer<Double>      // exact t_low (0: no positive part)
+        let extremesTotal: UnsafeMutablePointer<UInt64>
+        let zeros: UnsafeMutablePointer<UInt64>     // exact zeros counted (calibration included)
+        let zeroLast: UnsafeMutablePointer<UInt64>  // row number of the last counted zero
+        let zeroRun: UnsafeMutablePointer<UInt32>   // consecutive zeros ending at zeroLast
+        let ntAtFit: UnsafeMutablePointer<UInt64>
+        let shape: UnsafeMutablePointer<Double>
+        let scale: UnsafeMutablePointer<Double>
+        let extD: UnsafeMutablePointer<Double>      // exact z_low (≤ t_low; 0: no positive value is extreme)
+        let method: UnsafeMutablePointer<UInt8>
+        let zeroMode: UnsafeMutablePointer<UInt8>   // FilterBank.ZeroMode raw value
+        let calZeros: UnsafeMutablePointer<UInt64>  // zeros in the calibration sample
+        let isDue: UnsafeMutablePointer<Bool>
+        let inQueue: UnsafeMutablePointer<Bool>
+        let frozen: UnsafeMutablePointer<Bool>
+        let queue: UnsafeMutablePointer<Int32>
+        let extremeOut: UnsafeMutablePointer<Int32>
     }
 
     // MARK: - Sizes, from the table

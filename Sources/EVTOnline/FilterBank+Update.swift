@@ -10,6 +10,7 @@ extension FilterBank {
         if let reason = validate(row) {
             rejected[reason, default: 0] += 1
             extremeCount = 0
+            lowerExtremeCount = 0
             checkInvariantsIfEnabled()
             return .rejected(reason)
         }
@@ -29,6 +30,7 @@ extension FilterBank {
     @inline(__always)
     private func absorb(_ row: UnsafeBufferPointer<Float>) -> RowResult {
         extremeCount = 0
+        lowerExtremeCount = 0
         rows &+= 1
         if let c = storage.calibration {
             (c + calibSeen * filterCount).update(from: row.baseAddress!, count: filterCount)
@@ -39,20 +41,21 @@ extension FilterBank {
             }
             return RowResult(rejected: nil, calibrated: false, peaks: 0, extremes: 0, refits: 0)
         }
-        let peaks = storage.driftRing == nil ? scan(row.baseAddress!) : scanDrift(row.baseAddress!)
+        var peaks = storage.driftRing == nil ? scan(row.baseAddress!) : scanDrift(row.baseAddress!)
+        if storage.lower != nil { peaks &+= scanLower(row.baseAddress!) &- lowerExtremeCount }
         blockFill += 1
         if blockFill == Self.blockRows { mergeMoments() }
         var refits = 0
         if configuration.refitsPerRow > 0 {
             refitCredit = min(refitCredit + configuration.refitsPerRow, max(1, configuration.refitsPerRow))
-            while refitCredit >= 1, queueCount > 0 {
-                if refitNextDue() {
+            while refitCredit >= 1, queueCount + lowerQueueCount > 0 {
+                if refitNextDueAny() {
                     refitCredit -= 1
                     refits += 1
                 }
             }
         }
-        return RowResult(rejected: nil, calibrated: false, peaks: peaks, extremes: extremeCount, refits: refits)
+        return RowResult(rejected: nil, calibrated: false, peaks: peaks, extremes: extremeCount, refits: refits, lowerExtremes: lowerExtremeCount)
     }
 
     /// The vector pass (`scan_row` of the bank's `kernels`, Sources/CKernels: AVX2 or SSE2,

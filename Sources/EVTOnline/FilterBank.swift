@@ -107,6 +107,8 @@ public final class FilterBank {
         public var peaks: Int
         public var extremes: Int      // indices in `lastExtremes`
         public var refits: Int
+        /// Lower-tail extremes (indices in `lastLowerExtremes`).
+        public var lowerExtremes: Int = 0
         public static func rejected(_ r: RowRejection) -> RowResult { RowResult(rejected: r, calibrated: false, peaks: 0, extremes: 0, refits: 0) }
     }
 
@@ -168,6 +170,7 @@ public final class FilterBank {
     // The bank's kernels, unwrapped once (C function pointers from `kernels.table`).
     let scanRow: @convention(c) (UnsafePointer<saliency_scan_columns>?, UnsafePointer<Float>?, UnsafeMutablePointer<Int32>?, UnsafeMutablePointer<UInt8>?, UnsafeMutablePointer<Int64>?) -> Int64
     let mergeMomentsKernel: @convention(c) (UnsafePointer<saliency_merge_columns>?) -> Void
+    let scanLowerKernel: @convention(c) (UnsafePointer<saliency_lower_columns>?, UnsafePointer<Float>?, UnsafeMutablePointer<Int32>?, UnsafeMutablePointer<UInt8>?, UnsafeMutablePointer<Int64>?) -> Int64
     let rowHasInvalid: @convention(c) (UnsafeRawPointer?, Int64) -> Int32
 
     // MARK: scalar state (the columns are in `storage`)
@@ -183,6 +186,12 @@ public final class FilterBank {
     var blockFill = 0
     var refitCredit = 0.0
     var extremeCount = 0
+    // The lower tail's scalars (tails = lower or both; docs/statistics.md, "Two tails").
+    var lowerExtremeCount = 0
+    var lowerQueueHead = 0
+    var lowerQueueCount = 0
+    /// Which queue the next budgeted refit serves when both hold due filters (alternates).
+    var refitLowerNext = false
     var calibSeen = 0
     var fitter: GrimshawFitter
 
@@ -211,6 +220,7 @@ public final class FilterBank {
         let table = kernels.table
         self.scanRow = table.scan_row!
         self.mergeMomentsKernel = table.merge_moments!
+        self.scanLowerKernel = table.scan_lower!
         self.rowHasInvalid = table.row_has_invalid!
         self.fitter = GrimshawFitter(capacity: max(configuration.maxPeaks, configuration.calibration), kernels: kernels)
     }

@@ -38,6 +38,25 @@ typedef struct {
 int64_t saliency_scan_row(const saliency_scan_columns *c, const float *row,
                           int32_t *eventBase, uint8_t *eventMask, int64_t *peaks);
 
+/// Columns of the lower-tail scan (all `count` long; docs/statistics.md, "Two tails").
+typedef struct {
+    const float *thr;      // lower threshold t_j, rounded toward +inf (s < thr <=> s < t exactly)
+    const float *ext;      // lower extreme threshold, rounded toward +inf; -0.0 (sign bit): "zero watch"
+    uint32_t *since;       // lower peaks since the last fit
+    uint32_t strideMask;   // ring sampling stride m - 1
+    uint32_t dueAt;        // refit_after_peaks
+    int64_t count;         // K
+} saliency_lower_columns;
+
+/// One row through the lower-tail columns. For every j, with zero = (s == 0):
+/// a lower peak is s < thr and not zero (since[j] increments); an *event* is s < ext (an extreme,
+/// a zero included when ext > 0), a zero when ext has its sign bit set (zero watch), or a peak
+/// whose new since[j] is a multiple of the stride or equals dueAt. Events are reported like
+/// saliency_scan_row's. Returns the number of groups; *peaks receives the number of lower peaks.
+/// No arithmetic on the values: every variant returns the same bits.
+int64_t saliency_scan_lower(const saliency_lower_columns *c, const float *row,
+                            int32_t *eventBase, uint8_t *eventMask, int64_t *peaks);
+
 /// Columns of the moment merge (Chan et al. 1979), all `count` long.
 typedef struct {
     float *shift, *bsum, *bsumsq;
@@ -75,6 +94,8 @@ typedef struct {
     int64_t (*scan_row)(const saliency_scan_columns *c, const float *row,
                         int32_t *eventBase, uint8_t *eventMask, int64_t *peaks);
     void (*merge_moments)(const saliency_merge_columns *c);
+    int64_t (*scan_lower)(const saliency_lower_columns *c, const float *row,
+                          int32_t *eventBase, uint8_t *eventMask, int64_t *peaks);
     int (*row_has_invalid)(const void *row, int64_t count);
     void (*grimshaw_sums_f64)(const double *y, int64_t count, double x, double *sumLog, double *sumRatio);
     void (*grimshaw_sums_f32)(const float *y, int64_t count, float x, float *sumLog, float *sumRatio);
