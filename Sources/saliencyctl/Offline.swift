@@ -172,6 +172,7 @@ struct Bench: ParsableCommand {
     @Option(name: .customLong("max-peaks"), help: "Ring capacity per filter.") var maxPeaks = POTConfiguration().maxPeaks
     @Option(name: .customLong("peak-stride"), help: "Ring sampling stride (a power of two; 0 = automatic).") var peakStride = POTConfiguration().peakStride
     @Option(help: "Vector kernels: best (the CPU's best instruction set) or baseline (SSE2 on x86-64).") var kernels: KernelChoice = .best
+    @Option(help: "Tails watched per filter: upper, lower or both (docs/statistics.md, \"Two tails\").") var tails: TailSelection = .upper
     @Flag(name: .customLong("no-pin"), help: "Do not pin the measuring thread to the CPU it starts on (by default it is pinned: a thread the scheduler migrates loses its L2 cache, and on small VMs runs then scatter by ±25 %).") var noPin = false
     enum KernelChoice: String, ExpressibleByArgument, CaseIterable { case best, baseline }
     @OptionGroup var output: OutputOptions
@@ -181,6 +182,7 @@ struct Bench: ParsableCommand {
         var predictions_per_second: Double; var values_per_second: Double; var ns_per_value: Double; var bytes_per_filter: Int
         var refits: UInt64; var peaks_per_row: Double; var extremes: Int
         var peak_stride: Int; var kernels: String; var pinned_cpu: Int?
+        var tails: String = "upper"; var lower_extremes: Int = 0
     }
 
     func run() throws {
@@ -190,6 +192,7 @@ struct Bench: ParsableCommand {
         cfg.refitsPerRow = refitsPerRow
         cfg.maxPeaks = maxPeaks
         cfg.peakStride = peakStride
+        cfg.tails = tails
         let pinnedCPU = noPin ? nil : pinToCurrentCPU()
         let bank: FilterBank
         do { bank = try FilterBank(filterCount: filters, configuration: cfg, kernels: kernels == .baseline ? .baseline : .best) } catch { throw InputError(error.message) }
@@ -210,7 +213,7 @@ struct Bench: ParsableCommand {
         }
         fill()   // fresh rows for the timed part
         let refitsBefore = bank.refitCount
-        var peaks = 0, extremes = 0
+        var peaks = 0, extremes = 0, lowerExtremes = 0
         let clock = ContinuousClock()
         let elapsed = rows.withUnsafeBufferPointer { all in
             clock.measure {
@@ -219,6 +222,7 @@ struct Bench: ParsableCommand {
                     let res = bank.updateValidated(UnsafeBufferPointer(rebasing: all[(r * filters)..<((r + 1) * filters)]))
                     peaks += res.peaks
                     extremes += res.extremes
+                    lowerExtremes += res.lowerExtremes
                 }
             }
         }
@@ -228,13 +232,16 @@ struct Bench: ParsableCommand {
                        values_per_second: pps * Double(filters), ns_per_value: secs * 1e9 / (Double(predictions) * Double(filters)),
                        bytes_per_filter: bank.bytesPerFilter, refits: bank.refitCount - refitsBefore,
                        peaks_per_row: Double(peaks) / Double(predictions), extremes: extremes,
-                       peak_stride: bank.peakStride, kernels: bank.kernels.isa, pinned_cpu: pinnedCPU)
+                       peak_stride: bank.peakStride, kernels: bank.kernels.isa, pinned_cpu: pinnedCPU,
+                       tails: tails.rawValue, lower_extremes: lowerExtremes)
         if output.json { try IO.printJSON(r); return }
-        var t = Table(headers: ["filters", "level", "predictions/s", "values/s", "ns/value", "bytes/filter", "refits", "peaks/row", "stride", "kernels", "cpu"])
-        t.rows.append([String(filters), fmt(level, 3), fmt(pps, 6), fmt(r.values_per_second, 4), fmt(r.ns_per_value, 3), String(r.bytes_per_filter), String(r.refits), fmt(r.peaks_per_row, 5), String(r.peak_stride), r.kernels, pinnedCPU.map(String.init) ?? "any"])
+        var t = Table(headers: ["filters", "level", "tails", "predictions/s", "values/s", "ns/value", "bytes/filter", "refits", "peaks/row", "stride", "kernels", "cpu"])
+        t.rows.append([String(filters), fmt(level, 3), tails.rawValue, fmt(pps, 6), fmt(r.values_per_second, 4), fmt(r.ns_per_value, 3), String(r.bytes_per_filter), String(r.refits), fmt(r.peaks_per_row, 5), String(r.peak_stride), r.kernels, pinnedCPU.map(String.init) ?? "any"])
         print(t.render())
     }
 }
+
+extension TailSelection: ExpressibleByArgument {}
 
 /// Pins the calling thread to the CPU it is running on (`saliency_pin_to_current_cpu`, Linux);
 /// returns that CPU, or nil where this is not possible. For single-core measurements.
