@@ -358,6 +358,9 @@ public final class AlertmanagerForwarder: @unchecked Sendable {
     private var mailbox = Mailbox()
     private var state: AlertmanagerDeliveryState
     private let finished = DispatchSemaphore(value: 0)
+    /// Set when a reload replaced this forwarder: its thread finishes its flush but no longer
+    /// writes `stats`, which belong to the new one.
+    private let detached = Atomic<Bool>(false)
     private var started = false
     private var stopWait: Duration = .seconds(0)
     /// Base delay of the first retry, in seconds (doubles per failure up to max_backoff).
@@ -371,9 +374,11 @@ public final class AlertmanagerForwarder: @unchecked Sendable {
         for u in c.alertmanager.urls { eps.append(try HTTPEndpoint(parsing: u)) }
         state = AlertmanagerDeliveryState(endpoints: eps, base: c.alertmanagerExternalURL, capacity: c.alertmanager.queueCapacity)
         stats.update { s in
+            // A reload keeps the counts of the URLs that stay (counters stay monotonic).
+            let old = Dictionary(s.targets.map { ($0.url, $0) }, uniquingKeysWith: { a, _ in a })
             s.enabled = true
             s.capacity = c.alertmanager.queueCapacity
-            s.targets = eps.map { DeliveryStats.Target(url: $0.url) }
+            s.targets = eps.map { old[$0.url] ?? DeliveryStats.Target(url: $0.url) }
         }
     }
 
@@ -401,6 +406,18 @@ public final class AlertmanagerForwarder: @unchecked Sendable {
         mailbox.items.append(.sync(firing))
         condition.signal()
         condition.unlock()
+    }
+
+    /// Stops writing `stats` (checked under the stats lock, so no write lands after this returns).
+    public func detach() {
+        stats.update { _ in detached.store(true, ordering: .releasing) }
+    }
+
+    private func updateStats(_ body: (inout DeliveryStats.Snapshot) -> Void) {
+        stats.update { s in
+            guard !detached.load(ordering: .acquiring) else { return }
+            body(&s)
+        }
     }
 
     public func start() {
@@ -522,7 +539,7 @@ public final class AlertmanagerForwarder: @unchecked Sendable {
                 state.targets[i].everSucceeded = true
                 let n = UInt64(batch.count)
                 let wall = Date().timeIntervalSince1970
-                stats.update { s in
+                updateStats { s in
                     s.targets[i].sent &+= n
                     s.targets[i].up = true
                     s.targets[i].lastSuccessUnix = wall
@@ -534,7 +551,7 @@ public final class AlertmanagerForwarder: @unchecked Sendable {
                 // The Alertmanager refused these alerts; sending them again would be refused again.
                 state.delivered(i, batch.map(\.0))
                 let n = UInt64(batch.count)
-                stats.update { s in
+                updateStats { s in
                     s.targets[i].failed &+= n
                     s.targets[i].failedRequests &+= 1
                 }
@@ -561,7 +578,7 @@ public final class AlertmanagerForwarder: @unchecked Sendable {
         let wasUp = state.targets[i].up
         state.targets[i].up = false
         let n = UInt64(alerts)
-        stats.update { s in
+        updateStats { s in
             s.targets[i].failed &+= n
             s.targets[i].failedRequests &+= 1
             s.targets[i].up = false
@@ -587,7 +604,7 @@ public final class AlertmanagerForwarder: @unchecked Sendable {
         let firing = state.firing.count
         let overflow = state.overflow
         state.overflow = 0
-        stats.update { s in
+        updateStats { s in
             s.queued = queued
             s.firing = firing
             s.dropped &+= overflow

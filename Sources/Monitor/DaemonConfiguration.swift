@@ -208,7 +208,8 @@ public struct DaemonConfiguration: Sendable, Hashable {
         if state.directory != old.state.directory { out.append("state.directory") }
         if metrics != old.metrics { out.append("metrics") }
         if security != old.security { out.append("security") }
-        if alertmanager != old.alertmanager { out.append("alertmanager") }
+        // [alertmanager] is applied by a reload (EngineLoop replaces the forwarder), except the
+        // generatorURL default, which follows metrics.listen (itself restart-only).
         if pot != old.pot { out.append("pot") }
         if alerting != old.alerting || alertSafetyFactor != old.alertSafetyFactor || modelBurnIn != old.modelBurnIn { out.append("alerting") }
         if monitor.recentRows != old.monitor.recentRows || monitor.maxModels != old.monitor.maxModels { out.append("monitor.recent_rows/max_models") }

@@ -70,6 +70,7 @@ final class DaemonCore {
     func apply(reloaded c: DaemonConfiguration) {
         configuration.alerts.resendInterval = c.alerts.resendInterval
         configuration.alerts.logMaxEntries = c.alerts.logMaxEntries
+        configuration.alertmanager = c.alertmanager
         configuration.state.snapshotInterval = c.state.snapshotInterval
         configuration.monitor.logLevel = c.monitor.logLevel
         configuration.monitor.logBurst = c.monitor.logBurst

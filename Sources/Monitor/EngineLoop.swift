@@ -253,7 +253,9 @@ final class EngineLoop: @unchecked Sendable {
             if let newConfig = reloadMailbox.withLock({ c -> DaemonConfiguration? in defer { c = nil }; return c }) {
                 let needRestart = newConfig.restartRequired(comparedTo: core.configuration)
                 if needRestart.isEmpty {
+                    let oldAlertmanager = core.configuration.alertmanager
                     core.apply(reloaded: newConfig)
+                    if newConfig.alertmanager != oldAlertmanager { reloadAlertmanager(core) }
                     alertLog.setMaxEntries(newConfig.alerts.logMaxEntries)
                     logger.notice("configuration reloaded")
                 } else {
@@ -278,6 +280,32 @@ final class EngineLoop: @unchecked Sendable {
         logger.notice("stopped", metadata: ["alert_seq": "\(alertLog.nextSequence - 1)"])
     }
 
+
+    /// `[alertmanager]` changed on reload: the running forwarder flushes (1 s) and ends on its own
+    /// thread, a new one takes over and gets the firing set at once. Never waits.
+    func reloadAlertmanager(_ core: DaemonCore) {
+        if let old = core.forwarder {
+            old.detach()
+            old.requestStop(deadline: .seconds(1))
+        }
+        core.forwarder = nil
+        core.lastAlertmanagerSync = nil
+        let c = core.configuration
+        guard !c.alertmanager.urls.isEmpty else {
+            delivery.update { s in
+                s.enabled = false; s.targets = []; s.queued = 0; s.firing = 0; s.capacity = 0
+            }
+            logger.notice("alert delivery to Alertmanager turned off by reload")
+            return
+        }
+        do {
+            let f = try AlertmanagerForwarder(configuration: c, stats: delivery, logger: logger)
+            f.start()
+            core.forwarder = f
+        } catch {
+            logger.error("alert delivery not restarted after reload", metadata: ["error": "\(error.message)"])
+        }
+    }
 
     /// Replies queued per query peer before libzmq drops them (see `openSockets`): with
     /// `query.max_reply_bytes` this bounds what a peer that never reads can claim (32 × 256 KiB

@@ -26,7 +26,7 @@ from typing import Dict, List
 import numpy as np
 import pytest
 
-from conftest import ROOT, free_port, wait_for
+from conftest import ROOT, free_port, toml_text, wait_for
 
 CONFIG = ROOT / "deploy/alertmanager/alertmanager.yml"
 LAYERS = [("conv1", 8), ("conv2", 8)]
@@ -214,6 +214,32 @@ def test_delivery_fingerprints_restart_and_resolve(saliencyd, alertmanager):
              what="resolved alerts leaving Alertmanager (sent with endsAt)")
     d.stop()
     assert "alert delivery stopped" in d.log_text()
+
+
+def test_reload_moves_delivery(saliencyd, alertmanager):
+    """SIGHUP with new urls: the firing alerts reach the new Alertmanager at once."""
+    hole = BlackHole()
+    try:
+        am = alertmanager("am-reload")
+        d = saliencyd(calibration=CALIBRATION, config_sections={
+            "alertmanager": am_config([hole.url], timeout=0.5, resend_interval=30, max_backoff=1)})
+        p = d.producer("reload", LAYERS)
+        s = Stream(p)
+        s.reference(CALIBRATION)
+        s.shifted(20)
+        d.wait_rows("reload", CALIBRATION + 20)
+        firing = wait_for(lambda: (lambda a: a if len(a) >= 3 else None)(active_alerts(d)), 20, what="filter alerts firing")
+        assert am.alerts() == []
+        d.write_config(toml_text({"alertmanager": am_config([am.url], resend_interval=30)}))
+        d.sighup()
+        wait_for(lambda: "configuration reloaded" in d.log_text(), 10, what="the reload applied")
+        # resend_interval is 30 s: arriving within 10 s means the reload re-sent the firing set itself.
+        got = wait_for(lambda: (lambda t: t if set(by_fingerprint(firing)) <= set(t) else None)(by_fingerprint(am.alerts())),
+                       10, what="firing alerts at the Alertmanager named by the reload")
+        assert all(got[fp]["labels"] == a["labels"] for fp, a in by_fingerprint(firing).items())
+        assert d.log_text().count("alert delivery to 1 Alertmanager") == 2
+    finally:
+        hole.close()
 
 
 class BlackHole:
