@@ -198,13 +198,13 @@ def test_top_watch_on_a_terminal(fed_daemon, how):
     pid, fd = spawn_on_pty(argv, rows, cols)
     try:
         before = termios.tcgetattr(fd)
-        out = read_for(fd, 10, until=lambda b: b.count(b"\x1b[H") >= 4)   # a few refreshes
+        out = read_for(fd, 10, until=lambda b: b.count(b"\x1b[J") >= 4)   # a few refreshes
         text = out.decode("utf-8", "replace")
         assert "\x1b[?1049h" in text, f"no alternate screen: {text[:300]!r}"
         assert "\x1b[?25l" in text, "cursor not hidden"
         mode = termios.tcgetattr(fd)
         assert not mode[3] & termios.ICANON and not mode[3] & termios.ECHO, "keyboard not in non-canonical no-echo mode"
-        frames = [f for f in text.split("\x1b[H")[1:] if "rank" in f]
+        frames = [f for f in text.split("\x1b[H")[1:] if "rank" in f and "\x1b[J" in f]   # complete frames only
         assert len(frames) >= 2, text[-500:]
         for frame in frames:
             lines = frame.replace("\r", "").split("\n")   # the pty's ONLCR turns \n into \r\n
