@@ -198,6 +198,13 @@ extension ModelEngine {
         }
     }
 
+    /// Filters whose value in the latest row exceeded their extreme threshold (ascending; the
+    /// status page outlines them); empty while calibrating.
+    var latestExtremes: [Int] {
+        guard bank.isCalibrated, latestRow != nil else { return [] }
+        return bank.lastExtremes.map { Int($0) }
+    }
+
     /// Filter `j`'s value, score, p and z in the newest `n` rows of the window, oldest first
     /// (the status page's sparkline); empty while calibrating.
     func history(filter j: Int, rows n: Int) -> [FilterReply.Recent] {

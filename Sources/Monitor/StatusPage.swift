@@ -27,6 +27,8 @@ struct HeatMap: Sendable, Equatable {
         /// The bin's highest score (−log10 p) and the global index of the filter that has it.
         var score: Double
         var argmax: Int
+        /// Filters of the bin above their extreme threshold in this prediction.
+        var extremes = 0
     }
     struct Row: Sendable, Equatable {
         var layer: String
@@ -44,16 +46,28 @@ struct HeatMap: Sendable, Equatable {
 
     /// Splits `scores` (all K filters, schema order) by `layers` and bins each layer to at most
     /// `maxCells` cells (max per bin). Draws at most `maxLayers` layers, in schema order.
-    static func build(layers: [(name: String, filters: Int)], scores: [Double], maxLayers: Int, maxCells: Int) -> HeatMap {
+    /// `extremes`: global indices of the filters above their extreme threshold (outlined).
+    static func build(layers: [(name: String, filters: Int)], scores: [Double], extremes: [Int] = [], maxLayers: Int, maxCells: Int) -> HeatMap {
         precondition(maxCells > 0 && maxLayers >= 0)
         var rows: [Row] = []
         var offset = 0
+        let extremes = extremes.sorted()
+        var xi = 0   // next extreme to place (both walk the filters in order)
         for (i, l) in layers.enumerated() {
             defer { offset += l.filters }
             guard i < maxLayers else { continue }
             guard offset + l.filters <= scores.count else { break }
-            rows.append(Row(layer: l.name, offset: offset, filters: l.filters,
-                            cells: bin(scores[offset..<offset + l.filters], offset: offset, maxCells: maxCells)))
+            var cells = bin(scores[offset..<offset + l.filters], offset: offset, maxCells: maxCells)
+            // Mark extremes: cells are consecutive ranges, so a binary search finds each one's cell.
+            while xi < extremes.count && extremes[xi] < offset { xi += 1 }
+            while xi < extremes.count && extremes[xi] < offset + l.filters {
+                let j = extremes[xi]
+                var lo = 0, hi = cells.count - 1
+                while lo < hi { let mid = (lo + hi + 1) / 2; if cells[mid].first <= j { lo = mid } else { hi = mid - 1 } }
+                cells[lo].extremes += 1
+                xi += 1
+            }
+            rows.append(Row(layer: l.name, offset: offset, filters: l.filters, cells: cells))
         }
         return HeatMap(rows: rows, layersOmitted: max(0, layers.count - rows.count), maxCells: maxCells)
     }
@@ -247,6 +261,16 @@ enum StatusPage {
 
     static func fmt(_ v: Double?, _ digits: Int = 4) -> String { v.map { fmt($0, digits) } ?? "–" }
 
+    /// "42 s", "3 min 5 s", "2 h 10 min", "4 d 3 h".
+    static func duration(_ s: Double) -> String {
+        guard s.isFinite, s >= 0 else { return "?" }
+        let t = Int(s)
+        if t < 60 { return "\(t) s" }
+        if t < 3600 { return "\(t / 60) min \(t % 60) s" }
+        if t < 86400 { return "\(t / 3600) h \(t % 3600 / 60) min" }
+        return "\(t / 86400) d \(t % 86400 / 3600) h"
+    }
+
     // MARK: - Colour scale
 
     /// Colour stops of the POT score −log10 p (0: typical; ≥ 8: p ≤ 1e-8).
@@ -325,7 +349,7 @@ extension StatusPage {
 
     /// The heat map as inline SVG: one `<g class="hm-row">` per layer; cells link to filter pages when `links`.
     static func heatMapSVG(_ hm: HeatMap, model: String, links: Bool) -> String {
-        let label = 150, cell = max(4, min(12, 768 / max(hm.maxCells, 1))), rowH = 14, top = 4
+        let label = 150, cell = max(4, min(14, 832 / max(hm.maxCells, 1))), rowH = 16, top = 4
         let widest = hm.rows.map(\.cells.count).max() ?? 0
         let width = label + widest * cell + 8
         let height = top + hm.rows.count * rowH + 4
@@ -337,8 +361,10 @@ extension StatusPage {
             h += "<text x=\"\(label - 6)\" y=\"\(y + rowH - 4)\" text-anchor=\"end\">\(escape(shown))<title>\(name(row.layer)): \(row.filters) filters\(row.binned ? ", \(row.cells.count) bins (max per bin)" : "")</title></text>"
             for (i, c) in row.cells.enumerated() {
                 let range = c.count > 1 ? "filters \(c.first)–\(c.first + c.count - 1), max at \(c.argmax)" : "filter \(c.first)"
-                let rect = "<rect x=\"\(label + i * cell)\" y=\"\(y)\" width=\"\(cell - 1)\" height=\"\(rowH - 2)\" fill=\"\(colour(score: c.score))\">"
-                    + "<title>\(range) (channel \(c.argmax - row.offset)): \(fmt(c.score, 3))</title></rect>"
+                let mark = c.extremes > 0 ? " class=\"x\" stroke=\"#000\" stroke-width=\"1.5\"" : ""
+                let note = c.extremes > 0 ? ", \(c.extremes) above the extreme threshold" : ""
+                let rect = "<rect x=\"\(label + i * cell)\" y=\"\(y)\" width=\"\(cell - 2)\" height=\"\(rowH - 3)\" fill=\"\(colour(score: c.score))\"\(mark)>"
+                    + "<title>\(range) (channel \(c.argmax - row.offset)): \(fmt(c.score, 3))\(note)</title></rect>"
                 h += links ? "<a href=\"\(filterPath(model, c.argmax))\">\(rect)</a>" : rect
             }
             h += "</g>"
@@ -349,12 +375,13 @@ extension StatusPage {
 
     static func legendSVG() -> String {
         let steps = 9, w = 36
-        var h = "<svg class=\"legend\" xmlns=\"http://www.w3.org/2000/svg\" width=\"\(steps * w + 220)\" height=\"34\">"
+        var h = "<svg class=\"legend\" xmlns=\"http://www.w3.org/2000/svg\" width=\"\(steps * w + 300)\" height=\"34\">"
         for i in 0..<steps {
             h += "<rect x=\"\(i * w)\" y=\"2\" width=\"\(w)\" height=\"14\" fill=\"\(colour(score: Double(i)))\"/>"
             h += "<text x=\"\(i * w + 2)\" y=\"29\">\(i)\(i == steps - 1 ? "+" : "")</text>"
         }
-        h += "<text x=\"\(steps * w + 8)\" y=\"13\">POT tail score −log10 p</text><text x=\"\(steps * w + 8)\" y=\"29\">(8+: p ≤ 1e-8)</text></svg>"
+        h += "<text x=\"\(steps * w + 8)\" y=\"13\">POT tail score −log10 p (8+: p ≤ 1e-8)</text>"
+        h += "<rect x=\"\(steps * w + 9)\" y=\"20\" width=\"12\" height=\"11\" fill=\"#fff\" stroke=\"#000\" stroke-width=\"1.5\"/><text x=\"\(steps * w + 26)\" y=\"29\">above its extreme threshold</text></svg>"
         return h
     }
 
@@ -371,7 +398,7 @@ extension StatusPage {
     static func overview(_ p: OverviewPage, delivery: DeliveryStats.Snapshot? = nil) -> String {
         let s = p.status
         var h = "<h1>saliencyd \(escape(s.version))</h1>"
-        h += "<p>up \(fmt(s.uptime_s, 4)) s · \(s.models.count) model(s) · <span class=\"\(s.firing > 0 ? "firing" : "")\">\(s.firing) firing</span> · last alert seq \(s.alert_seq) · \(s.queries) queries · kernels \(escape(s.kernels))</p>"
+        h += "<p>up \(duration(s.uptime_s)) · \(s.models.count) model(s) · <span class=\"\(s.firing > 0 ? "firing" : "")\">\(s.firing) firing</span> · last alert seq \(s.alert_seq) · \(s.queries) queries · kernels \(escape(s.kernels))</p>"
         if let d = delivery, d.enabled { h += deliveryLine(d) }
         h += "<h2>Models</h2>"
         if s.models.isEmpty {
@@ -431,16 +458,23 @@ extension StatusPage {
     static func sparkline(_ values: [Double], refs: [(label: String, value: Double)], cls: String, highlightAbove: Double? = nil) -> String {
         let w = 640.0, hgt = 120.0, pad = 6.0, left = 56.0
         let finite = values.filter(\.isFinite) + refs.map(\.value).filter(\.isFinite)
-        var lo = finite.min() ?? 0, hi = finite.max() ?? 1
+        let minimum = finite.min() ?? 0, maximum = finite.max() ?? 1
+        // Values spanning more than two decades (a shift of 1000×) are drawn on a log scale.
+        let log = minimum > 0 && maximum / minimum > 100
+        func t(_ v: Double) -> Double { log ? Double.log10(max(v, minimum)) : v }
+        var lo = t(minimum), hi = t(maximum)
         if hi - lo < 1e-12 { lo -= 0.5; hi += 0.5 }
         func x(_ i: Int) -> Double { left + (values.count > 1 ? Double(i) / Double(values.count - 1) : 0.5) * (w - left - pad) }
-        func y(_ v: Double) -> Double { let c = v.isFinite ? v : (v > 0 ? hi : lo); return pad + (1 - (c - lo) / (hi - lo)) * (hgt - 2 * pad) }
+        func y(_ v: Double) -> Double { let c = v.isFinite ? t(v) : (v > 0 ? hi : lo); return pad + (1 - (c - lo) / (hi - lo)) * (hgt - 2 * pad) }
         var h = "<svg class=\"\(cls)\" xmlns=\"http://www.w3.org/2000/svg\" width=\"\(Int(w))\" height=\"\(Int(hgt))\">"
         h += "<rect x=\"\(left)\" y=\"0\" width=\"\(w - left)\" height=\"\(hgt)\" fill=\"#fafafa\" stroke=\"#ddd\"/>"
-        h += "<text x=\"2\" y=\"\(pad + 8)\">\(fmt(hi, 3))</text><text x=\"2\" y=\"\(hgt - pad)\">\(fmt(lo, 3))</text>"
-        for r in refs where r.value.isFinite {
+        h += "<text x=\"2\" y=\"\(pad + 8)\">\(fmt(maximum, 3))</text><text x=\"2\" y=\"\(hgt - pad)\">\(fmt(minimum, 3))</text>"
+        if log { h += "<text x=\"2\" y=\"\(hgt / 2 + 4)\" fill=\"#777\">log</text>" }
+        for (k, r) in refs.enumerated() where r.value.isFinite {
             let yy = String(format: "%.1f", y(r.value))
-            h += "<line x1=\"\(left)\" x2=\"\(w)\" y1=\"\(yy)\" y2=\"\(yy)\" stroke=\"#888\" stroke-dasharray=\"4 3\"/><text x=\"\(left + 4)\" y=\"\(yy)\" dy=\"-2\" fill=\"#555\">\(escape(r.label))</text>"
+            // Labels alternate ends so that close lines stay readable.
+            let lx = k % 2 == 0 ? left + 4 : w - 4, anchor = k % 2 == 0 ? "start" : "end"
+            h += "<line x1=\"\(left)\" x2=\"\(w)\" y1=\"\(yy)\" y2=\"\(yy)\" stroke=\"#888\" stroke-dasharray=\"4 3\"/><text x=\"\(lx)\" y=\"\(yy)\" dy=\"-2\" text-anchor=\"\(anchor)\" fill=\"#555\">\(escape(r.label)) \(fmt(r.value, 4))</text>"
         }
         if !values.isEmpty {
             let pts = values.indices.map { String(format: "%.1f,%.1f", x($0), y(values[$0])) }.joined(separator: " ")

@@ -140,6 +140,7 @@ extension DaemonCore {
 
     private func heatMap(_ e: ModelEngine, layers: Int, cells: Int) -> HeatMap? {
         guard let scores = e.latestScores() else { return nil }
-        return HeatMap.build(layers: e.schema.layers.map { ($0.name, $0.filters) }, scores: scores, maxLayers: layers, maxCells: cells)
+        return HeatMap.build(layers: e.schema.layers.map { ($0.name, $0.filters) }, scores: scores, extremes: e.latestExtremes,
+                             maxLayers: layers, maxCells: cells)
     }
 }

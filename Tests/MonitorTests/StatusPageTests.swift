@@ -101,6 +101,11 @@ import Testing
         // Infinity (p = 0) wins its bin; NaN never does.
         let odd = HeatMap.bin([.nan, 1, .infinity, 2], offset: 0, maxCells: 2)
         #expect(odd.map(\.score) == [1, .infinity])
+        // Extremes mark the cell holding them (binned or not).
+        let marked = HeatMap.build(layers: [("a", 5), ("b", 10)], scores: scores, extremes: [14, 1, 6, 12], maxLayers: 10, maxCells: 4)
+        #expect(marked.rows[0].cells.map(\.extremes) == [0, 1, 0, 0])   // bins 0, 1, 2, 3–4
+        #expect(marked.rows[1].cells.map(\.extremes) == [1, 0, 0, 2])
+        #expect(StatusPage.heatMapSVG(marked, model: "m", links: false).components(separatedBy: "class=\"x\"").count - 1 == 3)
         // Layer cap.
         let many = HeatMap.build(layers: (0..<10).map { ("l\($0)", 1) }, scores: Array(repeating: 0, count: 10), maxLayers: 3, maxCells: 4)
         #expect(many.rows.count == 3 && many.layersOmitted == 7)
@@ -123,6 +128,14 @@ import Testing
         #expect(StatusPage.colour(score: 100) == "#67000d")
         #expect(StatusPage.colour(score: .nan) == StatusPage.colour(score: 0))
         #expect(StatusPage.colour(score: 4) != StatusPage.colour(score: 5))
+    }
+
+    @Test func durations() {
+        #expect(StatusPage.duration(0.4) == "0 s")
+        #expect(StatusPage.duration(185) == "3 min 5 s")
+        #expect(StatusPage.duration(7800) == "2 h 10 min")
+        #expect(StatusPage.duration(356_400) == "4 d 3 h")
+        #expect(StatusPage.duration(.nan) == "?")
     }
 
     @Test func emptyDaemonOverview() {
