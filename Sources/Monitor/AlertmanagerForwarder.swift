@@ -44,13 +44,13 @@ public struct HTTPEndpoint: Sendable, Hashable {
             throw bad("uses https, which saliencyd does not speak: it POSTs plain HTTP/1.1. Use http:// on a trusted network, or a local TLS-terminating proxy (e.g. stunnel or nginx on loopback) that forwards to the Alertmanager")
         }
         guard lower.hasPrefix("http://") else { throw bad("is not an http:// URL; give the Alertmanager's base URL, e.g. http://127.0.0.1:9093") }
+        guard !raw.contains("?"), !raw.contains("#") else { throw bad("has a query or fragment; give only scheme, host, port and an optional path prefix") }
         var rest = Substring(raw.dropFirst(7))
         let slash = rest.firstIndex(of: "/") ?? rest.endIndex
         let authority = rest[..<slash]
         var path = String(rest[slash...])
         rest = authority
         guard !authority.contains("@") else { throw bad("carries credentials (user@host); they are not supported") }
-        guard !path.contains("?"), !path.contains("#") else { throw bad("has a query or fragment; give only scheme, host, port and an optional path prefix") }
         while path.hasSuffix("/") { path.removeLast() }
         var host: Substring, portText: Substring?
         if authority.hasPrefix("[") {

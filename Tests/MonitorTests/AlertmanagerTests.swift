@@ -154,7 +154,7 @@ func filterAlert(model: String = "demo", filter: Int = 2, status: AlertMessage.S
         #expect(d.port == 80 && d.path == "")
         let v6 = try HTTPEndpoint(parsing: "http://[::1]:9093")
         #expect(v6.host == "::1" && v6.port == 9093)
-        for bad in ["https://am:9093", "am:9093", "http://:9093", "http://am:0", "http://am:99999", "http://u:p@am:9093", "http://am:9093/?x", "http://a m:1", "ftp://am"] {
+        for bad in ["https://am:9093", "am:9093", "http://:9093", "http://am:0", "http://am:99999", "http://u:p@am:9093", "http://am:9093/?x", "http://am:9093?x", "http://am#f", "http://a m:1", "ftp://am"] {
             #expect(throws: SaliencyError.self, "\(bad)") { try HTTPEndpoint(parsing: bad) }
         }
         do { _ = try HTTPEndpoint(parsing: "https://am:9093"); Issue.record("https accepted") } catch {

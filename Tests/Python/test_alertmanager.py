@@ -26,7 +26,7 @@ from typing import Dict, List
 import numpy as np
 import pytest
 
-from conftest import ROOT, free_port, toml_text, wait_for
+from conftest import ROOT, free_port, run_saliencyd, toml_text, wait_for
 
 CONFIG = ROOT / "deploy/alertmanager/alertmanager.yml"
 LAYERS = [("conv1", 8), ("conv2", 8)]
@@ -140,6 +140,23 @@ def test_example_config_checks():
     engine = (ROOT / "Sources/Monitor/ModelEngine.swift").read_text()
     for value in ("SalientFilter", "ModelShift"):
         assert f'alertname="{value}"' in text and f'"alertname": "{value}"' in engine
+
+
+def test_check_config(tmp_path):
+    """--check-config prints the section, refuses anything but http:// with the reason, warns on a long resend."""
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(toml_text({"alertmanager": am_config(["http://127.0.0.1:9093", "http://127.0.0.1:9094"], resend_interval=200)}))
+    r = run_saliencyd("--check-config", "--config", str(cfg))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert '[alertmanager] urls = ["http://127.0.0.1:9093", "http://127.0.0.1:9094"]' in r.stdout
+    assert "warning: alertmanager.resend_interval = 200.0 s" in r.stdout
+    for url, why in [("https://am:9093", "uses https"), ("am:9093", "is not an http:// URL"), ("http://am:9093?x=1", "query")]:
+        cfg.write_text(toml_text({"alertmanager": am_config([url])}))
+        r = run_saliencyd("--check-config", "--config", str(cfg))
+        assert r.returncode == 2 and why in r.stdout + r.stderr, (url, r.stdout, r.stderr)
+    cfg.write_text(toml_text({"alertmanager": am_config(["http://am:9093"], resend_interval=300)}))
+    r = run_saliencyd("--check-config", "--config", str(cfg))
+    assert r.returncode == 2 and "resend_interval" in r.stderr + r.stdout
 
 
 def test_delivery_fingerprints_restart_and_resolve(saliencyd, alertmanager):
