@@ -256,7 +256,6 @@ def test_live_metrics_and_prometheus(saliencyd, tmp_path):
     assert les[0] <= 1e-6 and les[-1] >= 0.1 and len(les) <= 20, les
     count = value(samples, "saliencyd_row_processing_seconds_count")[0]
     assert count == 2000, count                                   # every scored row is timed
-    print("row latency buckets:", buckets, "refits", value(samples, "saliencyd_refits_total"), "alerts", value(samples, "saliencyd_alerts_total"), "peaks", value(samples, "saliencyd_peaks_total"))
     p99 = histogram_quantile(0.99, buckets)
     print(f"row latency from the histogram: p50 {histogram_quantile(0.5, buckets) * 1e6:.1f} us, p99 {p99 * 1e6:.1f} us")
     assert p99 < 1e-3, p99
@@ -265,6 +264,37 @@ def test_live_metrics_and_prometheus(saliencyd, tmp_path):
     exported = set(types)
     documented = set(documented_families())
     assert exported == documented, f"undocumented: {sorted(exported - documented)}; documented but not exported: {sorted(documented - exported)}"
+
+    # -- a shift in conv1: filter alerts fire, show per layer, and their latency is recorded ---------
+    for i in range(60):
+        row = np.exp(rng.standard_normal(K)).astype(np.float32)
+        row[:4] *= 1000                                     # conv1's first 4 filters
+        p.publish(row)
+        time.sleep(0.001)
+    d.wait_rows("prom", 2060)
+
+    def conv1_firing():
+        _, _, s = parse(d.metrics_text())
+        v = value(s, "saliencyd_layer_firing_alerts", model="prom", layer="conv1")
+        return s if v and v[0] >= 1 else None
+    samples = wait_for(conv1_firing, 15, interval=0.5, what="firing alerts in layer conv1 (pushed every 5 s)")
+    per_layer = {l["layer"]: v for n, l, v in samples if n == "saliencyd_layer_firing_alerts" and l["model"] == "prom"}
+    firing = value(samples, "saliencyd_firing_alerts", model="prom")[0]
+    assert set(per_layer) == {"conv1", "conv2"} and sum(per_layer.values()) == firing >= 1, (per_layer, firing)
+    assert value(samples, "saliencyd_alerts_total", model="prom", status="firing")[0] >= firing
+    assert value(samples, "saliencyd_alert_latency_seconds_count")[0] >= 1
+    assert value(samples, "saliencyd_model_shift_firing", model="prom") == [0.0]   # burn-in (10,000 rows) not over
+    # The forwarder tried to deliver them to the dead Alertmanager: read at scrape time from DeliveryStats.
+    def delivery_failed():
+        _, _, s = parse(d.metrics_text())
+        f = value(s, "saliencyd_alertmanager_requests_failed_total", url=url)
+        return s if f and f[0] >= 1 else None
+    samples = wait_for(delivery_failed, 20, interval=0.5, what="failed POSTs to the dead Alertmanager in /metrics")
+    assert value(samples, "saliencyd_alertmanager_up", url=url) == [0.0]
+    assert value(samples, "saliencyd_alertmanager_alerts_failed_total", url=url)[0] >= 1
+    assert value(samples, "saliencyd_alertmanager_alerts_sent_total", url=url) == [0.0]
+    assert value(samples, "saliencyd_alertmanager_last_success_timestamp_seconds", url=url) == [0.0]
+    assert value(samples, "saliencyd_alertmanager_queue_capacity")[0] > 0
 
     # -- the real Prometheus scrapes it, loads the rules, answers every dashboard expression -------
     port = free_port()
