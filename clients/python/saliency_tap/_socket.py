@@ -5,6 +5,7 @@ import os
 from typing import NamedTuple, Optional, Tuple, Union
 
 import zmq
+import zmq.utils.z85
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -32,8 +33,8 @@ def _key(k: Union[str, bytes], what: str) -> bytes:
         raise ValueError(f"{what} must be a 40-character Z85 CURVE key, got {len(b)} characters")
     try:
         zmq.utils.z85.decode(b)
-    except Exception as e:  # noqa: BLE001 - any decoding failure is the same mistake
-        raise ValueError(f"{what} is not valid Z85: {e}") from None
+    except (ValueError, KeyError, IndexError) as e:   # what z85.decode raises for a bad character
+        raise ValueError(f"{what} is not valid Z85: {e!r}") from None
     return b
 
 

@@ -21,7 +21,11 @@ def cmd_publish_npy(a) -> int:
     if model != schema["model"]:
         schema = dict(schema, model=model)
         schema.pop("fingerprint", None)
-    pub = Publisher(a.endpoint, model, schema, connect=not a.bind, schema_interval=a.schema_interval)
+    if (a.server_key is None) != (a.client_key is None):
+        print("--server-key and --client-key go together (CURVE: the daemon's public certificate and yours)", file=sys.stderr)
+        return 2
+    curve = (a.server_key, a.client_key) if a.server_key else None
+    pub = Publisher(a.endpoint, model, schema, connect=not a.bind, schema_interval=a.schema_interval, curve=curve)
     if a.wait > 0 and not pub.wait_for_subscriber(a.wait):
         print(f"no subscriber on {a.endpoint} after {a.wait} s; publishing anyway", file=sys.stderr)
     n = rows.shape[0] if a.count is None else min(a.count, rows.shape[0])
@@ -110,6 +114,8 @@ def main(argv=None) -> int:
     q.add_argument("--count", type=int, help="publish only the first COUNT rows")
     q.add_argument("--wait", type=float, default=2.0, help="seconds to wait for a subscriber first")
     q.add_argument("--schema-interval", type=float, default=10.0)
+    q.add_argument("--server-key", help="CURVE: the daemon's public certificate (saliencyctl keygen / zmq.auth)")
+    q.add_argument("--client-key", help="CURVE: this client's secret certificate (or NAME with NAME_secret beside it)")
     q.set_defaults(func=cmd_publish_npy)
 
     r = sp.add_parser("record", help="record pred messages from the wire into <out>.npy/.schema.json/.meta.json")
