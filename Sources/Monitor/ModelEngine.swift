@@ -35,8 +35,15 @@ final class ModelEngine {
     /// Active (published, firing) alerts: filter → alert; the model-level one separately.
     var active: [Int: AlertMessage] = [:]
     var modelAlert: AlertMessage?
-    /// Extreme exceedances per layer since start (metrics).
+    /// Extreme exceedances per layer since start (metrics): upper tail.
     var layerExtremes: [UInt64]
+    /// Lower-tail extremes per layer since start (models with `pot.tails` lower or both).
+    var layerLowerExtremes: [UInt64]
+    /// The tracker's slots: with `tails = both` filter j's upper tail is slot j and its lower
+    /// tail slot K + j (each tail has its own alert); otherwise slot j is filter j's one tail.
+    var trackerSlots: Int { configuration.tails == .both ? 2 * filterCount : filterCount }
+    /// Reused list of the row's extreme slots (both tails).
+    private var slotScratch: [Int32] = []
     /// Layer index per filter (hot path: per-layer counting of extremes).
     let layerOf: [UInt16]
 
@@ -48,7 +55,8 @@ final class ModelEngine {
             rule = try AlertRule.design(filters: schema.filterCount, q: pot.q, budget: budget, safetyFactor: safetyFactor,
                                         model: ModelShiftRule(burnIn: modelBurnIn))
         }
-        try self.init(schema: schema, bank: bank, tracker: AlertTracker(filterCount: schema.filterCount, rule: rule), recentRows: recentRows)
+        let slots = pot.tails == .both ? 2 * schema.filterCount : schema.filterCount
+        try self.init(schema: schema, bank: bank, tracker: AlertTracker(filterCount: slots, rule: rule), recentRows: recentRows)
     }
 
     init(schema: ModelSchema, bank: FilterBank, tracker: consuming AlertTracker, recentRows: Int) throws(SaliencyError) {
@@ -60,13 +68,14 @@ final class ModelEngine {
         self.frames = FrameRing(count: recentRows)
         self.rowStart = Array(repeating: nil, count: recentRows)
         self.layerExtremes = Array(repeating: 0, count: schema.layers.count)
+        self.layerLowerExtremes = Array(repeating: 0, count: schema.layers.count)
         var layerOf = [UInt16](repeating: 0, count: schema.filterCount)
         for l in 0..<schema.layers.count {
             for j in schema.offsets[l]..<schema.offsets[l + 1] { layerOf[j] = UInt16(l) }
         }
         self.layerOf = layerOf
         events.reserveCapacity(64)
-        self.maximumBytes = Self.windowAndAlertBytes(filters: schema.filterCount, layers: schema.layers.count, recentRows: recentRows)
+        self.maximumBytes = Self.windowAndAlertBytes(filters: schema.filterCount, layers: schema.layers.count, recentRows: recentRows, tails: bank.configuration.tails)
             + (FilterBank.maximumBytes(filterCount: schema.filterCount, configuration: bank.configuration) ?? 0)
     }
 
@@ -75,15 +84,16 @@ final class ModelEngine {
 
     /// Bytes besides the FilterBank: the recent-rows window (`recentRows × K` floats, whether
     /// retained frames or copies), the layer index, the alert tracker (`8·K·c + 9·K`, c ≤ 16).
-    static func windowAndAlertBytes(filters k: Int, layers: Int, recentRows: Int) -> Int {
-        k * (recentRows * 4 + 2 + 8 * maxFireCount + 9) + layers * 64 + recentRows * 128 + 16_384
+    static func windowAndAlertBytes(filters k: Int, layers: Int, recentRows: Int, tails: TailSelection = .upper) -> Int {
+        let trackers = tails == .both ? 2 : 1
+        return k * (recentRows * 4 + 2 + trackers * (8 * maxFireCount + 9) + (tails == .both ? 4 : 0)) + layers * 128 + recentRows * 128 + 16_384
     }
 
     /// The most memory a model of `schema` can claim under `configuration` (nil: overflows),
     /// computed before anything is allocated (admission control, docs/security.md).
     static func maximumBytes(schema: ModelSchema, configuration: DaemonConfiguration) -> Int? {
         guard let bank = FilterBank.maximumBytes(filterCount: schema.filterCount, configuration: configuration.pot) else { return nil }
-        let (t, o) = bank.addingReportingOverflow(windowAndAlertBytes(filters: schema.filterCount, layers: schema.layers.count, recentRows: configuration.monitor.recentRows))
+        let (t, o) = bank.addingReportingOverflow(windowAndAlertBytes(filters: schema.filterCount, layers: schema.layers.count, recentRows: configuration.monitor.recentRows, tails: configuration.pot.tails))
         return o ? nil : t
     }
 
@@ -141,7 +151,22 @@ final class ModelEngine {
         if bank.isCalibrated && !r.calibrated {
             let ex = bank.lastExtremes
             for j in ex { layerExtremes[Int(layerOf[Int(j)])] &+= 1 }
-            tracker.record(row: bank.rows, extremes: ex, into: &events)
+            switch configuration.tails {
+            case .upper:
+                tracker.record(row: bank.rows, extremes: ex, into: &events)
+            case .lower:
+                let lo = bank.lastLowerExtremes
+                for j in lo { layerLowerExtremes[Int(layerOf[Int(j)])] &+= 1 }
+                tracker.record(row: bank.rows, extremes: lo, into: &events)
+            case .both:
+                // Slots ascending: the upper tails' [0, K), then the lower tails' K + j.
+                let lo = bank.lastLowerExtremes
+                slotScratch.removeAll(keepingCapacity: true)
+                slotScratch.append(contentsOf: ex)
+                let k = Int32(filterCount)
+                for j in lo { layerLowerExtremes[Int(layerOf[Int(j)])] &+= 1; slotScratch.append(k + j) }
+                slotScratch.withUnsafeBufferPointer { tracker.record(row: bank.rows, extremes: $0, into: &events) }
+            }
         }
         return r
     }
@@ -159,6 +184,25 @@ final class ModelEngine {
         return (0..<m).map { back in
             let i = (recentHead - 1 - back + 2 * recentCapacity) % recentCapacity
             return UnsafeBufferPointer(start: rowStart[i]!, count: filterCount)
+        }
+    }
+
+    /// The filter and tail of a tracker slot (see `trackerSlots`).
+    func filterAndDirection(ofSlot slot: Int) -> (filter: Int, direction: TailDirection) {
+        switch configuration.tails {
+        case .upper: (slot, .upper)
+        case .lower: (slot, .lower)
+        case .both: slot >= filterCount ? (slot - filterCount, .lower) : (slot, .upper)
+        }
+    }
+
+    /// The tracker slot of filter j's tail `direction` (nil: the model does not watch it).
+    func slot(filter j: Int, direction: TailDirection) -> Int? {
+        switch (configuration.tails, direction) {
+        case (.upper, .upper), (.lower, .lower): j
+        case (.both, .upper): j
+        case (.both, .lower): filterCount + j
+        default: nil
         }
     }
 
@@ -252,28 +296,43 @@ extension ModelEngine {
         let model = schema.model
         for t in events {
             switch t {
-            case .fired(let j, let count):
+            case .fired(let slot, let count):
+                let (j, direction) = filterAndDirection(ofSlot: slot)
                 let (layer, channel) = layerName(of: j)
-                let rep = bank.report(filter: j)
-                let p = bank.tailProbability(filter: j, value: row[j])
+                let p: Double, threshold: Double, extreme: Double, summary: String
+                if direction == .lower, let lo = bank.lowerReport(filter: j) {
+                    p = bank.lowerTailProbability(filter: j, value: row[j], newest: true)
+                    threshold = lo.threshold; extreme = lo.extremeThreshold
+                    summary = row[j] == 0 && lo.zeroMode != .extreme
+                        ? "\(layer)[\(channel)] (filter \(j)) was exactly 0 for at least \(lo.zeroRunThreshold ?? 1) predictions in a row, in \(count) of the last \(tracker.rule.window) predictions (lower tail: quiet or dead filter)"
+                        : "\(layer)[\(channel)] (filter \(j)) fell below its lower extreme threshold in \(count) of the last \(tracker.rule.window) predictions (lower tail: quiet or dead filter)"
+                } else {
+                    let rep = bank.report(filter: j)
+                    p = bank.upperTailProbability(filter: j, value: row[j])
+                    threshold = rep.threshold; extreme = rep.extremeThreshold
+                    summary = "\(layer)[\(channel)] (filter \(j)) exceeded its extreme threshold in \(count) of the last \(tracker.rule.window) predictions"
+                }
                 out.append(AlertMessage(
                     status: .firing,
-                    labels: ["alertname": "SalientFilter", "model": model, "layer": layer, "filter": "\(j)", "channel": "\(channel)", "severity": "warning"],
+                    labels: ["alertname": "SalientFilter", "model": model, "layer": layer, "filter": "\(j)", "channel": "\(channel)", "severity": "warning",
+                             "direction": direction.rawValue],
                     annotations: [
-                        "summary": "\(layer)[\(channel)] (filter \(j)) exceeded its extreme threshold in \(count) of the last \(tracker.rule.window) predictions",
-                        "description": "Saliency \(row[j]) vs extreme threshold \(Float(rep.extremeThreshold)) (tail p = \(Float(p))). Inspect with: saliencyctl filter --model \(model) \(j)",
+                        "summary": summary,
+                        "description": "Saliency \(row[j]) vs \(direction == .lower ? "lower " : "")extreme threshold \(Float(extreme)) (\(direction.rawValue) tail p = \(Float(p))). Inspect with: saliencyctl filter --model \(model) \(j)",
+                        "direction": direction.rawValue,
                     ],
                     startsAt: now, model: model, filter: j, layer: layer, channel: channel, score: POT.score(p: p), p: p,
-                    threshold: rep.threshold, extreme_threshold: rep.extremeThreshold, exceedances: count,
+                    threshold: threshold, extreme_threshold: extreme, exceedances: count,
                     window: tracker.rule.window, value: Double(row[j])))
-                bank.setFrozen(j, true)
-            case .resolved(let j):
-                bank.setFrozen(j, false)
-                guard var a = active.removeValue(forKey: j) else { continue }
+                bank.setFrozen(j, true, direction: direction)
+            case .resolved(let slot):
+                let (j, direction) = filterAndDirection(ofSlot: slot)
+                bank.setFrozen(j, false, direction: direction)
+                guard var a = active.removeValue(forKey: slot) else { continue }
                 a.status = .resolved
                 a.endsAt = now
                 a.resent = nil
-                a.exceedances = tracker.exceedances(inLastWindowOf: j, at: bank.rows)
+                a.exceedances = tracker.exceedances(inLastWindowOf: slot, at: bank.rows)
                 out.append(a)
             case .modelFired(_, let statistic):
                 out.append(AlertMessage(
@@ -302,7 +361,10 @@ extension ModelEngine {
     /// Records a published firing alert (with its `seq`) as active, for re-sends and `alerts --active`.
     func published(_ a: AlertMessage) {
         guard a.status == .firing else { return }
-        if let f = a.filter { active[f] = a } else { modelAlert = a }
+        if let f = a.filter {
+            let direction = TailDirection(rawValue: a.labels["direction"] ?? "upper") ?? .upper
+            active[slot(filter: f, direction: direction) ?? f] = a
+        } else { modelAlert = a }
     }
 
     /// Firing alerts, oldest first (re-sends, `alerts --active`).
@@ -352,9 +414,26 @@ extension ModelEngine {
             ranked = bank.top(rows: rows, k: k, by: by)
             used = rows.count
         }
+        let twoSided = configuration.tails != .upper && by == .pot
+        let newest = window == .latest ? latestRow : nil
         return TopReply(model: schema.model, by: by.rawValue, window: used, top: ranked.map { r in
             let (layer, channel) = layerName(of: r.filter)
-            return TopReply.Entry(filter: r.filter, layer: layer, channel: channel, score: r.score, p: r.p)
+            var direction: String? = nil
+            if twoSided {
+                if let row = newest {
+                    direction = bank.direction(filter: r.filter, value: row[r.filter]).rawValue
+                } else {
+                    // A window: the tail whose mean score over the window is the larger.
+                    let rows = recentRows(used)
+                    var up = 0.0, lo = 0.0
+                    for row in rows {
+                        up += POT.score(p: bank.upperTailProbability(filter: r.filter, value: row[r.filter]))
+                        lo += POT.score(p: bank.lowerTailProbability(filter: r.filter, value: row[r.filter]))
+                    }
+                    direction = (configuration.tails == .lower || lo > up ? TailDirection.lower : .upper).rawValue
+                }
+            }
+            return TopReply.Entry(filter: r.filter, layer: layer, channel: channel, score: r.score, p: r.p, direction: direction)
         })
     }
 
@@ -373,16 +452,28 @@ extension ModelEngine {
         let (layer, channel) = layerName(of: j)
         var recent: [FilterReply.Recent] = []
         if bank.isCalibrated {
-            for row in recentRows(16) {
-                let p = bank.tailProbability(filter: j, value: row[j])
-                recent.append(.init(value: Double(row[j]), score: POT.score(p: p), p: p, zscore: bank.zScore(filter: j, value: row[j])))
+            for (back, row) in recentRows(16).enumerated() {
+                let (p, direction) = bank.tail(filter: j, value: row[j], newest: back == 0)
+                recent.append(.init(value: Double(row[j]), score: POT.score(p: p), p: p, zscore: bank.zScore(filter: j, value: row[j]),
+                                    direction: configuration.tails == .upper ? nil : direction.rawValue))
             }
         }
-        return FilterReply(model: schema.model, filter: j, layer: layer, channel: channel, tail: rep.tail.rawValue, threshold: rep.threshold,
+        var lower: FilterReply.LowerTail? = nil
+        if let lo = bank.lowerReport(filter: j) {
+            let s = slot(filter: j, direction: .lower) ?? j
+            lower = .init(tail: lo.tail.rawValue, threshold: lo.threshold, extreme_threshold: lo.extremeThreshold, shape: lo.shape, scale: lo.scale,
+                          n: lo.n, peaks: lo.peaks, extremes: lo.extremes, zero_mode: "\(lo.zeroMode)", calibration_zeros: lo.calibrationZeros,
+                          zeros: lo.zeros, zero_run: lo.zeroRun, zero_run_threshold: lo.zeroRunThreshold, firing: tracker.isFiring(s),
+                          window_exceedances: bank.isCalibrated ? tracker.exceedances(inLastWindowOf: s, at: bank.rows) : 0)
+        }
+        let upperSlot = slot(filter: j, direction: .upper)
+        var reply = FilterReply(model: schema.model, filter: j, layer: layer, channel: channel, tail: rep.tail.rawValue, threshold: rep.threshold,
                            extreme_threshold: rep.extremeThreshold, shape: rep.shape, scale: rep.scale, n: rep.n, peaks: rep.peaks,
                            peaks_in_ring: rep.peaksInRing, peaks_since_fit: rep.peaksSinceFit, due: rep.due, extremes: rep.extremes,
-                           mean: rep.mean, std: rep.standardDeviation, firing: tracker.isFiring(j),
-                           window_exceedances: bank.isCalibrated ? tracker.exceedances(inLastWindowOf: j, at: bank.rows) : 0,
+                           mean: rep.mean, std: rep.standardDeviation, firing: upperSlot.map { tracker.isFiring($0) } ?? false,
+                           window_exceedances: bank.isCalibrated ? upperSlot.map { tracker.exceedances(inLastWindowOf: $0, at: bank.rows) } ?? 0 : 0,
                            recent: recent)
+        reply.lower = lower
+        return reply
     }
 }

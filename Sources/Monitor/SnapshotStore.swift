@@ -123,7 +123,10 @@ final class SnapshotStore {
             let bank = try FilterBank(restoring: bankBytes, configuration: acceptStoredSettings ? nil : configuration.pot)
             guard bank.filterCount == schema.filterCount else { throw bad("model '\(schema.model)': bank has \(bank.filterCount) filters, schema \(schema.filterCount)") }
             let tracker = try AlertTracker(state: trackerState)
-            guard tracker.filterCount == schema.filterCount, layerExtremes.count == schema.layers.count else { throw bad("model '\(schema.model)': alert state does not match the schema") }
+            // With pot.tails = both, each filter has two tracker slots (upper j, lower K + j).
+            let slots = bank.configuration.tails == .both ? 2 * schema.filterCount : schema.filterCount
+            func slot(_ a: AlertMessage, _ f: Int) -> Int { bank.configuration.tails == .both && a.labels["direction"] == "lower" ? schema.filterCount + f : f }
+            guard tracker.filterCount == slots, layerExtremes.count == schema.layers.count else { throw bad("model '\(schema.model)': alert state does not match the schema") }
             guard fingerprints.insert(schema.fingerprint).inserted else { throw bad("model '\(schema.model)' appears twice") }
             // Every active alert must name a filter of this model that its tracker has firing,
             // with that filter's layer and channel; and the tracker's firing set must be exactly
@@ -132,7 +135,7 @@ final class SnapshotStore {
             for a in active {
                 guard let f = a.filter, f >= 0, f < schema.filterCount else { throw bad("model '\(schema.model)': active alert names filter \(a.filter.map(String.init) ?? "none") outside 0..<\(schema.filterCount)") }
                 let (l, c) = schema.locate(f)
-                guard seen.insert(f).inserted, tracker.isFiring(f), a.model == schema.model, a.layer == schema.layers[l].name, a.channel == c,
+                guard seen.insert(slot(a, f)).inserted, tracker.isFiring(slot(a, f)), a.model == schema.model, a.layer == schema.layers[l].name, a.channel == c,
                       a.seq >= 1, a.seq < header.next_alert_seq else {
                     throw bad("model '\(schema.model)': active alert for filter \(f) does not match the model's alert state")
                 }
@@ -145,7 +148,7 @@ final class SnapshotStore {
                 throw bad("model '\(schema.model)': alerts or extremes recorded while still calibrating")
             }
             let e = try ModelEngine(schema: schema, bank: bank, tracker: tracker, recentRows: configuration.monitor.recentRows)
-            for a in active { if let f = a.filter { e.active[f] = a } }
+            for a in active { if let f = a.filter { e.active[slot(a, f)] = a } }
             e.modelAlert = modelAlert.first
             e.layerExtremes = layerExtremes
             engines.append(e)

@@ -202,8 +202,10 @@ public struct StatusReply: Codable, Sendable, Hashable {
 public struct TopReply: Codable, Sendable, Hashable {
     public struct Entry: Codable, Sendable, Hashable {
         public var filter: Int; public var layer: String; public var channel: Int; public var score: Double; public var p: Double?
-        public init(filter: Int, layer: String, channel: Int, score: Double, p: Double?) {
-            self.filter = filter; self.layer = layer; self.channel = channel; self.score = score; self.p = p
+        /// "upper" or "lower": the tail the score is from (only for models that watch the lower tail).
+        public var direction: String?
+        public init(filter: Int, layer: String, channel: Int, score: Double, p: Double?, direction: String? = nil) {
+            self.filter = filter; self.layer = layer; self.channel = channel; self.score = score; self.p = p; self.direction = direction
         }
     }
     public var ok = true
@@ -215,8 +217,27 @@ public struct TopReply: Codable, Sendable, Hashable {
 public struct FilterReply: Codable, Sendable, Hashable {
     public struct Recent: Codable, Sendable, Hashable {
         public var value: Double; public var score: Double; public var p: Double; public var zscore: Double
-        public init(value: Double, score: Double, p: Double, zscore: Double) { self.value = value; self.score = score; self.p = p; self.zscore = zscore }
+        /// "upper" or "lower" (only for models that watch the lower tail).
+        public var direction: String?
+        public init(value: Double, score: Double, p: Double, zscore: Double, direction: String? = nil) {
+            self.value = value; self.score = score; self.p = p; self.zscore = zscore; self.direction = direction
+        }
     }
+    /// The lower tail (models with `pot.tails` lower or both; docs/statistics.md, "Two tails").
+    public struct LowerTail: Codable, Sendable, Hashable {
+        public var tail: String; public var threshold: Double; public var extreme_threshold: Double; public var shape: Double; public var scale: Double
+        public var n: UInt64; public var peaks: UInt64; public var extremes: UInt64; public var zero_mode: String
+        public var calibration_zeros: UInt64; public var zeros: UInt64; public var zero_run: Int; public var zero_run_threshold: Int?
+        public var firing: Bool; public var window_exceedances: Int
+        public init(tail: String, threshold: Double, extreme_threshold: Double, shape: Double, scale: Double, n: UInt64, peaks: UInt64, extremes: UInt64,
+                    zero_mode: String, calibration_zeros: UInt64, zeros: UInt64, zero_run: Int, zero_run_threshold: Int?, firing: Bool, window_exceedances: Int) {
+            self.tail = tail; self.threshold = threshold; self.extreme_threshold = extreme_threshold; self.shape = shape; self.scale = scale
+            self.n = n; self.peaks = peaks; self.extremes = extremes; self.zero_mode = zero_mode; self.calibration_zeros = calibration_zeros
+            self.zeros = zeros; self.zero_run = zero_run; self.zero_run_threshold = zero_run_threshold; self.firing = firing; self.window_exceedances = window_exceedances
+        }
+    }
+    /// The lower tail, when the model watches it.
+    public var lower: LowerTail?
     public var ok = true
     public var model: String; public var filter: Int; public var layer: String; public var channel: Int
     public var tail: String; public var threshold: Double; public var extreme_threshold: Double; public var shape: Double; public var scale: Double

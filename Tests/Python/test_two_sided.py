@@ -1,0 +1,103 @@
+"""Two-sided tails in the daemon (issue 13, item 1; docs/statistics.md "Two tails").
+
+A real saliencyd with `[pot] tails = "both"` calibrates on i.i.d. rows; then a few filters are
+made exactly 0 (dead) or 1000x smaller (quiet): lower-direction alerts fire for exactly those
+filters, and `top` / `filter` say "lower". On i.i.d. rows alone, no alert fires.
+"""
+import numpy as np
+
+from conftest import wait_for
+
+LAYERS = [("conv1", 16), ("conv2", 24)]
+K = 40
+CAL = 1000
+
+
+def start(saliencyd, tails="both"):
+    return saliencyd(calibration=CAL, config_sections={"pot": {"tails": tails, "q": 1e-3, "level": 0.95}})
+
+
+def iid_rows(rng, n):
+    scales = 0.5 + (np.arange(K) % 5) * 0.3
+    return (rng.lognormal(0.0, 0.5, size=(n, K)) * scales).astype(np.float32)
+
+
+def feed(d, prod, rows):
+    before = (d.model("twosided") or {}).get("rows", 0)
+    for r in rows:
+        prod.publish(r.tobytes())
+    d.wait_rows("twosided", before + len(rows), timeout=120)
+
+
+def all_alerts(d):
+    return d.query({"op": "alerts", "since": 0})["alerts"]
+
+
+def test_lower_alerts_fire_for_dead_and_quiet_filters_only(saliencyd):
+    d = start(saliencyd)
+    rng = np.random.default_rng(7)
+    prod = d.producer("twosided", LAYERS)
+    feed(d, prod, iid_rows(rng, CAL))
+    assert d.model("twosided")["phase"] == "monitoring"
+    feed(d, prod, iid_rows(rng, 500))
+    assert all_alerts(d) == [], "i.i.d. rows raised alerts"
+
+    dead, quiet = [3, 22], [9, 30]
+    rows = iid_rows(rng, 300)
+    rows[:, dead] = 0.0
+    rows[:, quiet] *= 1e-3
+    feed(d, prod, rows)
+    alerts = wait_for(lambda: [a for a in all_alerts(d) if a["status"] == "firing"] or None, 10, what="firing alerts")
+    fired = {(a["filter"], a["labels"]["direction"]) for a in alerts}
+    assert fired == {(f, "lower") for f in dead + quiet}, fired
+    for a in alerts:
+        assert a["labels"]["alertname"] == "SalientFilter"
+        assert a["annotations"]["direction"] == "lower"
+        assert "lower tail" in a["annotations"]["summary"]
+        assert a["value"] < a["threshold"]
+
+    top = d.query({"op": "top", "model": "twosided", "k": 4})
+    assert {e["filter"] for e in top["top"]} == set(dead + quiet), top
+    assert all(e["direction"] == "lower" for e in top["top"]), top
+
+    f = d.query({"op": "filter", "model": "twosided", "filter": dead[0]})
+    assert f["lower"]["firing"] is True and f["firing"] is False
+    assert f["lower"]["zeros"] >= 300 and f["lower"]["zero_mode"] == "extreme"
+    assert f["recent"][0]["direction"] == "lower"
+    g = d.query({"op": "filter", "model": "twosided", "filter": 1})
+    assert g["lower"]["firing"] is False and g["lower"]["extremes"] < 10
+
+    # An exploding filter is an upper-direction alert in the same model.
+    rows = iid_rows(rng, 100)
+    rows[:, dead] = 0.0
+    rows[:, quiet] *= 1e-3
+    rows[:, 15] *= 1e4
+    feed(d, prod, rows)
+    up = wait_for(lambda: [a for a in all_alerts(d) if a["filter"] == 15 and a["status"] == "firing"] or None, 10, what="upper alert")
+    assert up[0]["labels"]["direction"] == "upper"
+    assert d.stop(timeout=30) == 0
+
+
+def test_iid_rows_raise_no_alert_in_either_direction(saliencyd):
+    d = start(saliencyd)
+    rng = np.random.default_rng(11)
+    prod = d.producer("twosided", LAYERS)
+    feed(d, prod, iid_rows(rng, CAL + 3000))
+    assert all_alerts(d) == []
+    st = d.model("twosided")
+    assert st["phase"] == "monitoring" and st["firing"] == 0
+
+
+def test_upper_only_alerts_say_upper(saliencyd):
+    d = start(saliencyd, tails="upper")
+    rng = np.random.default_rng(5)
+    prod = d.producer("twosided", LAYERS)
+    feed(d, prod, iid_rows(rng, CAL))
+    rows = iid_rows(rng, 200)
+    rows[:, 3] = 0.0        # dead: not watched with tails = "upper"
+    rows[:, 15] *= 1e4
+    feed(d, prod, rows)
+    alerts = wait_for(lambda: [a for a in all_alerts(d) if a["status"] == "firing"] or None, 10, what="firing alerts")
+    assert {(a["filter"], a["labels"]["direction"]) for a in alerts} == {(15, "upper")}
+    f = d.query({"op": "filter", "model": "twosided", "filter": 3})
+    assert "lower" not in f
