@@ -64,6 +64,31 @@ import Testing
         #expect(StatusPage.percentDecode("a+b") == "a+b")            // no form decoding in paths
     }
 
+    /// The Alertmanager forwarder's `generatorURL`s are exactly these pages' paths, and route back.
+    @Test func generatorURLsRouteToThePages() {
+        for name in [Self.hostile, "resnet-50", "a/b%c"] {
+            let f = PostableAlert.generatorURL(base: "http://h:9464", model: name, filter: 12)
+            let m = PostableAlert.generatorURL(base: "http://h:9464", model: name, filter: nil)
+            #expect(f == "http://h:9464" + StatusPage.filterPath(name, 12))
+            #expect(m == "http://h:9464" + StatusPage.modelPath(name))
+            #expect(StatusPage.route(method: "GET", uri: String(f.dropFirst("http://h:9464".count))) == .page(.filter(model: name, index: 12)))
+            #expect(StatusPage.route(method: "GET", uri: String(m.dropFirst("http://h:9464".count))) == .page(.model(name)))
+        }
+    }
+
+    @Test func deliveryLine() {
+        var d = DeliveryStats.Snapshot()
+        d.enabled = true
+        var t = DeliveryStats.Target(url: "http://am:9093")
+        t.sent = 5; t.failed = 2; t.up = true
+        d.targets = [t, DeliveryStats.Target(url: "http://other")]
+        d.dropped = 1; d.queued = 3; d.capacity = 100
+        let html = StatusPage.overview(OverviewPage(status: Self.status([]), firing: [], firingTotal: 0, heatMaps: [:]), delivery: d)
+        #expect(html.contains("Alertmanager delivery: 1/2 up · 5 sent · 2 failed · 1 dropped · queue 3/100"))
+        d.enabled = false
+        #expect(!StatusPage.overview(OverviewPage(status: Self.status([]), firing: [], firingTotal: 0, heatMaps: [:]), delivery: d).contains("Alertmanager delivery"))
+    }
+
     @Test func routing() {
         typealias R = StatusPage.Route
         #expect(StatusPage.route(method: "GET", uri: "/") == .page(.overview))
