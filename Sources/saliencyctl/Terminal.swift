@@ -21,7 +21,11 @@ enum Terminal {
     static func write(_ s: String, to fd: Int32 = STDOUT_FILENO) {
         var bytes = Array(s.utf8)[...]
         while !bytes.isEmpty {
+            #if canImport(Glibc)
             let n = bytes.withUnsafeBytes { Glibc.write(fd, $0.baseAddress, $0.count) }
+            #else
+            let n = bytes.withUnsafeBytes { Darwin.write(fd, $0.baseAddress, $0.count) }
+            #endif
             if n < 0 { if errno == EINTR { continue }; return }
             bytes = bytes.dropFirst(n)
         }
@@ -61,9 +65,14 @@ final class FullScreen {
             var act = sigaction()
             sigemptyset(&act.sa_mask)
             act.sa_flags = 0   // no SA_RESTART: poll() returns EINTR at once
-            act.__sigaction_handler.sa_handler = { sig in
+            let handler: @convention(c) (Int32) -> Void = { sig in
                 if sig == SIGWINCH { pendingResize = 1 } else { pendingQuit = sig }
             }
+            #if os(Linux)
+            act.__sigaction_handler.sa_handler = handler
+            #else
+            act.__sigaction_u.__sa_handler = handler
+            #endif
             var old = sigaction()
             sigaction(sig, &act, &old)
             previousHandlers[sig] = old

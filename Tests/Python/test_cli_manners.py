@@ -217,6 +217,11 @@ def test_top_watch_on_a_terminal(fed_daemon, how):
         # k = 16 rows do not fit in 12 lines: cut, header kept.
         assert len(first) == rows
         if how == "q":
+            # A smaller window (the kernel sends SIGWINCH): the next frames fit the new size.
+            fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", 8, 50, 0, 0))
+            more = read_for(fd, 5, until=lambda b: len(re.findall(rb"\x1b\[H[^\x1b]*manners", b)) >= 3 and b.count(b"\x1b[J") >= 3).decode("utf-8", "replace")
+            small = [ANSI.sub("", f).replace("\r", "").split("\n") for f in more.split("\x1b[H")[1:] if "rank" in f and "\x1b[J" in f]
+            assert small and len(small[-1]) == 8 and all(len(l) <= 50 for l in small[-1]), small[-1:]
             os.write(fd, b"q")
         elif how == "ctrl-c":
             os.write(fd, b"\x03")
