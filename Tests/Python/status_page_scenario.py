@@ -5,7 +5,7 @@ the screenshot script (this file run as a program):
 
 starts a real saliencyd (the build's, or $SALIENCYD_BIN) with its metrics port on a free loopback
 port, feeds a calibration and a shift until an alert fires, and has Debian's chromium screenshot
-the overview (1100×820; another page with --path /model/vision).
+the overview (1100×740; another page with --path /model/vision).
 """
 from __future__ import annotations
 
@@ -171,7 +171,7 @@ def main(argv) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("out", nargs="?", default="docs/status-page.png")
     ap.add_argument("--path", default="/", help="page to screenshot (default: the overview)")
-    ap.add_argument("--size", default="1100x820")
+    ap.add_argument("--size", default="1100x740")
     a = ap.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="sd-shot-"))
     d = Daemon(work, "shot", calibration=CALIBRATION, metrics=True)
