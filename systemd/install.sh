@@ -16,13 +16,14 @@
 #   --no-build       do not run `swift build -c release`
 #   --no-systemd     skip the unit (/etc/systemd/system) and the configuration (/etc/saliencyd)
 #   --static         build with --static-swift-stdlib (toolchain under /home or /root; see README)
-# Man pages: swift-argument-parser's generate-manual plugin needs to build its own tool (minutes on
-# a small machine); systemd/manpages.py writes the same pages from `--experimental-dump-help` JSON
-# in a second, with Python 3 only. One page per command: saliencyctl(1), saliencyctl-top(1), ...
+#   --man-plugin     man pages from swift-argument-parser's generate-manual plugin (mdoc, one page per
+#                    command; builds the plugin's tool first: ~2 minutes on 2 cores, offline)
+# Man pages by default: systemd/manpages.py writes them from `--experimental-dump-help` JSON in a
+# second, with Python 3 only (man(7) macros). One page per command: saliencyctl(1), saliencyctl-top(1), ...
 set -euo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-prefix=/usr/local destdir= bindir= build=1 systemd=1 static=()
+prefix=/usr/local destdir= bindir= build=1 systemd=1 static=() manplugin=0
 while [ $# -gt 0 ]; do
     case "$1" in
         --prefix) prefix=${2:?--prefix needs a directory}; shift 2 ;;
@@ -31,6 +32,7 @@ while [ $# -gt 0 ]; do
         --no-build) build=0; shift ;;
         --no-systemd) systemd=0; shift ;;
         --static) static=(--static-swift-stdlib); shift ;;
+        --man-plugin) manplugin=1; shift ;;
         -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
         *) echo "install.sh: unknown option '$1' (see --help)" >&2; exit 2 ;;
     esac
@@ -68,7 +70,15 @@ done
 echo "==> man pages → $man1"
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
-for b in saliencyd saliencyctl; do python3 "$repo/systemd/manpages.py" "$bindir/$b" "$tmp" >/dev/null; done
+plugin_out="$repo/.build/plugins/GenerateManual/outputs"
+if [ "$manplugin" = 1 ] && (cd "$repo" && swift package generate-manual --multi-page --configuration release >"$tmp/plugin.log" 2>&1) \
+        && ls "$plugin_out"/saliencyctl/*.1 "$plugin_out"/saliencyd/*.1 >/dev/null 2>&1; then
+    cp "$plugin_out"/saliencyctl/*.1 "$plugin_out"/saliencyd/*.1 "$tmp/"
+    echo "    (generate-manual plugin)"
+else
+    [ "$manplugin" = 1 ] && echo "    generate-manual plugin failed (log: tail $tmp/plugin.log); using systemd/manpages.py" && tail -n 5 "$tmp/plugin.log"
+    for b in saliencyd saliencyctl; do python3 "$repo/systemd/manpages.py" "$bindir/$b" "$tmp" >/dev/null; done
+fi
 install -m 0644 "$tmp"/*.1 "$man1/"
 ls "$tmp" | sed 's/^/    /'
 
