@@ -150,7 +150,8 @@ final class EngineLoop: @unchecked Sendable {
 
         loop: while !stopRequested.load(ordering: .acquiring) {
             do {
-                _ = try poll.poll(timeout: 100)
+                // Waiting status pages (one served per turn) shorten the wait to none.
+                _ = try poll.poll(timeout: pages.waiting > 0 ? 0 : 100)
             } catch let e where e.isTerminated {
                 break loop
             } catch {
