@@ -133,14 +133,18 @@ final class DaemonMetrics {
         guard layerCounters[m] == nil else { return }
         // Own series for the first layers while the budget lasts; the rest share `_other`.
         let layers = engine.schema.layers
-        let own = max(0, min(layers.count, maxLayerSeries - layerSeries - (layers.count > maxLayerSeries - layerSeries ? 1 : 0)))
+        let directions = engine.configuration.tails == .upper ? ["upper"] : engine.configuration.tails == .lower ? ["lower"] : ["upper", "lower"]
+        let budget = (maxLayerSeries - layerSeries) / directions.count   // series per direction
+        let own = max(0, min(layers.count, budget - (layers.count > budget ? 1 : 0)))
         var names = layers.prefix(own).map(\.name)
         if own < layers.count { names.append("_other") }
-        layerCounters[m] = names.map { C.layerExtremes.counter(registry, m, $0) }
+        // Extremes per layer and tail: direction="upper" series, then (pot.tails lower or both)
+        // direction="lower" ones for the same layers.
+        layerCounters[m] = directions.flatMap { dir in names.map { C.layerExtremes.counter(registry, m, $0, dir) } }
         layerGauges[m] = names.map { C.layerFiring.gauge(registry, m, $0) }
-        layerSeries += names.count
+        layerSeries += names.count * directions.count
         layerOther[m] = own
-        layerPushed[m] = Array(repeating: 0, count: names.count)
+        layerPushed[m] = Array(repeating: 0, count: names.count * directions.count)
     }
 
     /// Per-layer extreme exceedances and firing alerts (bounded by the number of layers) and the
@@ -150,10 +154,13 @@ final class DaemonMetrics {
         ensureLayers(engine)
         let own = layerOther[m] ?? 0
         var pushed = layerPushed[m]!
-        var other: UInt64 = 0
-        for i in 0..<engine.layerExtremes.count where i >= own { other &+= engine.layerExtremes[i] }
+        let perDirection = layerGauges[m]!.count
+        let sources = engine.configuration.tails == .upper ? [engine.layerExtremes]
+            : engine.configuration.tails == .lower ? [engine.layerLowerExtremes] : [engine.layerExtremes, engine.layerLowerExtremes]
+        let others = sources.map { counts in (0..<counts.count).reduce(UInt64(0)) { $1 >= own ? $0 &+ counts[$1] : $0 } }
         for (i, c) in layerCounters[m]!.enumerated() {
-            let now = i < own ? engine.layerExtremes[i] : other
+            let d = i / perDirection, l = i % perDirection
+            let now = l < own ? sources[d][l] : others[d]
             let before = pushed[i]
             if now > before { c.increment(by: Int64(clamping: now - before)) }
             pushed[i] = now
@@ -161,7 +168,9 @@ final class DaemonMetrics {
         layerPushed[m] = pushed
         let gauges = layerGauges[m]!
         var firing = [Int](repeating: 0, count: gauges.count)
-        for filter in engine.active.keys where filter >= 0 && filter < engine.layerOf.count {
+        for slot in engine.active.keys {
+            let filter = engine.filterAndDirection(ofSlot: slot).filter
+            guard filter >= 0 && filter < engine.layerOf.count else { continue }
             firing[min(Int(engine.layerOf[filter]), gauges.count - 1)] += 1
         }
         for (g, n) in zip(gauges, firing) { g.set(Int64(n)) }

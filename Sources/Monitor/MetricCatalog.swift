@@ -24,8 +24,8 @@ enum MetricCatalog {
         help: "Predictions lost upstream (gaps in producers' sequence numbers), per model.")
     static let extremes = Family(name: "saliencyd_extreme_exceedances_total", kind: .counter, labels: ["model"],
         help: "Filter scores above their extreme (POT) threshold, per model.")
-    static let layerExtremes = Family(name: "saliencyd_layer_extreme_exceedances_total", kind: .counter, labels: ["model", "layer"],
-        help: "Extreme exceedances per layer (layers beyond limits.max_layer_series share layer=\"_other\"); pushed every 5 s.")
+    static let layerExtremes = Family(name: "saliencyd_layer_extreme_exceedances_total", kind: .counter, labels: ["model", "layer", "direction"],
+        help: "Extreme exceedances per layer and tail direction (upper: saliency above its extreme threshold; lower: below its lower one, or exactly 0; layers beyond limits.max_layer_series share layer=\"_other\"); pushed every 5 s.")
     static let peaks = Family(name: "saliencyd_peaks_total", kind: .counter, labels: ["model"],
         help: "Filter scores above their peak threshold (added to the GPD tail sample), per model.")
     static let refits = Family(name: "saliencyd_refits_total", kind: .counter, labels: ["model"],

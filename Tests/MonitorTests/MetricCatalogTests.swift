@@ -43,7 +43,7 @@ import Testing
         text = r.emitToString()
         for line in ["saliencyd_predictions_total{model=\"m\"} 0", "saliencyd_sequence_gaps_total{model=\"m\"} 0",
                      "saliencyd_alerts_total{model=\"m\",status=\"firing\"} 0", "saliencyd_alerts_total{model=\"m\",status=\"resolved\"} 0",
-                     "saliencyd_layer_extreme_exceedances_total{model=\"m\",layer=\"l2\"} 0", "saliencyd_layer_firing_alerts{model=\"m\",layer=\"l0\"} 0.0",
+                     "saliencyd_layer_extreme_exceedances_total{model=\"m\",layer=\"l2\",direction=\"upper\"} 0", "saliencyd_layer_firing_alerts{model=\"m\",layer=\"l0\"} 0.0",
                      "saliencyd_model_shift_firing{model=\"m\"} 0.0", "saliencyd_calibrated_ratio{model=\"m\"} 0.0"] {
             #expect(text.contains(line), "\(line)")
         }

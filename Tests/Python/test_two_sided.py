@@ -13,8 +13,17 @@ K = 40
 CAL = 1000
 
 
-def start(saliencyd, tails="both"):
-    return saliencyd(calibration=CAL, config_sections={"pot": {"tails": tails, "q": 1e-3, "level": 0.95}})
+def start(saliencyd, tails="both", metrics=False):
+    return saliencyd(calibration=CAL, metrics=metrics, config_sections={"pot": {"tails": tails, "q": 1e-3, "level": 0.95}})
+
+
+def layer_extremes(d, layer, direction):
+    """The value of saliencyd_layer_extreme_exceedances_total for one layer and direction (or None)."""
+    want = f'saliencyd_layer_extreme_exceedances_total{{model="twosided",layer="{layer}",direction="{direction}"}}'
+    for line in d.metrics_text().splitlines():
+        if line.startswith(want + " "):
+            return float(line.split()[-1])
+    return None
 
 
 def iid_rows(rng, n):
@@ -34,7 +43,7 @@ def all_alerts(d):
 
 
 def test_lower_alerts_fire_for_dead_and_quiet_filters_only(saliencyd):
-    d = start(saliencyd)
+    d = start(saliencyd, metrics=True)
     rng = np.random.default_rng(7)
     prod = d.producer("twosided", LAYERS)
     feed(d, prod, iid_rows(rng, CAL))
@@ -66,6 +75,12 @@ def test_lower_alerts_fire_for_dead_and_quiet_filters_only(saliencyd):
     assert f["recent"][0]["direction"] == "lower"
     g = d.query({"op": "filter", "model": "twosided", "filter": 1})
     assert g["lower"]["firing"] is False and g["lower"]["extremes"] < 10
+
+    # The per-layer extreme counters say which direction (pushed every 5 s): 300 dead rows of
+    # filter 3 (conv1) and 22 (conv2) at least, all lower; the upper series exist and stay low.
+    wait_for(lambda: (layer_extremes(d, "conv1", "lower") or 0) >= 300 and (layer_extremes(d, "conv2", "lower") or 0) >= 300,
+             15, what="lower-direction layer counters")
+    assert layer_extremes(d, "conv1", "upper") is not None and layer_extremes(d, "conv1", "upper") < 20
 
     # An exploding filter is an upper-direction alert in the same model.
     rows = iid_rows(rng, 100)
