@@ -73,17 +73,22 @@ final class StatusMailbox: Sendable {
 
     /// Asks the engine and waits at most `timeout` (HTTP side).
     func ask(_ request: StatusPageRequest, timeout: Duration) async -> Outcome {
-        await withCheckedContinuation { (cont: CheckedContinuation<Outcome, Never>) in
+        let timer = Mutex<Task<Void, Never>?>(nil)
+        let outcome = await withCheckedContinuation { (cont: CheckedContinuation<Outcome, Never>) in
             let t = Ticket(request) { cont.resume(returning: $0) }
             if let refused = submit(t) {
                 t.complete(refused)
                 return
             }
-            Task {
-                try? await Task.sleep(for: timeout)
-                t.complete(.timeout)
+            timer.withLock {
+                $0 = Task {
+                    guard (try? await Task.sleep(for: timeout)) != nil else { return }   // cancelled: answered
+                    t.complete(.timeout)
+                }
             }
         }
+        timer.withLock { $0?.cancel() }   // no sleeping task per answered page
+        return outcome
     }
 }
 

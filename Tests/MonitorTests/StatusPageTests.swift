@@ -267,5 +267,17 @@ import Testing
         let start = ContinuousClock.now
         if case .timeout = await idle.ask(.overview, timeout: .milliseconds(200)) {} else { Issue.record("expected a timeout") }
         #expect(ContinuousClock.now - start < .seconds(2))
+        // Served by another thread (as the engine does): the answer arrives, well before the timeout.
+        let served = StatusMailbox()
+        let engine = Thread {
+            for _ in 0..<200 {
+                if let t = served.take(limit: 1).first { t.complete(.answer(.notFound("served \(t.request)"))); return }
+                usleep(5000)
+            }
+        }
+        engine.start()
+        let t0 = ContinuousClock.now
+        if case .answer(.notFound(let why)) = await served.ask(.model("x"), timeout: .seconds(5)) { #expect(why == "served model(\"x\")") } else { Issue.record("expected the served answer") }
+        #expect(ContinuousClock.now - t0 < .seconds(2))
     }
 }
