@@ -74,10 +74,11 @@ struct Analyze: ParsableCommand {
     @Option(help: "Threshold quantile level.") var level: Double = 0.90
     @Option(name: .customLong("top"), help: "How many filters per row.") var topK = 10
     @Option(help: "Risk q of the extreme threshold.") var q: Double = 1e-4
+    @Option(help: "Tails: upper, lower (quiet or dead filters) or both (each gets q/2); with lower/both the table has a direction column.") var tails: TailSelection = .upper
     @Flag(help: "Absorb every input row after scoring it (as the daemon does) instead of scoring against the reference only.") var stream = false
     @OptionGroup var output: OutputOptions
 
-    struct Entry: Codable { var filter: Int; var layer: String; var channel: Int; var score: Double; var p: Double? }
+    struct Entry: Codable { var filter: Int; var layer: String; var channel: Int; var score: Double; var p: Double?; var direction: String? = nil }
     struct Row: Codable { var row: Int; var top: [Entry] }
 
     func validate() throws {
@@ -96,6 +97,7 @@ struct Analyze: ParsableCommand {
         cfg.q = q
         cfg.calibration = ref.rows
         cfg.refitsPerRow = 1e6   // offline: refit every due filter at once
+        cfg.tails = tails
         let bank: FilterBank
         do { bank = try FilterBank(filterCount: k, configuration: cfg) } catch { throw InputError(error.message) }
         try ref.values.withUnsafeBufferPointer { all in
@@ -106,7 +108,8 @@ struct Analyze: ParsableCommand {
             }
         }
         var rejected: [RowRejection: Int] = [:]
-        var table = Table(headers: ["row", "rank", "filter", "layer", "channel", "score"] + (by == .pot ? ["p"] : []))
+        let twoSided = tails != .upper && by == .pot
+        var table = Table(headers: ["row", "rank", "filter", "layer", "channel", "score"] + (by == .pot ? ["p"] : []) + (twoSided ? ["direction"] : []))
         var progress = ProgressLine("analyze", total: x.rows)
         defer { progress.finish() }
         try x.values.withUnsafeBufferPointer { all in
@@ -122,13 +125,15 @@ struct Analyze: ParsableCommand {
                 let top = bank.top(row, k: topK, by: by)
                 let entries = top.map { f -> Entry in
                     let (l, c) = sch.locate(f.filter)
-                    return Entry(filter: f.filter, layer: sch.layers[l].name, channel: c, score: f.score, p: f.p)
+                    return Entry(filter: f.filter, layer: sch.layers[l].name, channel: c, score: f.score, p: f.p,
+                                 direction: twoSided ? bank.direction(filter: f.filter, value: row[f.filter]).rawValue : nil)
                 }
                 if output.json {
                     try IO.printJSON(Row(row: r, top: entries))
                 } else {
                     for (i, e) in entries.enumerated() {
-                        table.rows.append([String(r), String(i + 1), String(e.filter), e.layer, String(e.channel), fmt(e.score, 5)] + (by == .pot ? [fmt(e.p ?? .nan, 4)] : []))
+                        table.rows.append([String(r), String(i + 1), String(e.filter), e.layer, String(e.channel), fmt(e.score, 5)] + (by == .pot ? [fmt(e.p ?? .nan, 4)] : [])
+                                          + (twoSided ? [e.direction ?? "upper"] : []))
                     }
                 }
             }

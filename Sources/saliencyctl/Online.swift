@@ -152,9 +152,12 @@ struct Top: ParsableCommand {
 
     /// The table's columns, one place (a new score kind or column is added here).
     func table(_ r: TopReply) -> Table {
-        var t = Table(headers: ["rank", "filter", "layer", "channel", "score"] + (by == .pot ? ["p"] : []))
+        // A direction column when the model watches the lower tail (the entries then say which).
+        let twoSided = r.top.contains { $0.direction != nil }
+        var t = Table(headers: ["rank", "filter", "layer", "channel", "score"] + (by == .pot ? ["p"] : []) + (twoSided ? ["direction"] : []))
         for (i, e) in r.top.enumerated() {
-            t.rows.append([String(i + 1), String(e.filter), e.layer, String(e.channel), fmt(e.score, 5)] + (by == .pot ? [fmt(e.p ?? .nan, 4)] : []))
+            t.rows.append([String(i + 1), String(e.filter), e.layer, String(e.channel), fmt(e.score, 5)] + (by == .pot ? [fmt(e.p ?? .nan, 4)] : [])
+                          + (twoSided ? [e.direction ?? "upper"] : []))
         }
         return t
     }
@@ -227,9 +230,14 @@ struct FilterCmd: ParsableCommand {
             print("threshold t = \(fmt(r.threshold)), extreme threshold z_q = \(fmt(r.extreme_threshold))")
             print("GPD shape γ = \(fmt(r.shape, 4)), scale σ = \(fmt(r.scale, 4)); n = \(r.n), peaks N_t = \(r.peaks) (ring \(r.peaks_in_ring), since fit \(r.peaks_since_fit)\(r.due ? ", refit due" : ""))")
             print("extremes = \(r.extremes) (\(r.window_exceedances) in the alert window); mean = \(fmt(r.mean)), std = \(fmt(r.std))")
-            var t = Table(headers: ["recent value", "score", "p", "z"])
+            if let lo = r.lower {
+                print("lower tail: \(lo.tail)\(lo.firing ? "  FIRING" : ""); t_low = \(fmt(lo.threshold)), z_low = \(fmt(lo.extreme_threshold)); γ = \(fmt(lo.shape, 4)), σ = \(fmt(lo.scale, 4)) (on log(t_low/s)); n₊ = \(lo.n), peaks = \(lo.peaks)")
+                print("lower extremes = \(lo.extremes) (\(lo.window_exceedances) in the alert window); zeros = \(lo.zeros) (\(lo.calibration_zeros) in calibration, mode \(lo.zero_mode)\(lo.zero_run_threshold.map { ", extreme after \($0) in a row" } ?? ""), current run \(lo.zero_run))")
+            }
+            let twoSided = r.lower != nil
+            var t = Table(headers: ["recent value", "score", "p", "z"] + (twoSided ? ["direction"] : []))
             for e in r.recent {
-                t.rows.append([fmt(e.value), fmt(e.score, 4), fmt(e.p, 3), fmt(e.zscore, 3)])
+                t.rows.append([fmt(e.value), fmt(e.score, 4), fmt(e.p, 3), fmt(e.zscore, 3)] + (twoSided ? [e.direction ?? "upper"] : []))
             }
             if !t.rows.isEmpty { print(t.render()) }
         }

@@ -4,9 +4,12 @@ A real saliencyd with `[pot] tails = "both"` calibrates on i.i.d. rows; then a f
 made exactly 0 (dead) or 1000x smaller (quiet): lower-direction alerts fire for exactly those
 filters, and `top` / `filter` say "lower". On i.i.d. rows alone, no alert fires.
 """
+import json
+import subprocess
+
 import numpy as np
 
-from conftest import wait_for
+from conftest import ctl_bin, wait_for
 
 LAYERS = [("conv1", 16), ("conv2", 24)]
 K = 40
@@ -76,6 +79,15 @@ def test_lower_alerts_fire_for_dead_and_quiet_filters_only(saliencyd):
     g = d.query({"op": "filter", "model": "twosided", "filter": 1})
     assert g["lower"]["firing"] is False and g["lower"]["extremes"] < 10
 
+    # saliencyctl top and filter show the direction.
+    ctl = str(ctl_bin())
+    out = subprocess.run([ctl, "top", "--model", "twosided", "--k", "4", "--query", d.endpoints["query"]],
+                         capture_output=True, text=True, timeout=30, check=True).stdout
+    assert "direction" in out and out.count("lower") >= 4, out
+    out = subprocess.run([ctl, "filter", "--model", "twosided", str(dead[0]), "--query", d.endpoints["query"]],
+                         capture_output=True, text=True, timeout=30, check=True).stdout
+    assert "lower tail:" in out and "FIRING" in out and "mode extreme" in out, out
+
     # The per-layer extreme counters say which direction (pushed every 5 s): 300 dead rows of
     # filter 3 (conv1) and 22 (conv2) at least, all lower; the upper series exist and stay low.
     wait_for(lambda: (layer_extremes(d, "conv1", "lower") or 0) >= 300 and (layer_extremes(d, "conv2", "lower") or 0) >= 300,
@@ -116,3 +128,24 @@ def test_upper_only_alerts_say_upper(saliencyd):
     assert {(a["filter"], a["labels"]["direction"]) for a in alerts} == {(15, "upper")}
     f = d.query({"op": "filter", "model": "twosided", "filter": 3})
     assert "lower" not in f
+
+
+def test_analyze_ranks_dead_filters_in_the_lower_direction(tmp_path):
+    rng = np.random.default_rng(3)
+    ref = iid_rows(rng, 800)
+    x = iid_rows(rng, 3)
+    x[:, 6] = 0.0
+    x[:, 25] *= 1e-3
+    np.save(tmp_path / "ref.npy", ref)
+    np.save(tmp_path / "x.npy", x)
+    (tmp_path / "schema.json").write_text(json.dumps({"model": "twosided", "layers": [{"name": n, "filters": f} for n, f in LAYERS]}))
+    args = [str(ctl_bin()), "analyze", "--schema", str(tmp_path / "schema.json"), "--reference", str(tmp_path / "ref.npy"),
+            "--input", str(tmp_path / "x.npy"), "--top", "2", "--q", "1e-3", "--json"]
+    rows = [json.loads(l) for l in subprocess.run(args + ["--tails", "both"], capture_output=True, text=True, timeout=60, check=True).stdout.splitlines()]
+    assert len(rows) == 3
+    for r in rows:
+        assert {(e["filter"], e["direction"]) for e in r["top"]} == {(6, "lower"), (25, "lower")}, r
+    table = subprocess.run(args[:-1] + ["--tails", "both"], capture_output=True, text=True, timeout=60, check=True).stdout
+    assert "direction" in table.splitlines()[0] and "lower" in table
+    upper = [json.loads(l) for l in subprocess.run(args, capture_output=True, text=True, timeout=60, check=True).stdout.splitlines()]
+    assert all("direction" not in e and e["filter"] not in (6, 25) for r in upper for e in r["top"])
