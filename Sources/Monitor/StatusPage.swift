@@ -337,7 +337,8 @@ extension StatusPage {
         var h = "<table class=\"alerts\"><tr><th>seq</th><th>model</th><th>layer</th><th>filter</th><th>channel</th><th>score −log10 p</th><th>exceedances</th><th>value</th><th>extreme threshold</th><th>since</th></tr>"
         for a in alerts {
             let filterCell = a.filter.map { "<a href=\"\(filterPath(a.model, $0))\">\($0)</a>" } ?? "<a href=\"\(modelPath(a.model))\">model shift</a>"
-            h += "<tr class=\"firing-alert\"><td class=\"n\">\(a.seq)</td><td><a href=\"\(modelPath(a.model))\">\(name(a.model))</a></td><td>\(name(a.layer))</td>"
+            let lower = a.labels["direction"] == "lower" ? " <span class=\"note\">(lower tail)</span>" : ""
+            h += "<tr class=\"firing-alert\"><td class=\"n\">\(a.seq)</td><td><a href=\"\(modelPath(a.model))\">\(name(a.model))</a></td><td>\(name(a.layer))\(lower)</td>"
             h += "<td class=\"n\">\(filterCell)</td><td class=\"n\">\(a.channel.map(String.init) ?? "–")</td><td class=\"n\">\(fmt(a.score))</td>"
             h += "<td class=\"n\">\(a.exceedances.map { "\($0)\(a.window.map { "/\($0)" } ?? "")" } ?? "–")</td><td class=\"n\">\(fmt(a.value))</td>"
             h += "<td class=\"n\">\(fmt(a.extreme_threshold))</td><td>\(escape(a.startsAt))</td></tr>"
@@ -432,11 +433,12 @@ extension StatusPage {
     }
 
     static func topTable(_ t: TopReply, model: String) -> String {
-        let pot = t.by == "pot"
-        var h = "<table class=\"top\"><tr><th>rank</th><th>filter</th><th>layer</th><th>channel</th><th>score</th>\(pot ? "<th>p</th>" : "")</tr>"
+        let pot = t.by == "pot", dir = t.top.contains { $0.direction != nil }
+        var h = "<table class=\"top\"><tr><th>rank</th><th>filter</th><th>layer</th><th>channel</th><th>score</th>\(pot ? "<th>p</th>" : "")\(dir ? "<th>tail</th>" : "")</tr>"
         for (i, e) in t.top.enumerated() {
             h += "<tr><td class=\"n\">\(i + 1)</td><td class=\"n\"><a href=\"\(filterPath(model, e.filter))\">\(e.filter)</a></td><td>\(name(e.layer))</td>"
-            h += "<td class=\"n\">\(e.channel)</td><td class=\"n\">\(fmt(e.score, 5))</td>\(pot ? "<td class=\"n\">\(fmt(e.p))</td>" : "")</tr>"
+            h += "<td class=\"n\">\(e.channel)</td><td class=\"n\">\(fmt(e.score, 5))</td>\(pot ? "<td class=\"n\">\(fmt(e.p))</td>" : "")"
+            h += "\(dir ? "<td>\(escape(e.direction ?? ""))</td>" : "")</tr>"
         }
         return h + "</table>"
     }
@@ -502,6 +504,18 @@ extension StatusPage {
         ]
         for (k, v) in rows { h += "<tr><th>\(k)</th><td class=\"n\" data-key=\"\(k)\">\(v)</td></tr>" }
         h += "</table>"
+        if let lo = f.lower {
+            h += "<h2>Lower tail\(lo.firing ? " <span class=\"firing\">FIRING</span>" : "")</h2><table class=\"tail lower\">"
+            let lrows: [(String, String)] = [
+                ("tail", escape(lo.tail)), ("threshold", fmt(lo.threshold, 6)), ("extreme threshold", fmt(lo.extreme_threshold, 6)),
+                ("GPD shape ξ", fmt(lo.shape, 6)), ("GPD scale σ", fmt(lo.scale, 6)), ("observations n", "\(lo.n)"), ("peaks", "\(lo.peaks)"),
+                ("extremes", "\(lo.extremes)"), ("zero mode", escape(lo.zero_mode)), ("zeros in calibration", "\(lo.calibration_zeros)"),
+                ("zeros", "\(lo.zeros)"), ("current zero run", "\(lo.zero_run)\(lo.zero_run_threshold.map { " (fires at \($0))" } ?? "")"),
+                ("exceedances in the alert window", "\(lo.window_exceedances)"),
+            ]
+            for (k, v) in lrows { h += "<tr><th>\(k)</th><td class=\"n\" data-key=\"lower \(k)\">\(v)</td></tr>" }
+            h += "</table>"
+        }
         if p.history.isEmpty {
             h += "<p class=\"note\">No recent scores: the model is calibrating or has had no prediction since the daemon started.</p>"
         } else {

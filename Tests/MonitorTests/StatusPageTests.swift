@@ -188,6 +188,14 @@ import Testing
         Self.assertEscaped(filter)
         #expect(filter.contains("<svg class=\"spark-value\""))
         #expect(filter.contains("FIRING"))
+        // Two-tailed models: the lower tail and the direction are shown.
+        var two = f
+        two.lower = .init(tail: "gpd", threshold: 0.2, extreme_threshold: 0.05, shape: 0, scale: 0.1, n: 300, peaks: 30, extremes: 1,
+                          zero_mode: "none", calibration_zeros: 0, zeros: 0, zero_run: 0, zero_run_threshold: nil, firing: true, window_exceedances: 3)
+        let twoPage = StatusPage.filter(FilterPage(filter: two, history: [], phase: "monitoring"))
+        #expect(twoPage.contains("<h2>Lower tail <span class=\"firing\">FIRING</span></h2>") && twoPage.contains("data-key=\"lower extreme threshold\">0.05<"))
+        let lowerTop = TopReply(model: "m", by: "pot", window: 1, top: [.init(filter: 3, layer: "l", channel: 3, score: 9, p: 1e-9, direction: "lower")])
+        #expect(StatusPage.topTable(lowerTop, model: "m").contains("<td>lower</td>"))
         Self.assertEscaped(StatusPage.error(status: 404, title: "Not Found", detail: "no model '\(Self.hostile)'", path: "/model/" + Self.hostile))
     }
 
