@@ -86,9 +86,13 @@ extension FilterBank {
     }
 
     /// Scores every filter of `row` by `kind` into `out` (count K): `−log10 p` or the z-score.
-    public func score(_ row: UnsafeBufferPointer<Float>, by kind: ScoreKind, into out: UnsafeMutableBufferPointer<Double>) {
+    /// `newest`: `row` is the bank's newest row, so an exact 0 of the lower tail is scored with its
+    /// current run of zeros (`lowerTailProbability(filter:value:newest:)`).
+    public func score(_ row: UnsafeBufferPointer<Float>, by kind: ScoreKind, into out: UnsafeMutableBufferPointer<Double>, newest: Bool = false) {
         precondition(row.count == filterCount && out.count == filterCount)
         switch kind {
+        case .pot where newest && storage.lower != nil:
+            for j in 0..<filterCount { out[j] = POT.score(p: tail(filter: j, value: row[j], newest: true).p) }
         case .pot:
             for j in 0..<filterCount { out[j] = POT.score(p: tailProbability(filter: j, value: row[j])) }
         case .zscore:
@@ -99,10 +103,10 @@ extension FilterBank {
     /// The `k` highest-scoring filters of `row`, best first; every filter can rank (method.md §2).
     /// For POT, filters above their threshold always precede those below; ties (e.g. floored light
     /// tails) are broken by the standardized excess `(s − t)/σ`, then by index.
-    public func top(_ row: UnsafeBufferPointer<Float>, k: Int, by kind: ScoreKind) -> [RankedFilter] {
+    public func top(_ row: UnsafeBufferPointer<Float>, k: Int, by kind: ScoreKind, newest: Bool = false) -> [RankedFilter] {
         precondition(isCalibrated, "top before calibration")
         let out = UnsafeMutableBufferPointer(start: storage.scores, count: filterCount)
-        score(row, by: kind, into: out)
+        score(row, by: kind, into: out, newest: newest)
         return select(k: k, by: kind) { j in kind == .pot ? self.tieBreak(j, row[j]) : 0 }
     }
 

@@ -229,7 +229,7 @@ extension ModelEngine {
     /// POT scores of the `k` most salient filters of the latest row (metrics), best first.
     func topScores(_ k: Int) -> [Double] {
         guard bank.isCalibrated, let row = latestRow else { return [] }
-        return bank.top(row, k: k, by: .pot).map(\.score)
+        return bank.top(row, k: k, by: .pot, newest: true).map(\.score)
     }
 
     /// POT scores (−log10 p) of every filter of the latest row (the status page's heat map); nil
@@ -237,7 +237,7 @@ extension ModelEngine {
     func latestScores() -> [Double]? {
         guard bank.isCalibrated, let row = latestRow else { return nil }
         return [Double](unsafeUninitializedCapacity: filterCount) { out, n in
-            bank.score(row, by: .pot, into: out)
+            bank.score(row, by: .pot, into: out, newest: true)
             n = filterCount
         }
     }
@@ -407,7 +407,7 @@ extension ModelEngine {
         switch window {
         case .latest:
             guard let row = latestRow else { throw SaliencyError(.notReady, "no prediction yet") }
-            ranked = bank.top(row, k: k, by: by)
+            ranked = bank.top(row, k: k, by: by, newest: true)
             used = 1
         case .recent(let n):
             let rows = recentRows(n)
@@ -421,7 +421,7 @@ extension ModelEngine {
             var direction: String? = nil
             if twoSided {
                 if let row = newest {
-                    direction = bank.direction(filter: r.filter, value: row[r.filter]).rawValue
+                    direction = bank.direction(filter: r.filter, value: row[r.filter], newest: true).rawValue
                 } else {
                     // A window: the tail whose mean score over the window is the larger.
                     let rows = recentRows(used)
