@@ -413,7 +413,7 @@ extension StatusPage {
         for m in s.models.prefix(maxModels) {
             h += "<h2>Latest prediction: <a href=\"\(modelPath(m.model))\">\(name(m.model))</a></h2>"
             if let hm = p.heatMaps[m.model] {
-                h += heatMapSection(hm, model: m.model, links: false)
+                h += heatMapSection(hm, model: m.model, links: true)
                 drawn += 1
             } else if m.phase == "calibrating" {
                 h += "<p class=\"note\">Calibrating (\(m.calibration_seen)/\(m.calibration_total)): scores exist once calibration completes.</p>"

@@ -74,6 +74,10 @@ def test_routes_status_codes_and_content_types(fired):
     assert code == 404 and b"out of range" in body
     code, _, body = http(f"{base}/filter/{MODEL}/abc")
     assert code == 400
+    code, _, body = http(base + "/model/" + "a" * 5000)
+    assert code == 414
+    code, _, body = http(base + "/model/x%00%3Cblink%3E")         # NUL and markup in a name: 404, escaped
+    assert code == 404 and b"<blink>" not in body and b"\x00" not in body and "x\ufffd&lt;blink&gt;".encode() in body
     assert d.alive()
 
 
@@ -84,8 +88,11 @@ def test_every_link_from_the_overview_resolves(fired):
     assert f"/model/{MODEL}" in hrefs
     assert f"/filter/{MODEL}/{SPIKED}" in hrefs, "the firing alert links to its filter page"
     assert "/model/" + urllib.parse.quote(HOSTILE_MODEL, safe="") in hrefs
+    # Every link but the heat-map cells' filter links, and a sample of those (≈ 140 of them).
+    cells = [x for x in hrefs if x.startswith("/filter/") and x != f"/filter/{MODEL}/{SPIKED}"]
+    assert len(cells) >= 100, "the overview's heat-map cells link to their filters"
     second = set()
-    for href in hrefs:
+    for href in [x for x in hrefs if x not in cells] + cells[::10]:
         code, h, body = http(base + href)
         assert code == 200, f"{href} → {code}: {body[:300]!r}"
         if href.startswith("/model/"):
