@@ -39,8 +39,15 @@ import Testing
         try roundTrip("reply-error-not-found", ErrorReply.self)
         try roundTrip("reply-error-bad-request", ErrorReply.self)
         try roundTrip("alert", AlertMessage.self)
+        try roundTrip("reply-top-two-sided", TopReply.self)
+        try roundTrip("reply-filter-two-sided", FilterReply.self)
+        // A model watching both tails says the direction; an upper-only model's replies omit it.
+        #expect(try Wire.decode(TopReply.self, from: try Self.fixture("reply-top-two-sided")).top.map(\.direction) == ["lower", "upper", "lower"])
+        #expect(try Wire.decode(FilterReply.self, from: try Self.fixture("reply-filter-two-sided")).lower?.firing == true)
+        #expect(try Wire.decode(TopReply.self, from: try Self.fixture("reply-top")).top.allSatisfy { $0.direction == nil })
+        #expect(try Wire.decode(AlertMessage.self, from: try Self.fixture("alert")).labels["direction"] == "upper")
         // Every reply file is covered above (a new one must be added here).
-        #expect(Self.names.filter { $0.hasPrefix("reply-") }.count == 8)
+        #expect(Self.names.filter { $0.hasPrefix("reply-") }.count == 10)
     }
 
     @Test func errorsComeBackAsTheDaemonsCodes() throws {

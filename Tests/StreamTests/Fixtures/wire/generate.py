@@ -47,9 +47,20 @@ def fingerprint(schema):
 
 
 def main():
+    run(two_sided=False)
+    # A model watching both tails (`[pot] tails = "both"`, docs/statistics.md "Two tails"): filter 2
+    # explodes, filter 5 goes dead; `top` and `filter` then say the direction, `filter` has `lower`.
+    run(two_sided=True)
+
+
+def run(two_sided):
     tmp = Path(tempfile.mkdtemp())
     ep = {k: f"ipc://{tmp}/{k}" for k in ("feed", "alerts", "query")}
-    proc = subprocess.Popen([DAEMON, "--feed", ep["feed"], "--alerts", ep["alerts"], "--query", ep["query"],
+    config = []
+    if two_sided:
+        (tmp / "d.toml").write_text('[pot]\ntails = "both"\n')
+        config = ["--config", str(tmp / "d.toml")]
+    proc = subprocess.Popen([DAEMON, *config, "--feed", ep["feed"], "--alerts", ep["alerts"], "--query", ep["query"],
                              "--state-dir", str(tmp / "state"), "--metrics", "", "--calibration", "200"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     ctx = zmq.Context()
@@ -71,12 +82,23 @@ def main():
         for _ in range(1200):
             seq += 1; send(seq, rng.lognormal(size=k) * 0.01)
         for _ in range(40):
-            seq += 1; row = rng.lognormal(size=k) * 0.01; row[[2, 5]] *= 1e4; send(seq, row)
+            seq += 1; row = rng.lognormal(size=k) * 0.01
+            if two_sided:
+                row[2] *= 1e4; row[5] = 0.0
+            else:
+                row[[2, 5]] *= 1e4
+            send(seq, row)
         alert = None
         deadline = time.time() + 10
         while time.time() < deadline and alert is None:
             if sub.poll(200):
                 alert = sub.recv_multipart()[1]
+        if two_sided:
+            files = {"reply-top-two-sided": ask(REQUESTS["request-top"]), "reply-filter-two-sided": ask(REQUESTS["request-filter"])}
+            for name, body in files.items():
+                (HERE / f"{name}.json").write_bytes(body + b"\n")
+                print(f"wrote {name}.json ({len(body)} bytes)")
+            return
         files = {
             "alert": alert,
             "reply-status": ask({"op": "status"}),
