@@ -37,6 +37,9 @@ public struct POTConfiguration: Sendable, Hashable, Codable {
     public var peakStride: Int = 0
     /// Tails watched per filter (`upper` by default; docs/statistics.md, "Two tails").
     public var tails: TailSelection = .upper
+    /// What the bank monitors: the raw row or a common-mode-free transform of it (`none` by
+    /// default; docs/statistics.md, "Common-mode-free scorers"). The owner applies the transform.
+    public var transform: RowTransformKind = .none
 
     /// The risk each watched tail gets: `q`, or `q/2` for `both` (the budget is shared).
     public var tailQ: Double { tails == .both ? q / 2 : q }

@@ -1,9 +1,61 @@
-/// Which standardization ranks filters (docs/method.md §2).
+/// Which standardization ranks filters (docs/method.md §2), optionally after a common-mode-free
+/// row transform (docs/statistics.md, "Common-mode-free scorers").
 public enum ScoreKind: String, Sendable, Hashable, Codable, CaseIterable {
     /// POT saliency: `−log10` of the GPD tail probability (Wang & Sato 2023).
     case pot
     /// z-score saliency: `(s − μ)/σ` over the reference set (Levin et al. 2022).
     case zscore
+    /// POT on the per-layer log-residual row (`RowTransformKind.layerLogres`).
+    case logresPot = "logres-pot"
+    /// z-score on the per-layer log-residual row.
+    case logresZscore = "logres-zscore"
+    /// POT on the per-layer ratio row (`RowTransformKind.layerRatio`).
+    case ratioPot = "ratio-pot"
+    /// z-score on the per-layer ratio row.
+    case ratioZscore = "ratio-zscore"
+
+    /// The tail model applied after the transform: `.pot` or `.zscore`.
+    public var tailModel: ScoreKind {
+        switch self {
+        case .pot, .logresPot, .ratioPot: .pot
+        case .zscore, .logresZscore, .ratioZscore: .zscore
+        }
+    }
+
+    /// The row transform applied before the tail model.
+    public var transform: RowTransformKind {
+        switch self {
+        case .pot, .zscore: .none
+        case .logresPot, .logresZscore: .layerLogres
+        case .ratioPot, .ratioZscore: .layerRatio
+        }
+    }
+
+    /// The scorer that applies `tail` (`.pot` or `.zscore`) after `transform`.
+    public init(tail: ScoreKind, transform: RowTransformKind) {
+        let pot = tail.tailModel == .pot
+        switch transform {
+        case .none: self = pot ? .pot : .zscore
+        case .layerLogres: self = pot ? .logresPot : .logresZscore
+        case .layerRatio: self = pot ? .ratioPot : .ratioZscore
+        }
+    }
+
+    /// Every name, for help texts and errors: "pot, zscore, logres-pot, …".
+    public static var names: String { allCases.map(\.rawValue).joined(separator: ", ") }
+}
+
+/// What a model's FilterBank monitors: the raw saliency row, or a common-mode-free transform of
+/// it (docs/statistics.md, "Common-mode-free scorers"; `RowTransform` in EVTOnline computes them).
+public enum RowTransformKind: String, Sendable, Hashable, Codable, CaseIterable {
+    /// The raw saliency row.
+    case none
+    /// `y_i = (s_i + ε)/G_l`, `G_l` the geometric mean of `s_j + ε` over filter i's layer,
+    /// `ε = max(0.01·mean_l(s), least normal float)` per row and layer; `log y` is the per-layer
+    /// log-residual.
+    case layerLogres = "layer-logres"
+    /// `y_i = s_i / (mean_l(s) + ε)`, the same per-row `ε`.
+    case layerRatio = "layer-ratio"
 }
 
 /// What the loss of a prediction was computed against (docs/method.md §1).

@@ -90,13 +90,14 @@ extension FilterBank {
     /// current run of zeros (`lowerTailProbability(filter:value:newest:)`).
     public func score(_ row: UnsafeBufferPointer<Float>, by kind: ScoreKind, into out: UnsafeMutableBufferPointer<Double>, newest: Bool = false) {
         precondition(row.count == filterCount && out.count == filterCount)
-        switch kind {
+        switch kind.tailModel {
         case .pot where newest && storage.lower != nil:
             for j in 0..<filterCount { out[j] = POT.score(p: tail(filter: j, value: row[j], newest: true).p) }
         case .pot:
             for j in 0..<filterCount { out[j] = POT.score(p: tailProbability(filter: j, value: row[j])) }
         case .zscore:
             for j in 0..<filterCount { out[j] = zScore(filter: j, value: row[j]) }
+        default: preconditionFailure("tailModel is pot or zscore")
         }
     }
 
@@ -107,7 +108,7 @@ extension FilterBank {
         precondition(isCalibrated, "top before calibration")
         let out = UnsafeMutableBufferPointer(start: storage.scores, count: filterCount)
         score(row, by: kind, into: out, newest: newest)
-        return select(k: k, by: kind) { j in kind == .pot ? self.tieBreak(j, row[j]) : 0 }
+        return select(k: k, by: kind) { j in kind.tailModel == .pot ? self.tieBreak(j, row[j]) : 0 }
     }
 
     /// Ranks by the mean score over several rows (a recent window). Geometric mean of `p` for POT.
@@ -175,7 +176,7 @@ extension FilterBank {
         }
         heap.sort { better($0, $1) }
         return heap.map { key in
-            let p: Double? = kind == .pot ? Double.pow(10, -key.0) : nil
+            let p: Double? = kind.tailModel == .pot ? Double.pow(10, -key.0) : nil
             return RankedFilter(filter: key.2, score: key.0, p: p)
         }
     }

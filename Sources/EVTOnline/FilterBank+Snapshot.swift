@@ -14,12 +14,14 @@ import SaliencyCore
 /// the format: `Fixtures/filterbank_v1_*.bin` pins it.
 ///
 /// Version 2 (written now; version 1 is still read, as an upper-only bank) adds, after the pot
-/// settings, the tails u8 (0 upper, 1 lower, 2 both), and after the DSPOT state every
+/// settings, the tails u8 (0 upper, 1 lower, 2 both; bits 4–5: the row transform, 0 none, 1
+/// layer-logres, 2 layer-ratio), and after the DSPOT state every
 /// `.lowerState` column (lower or both only) followed by the lower refit queue's head and count
 /// (i64). An upper-only version-2 state is the version-1 state plus that one byte.
 extension FilterBank {
     static let stateVersion: UInt32 = 2
     static let tailCodes: [TailSelection] = [.upper, .lower, .both]
+    static let transformCodes: [RowTransformKind] = [.none, .layerLogres, .layerRatio]
 
     /// Serializes the learned state. O(K · maxPeaks).
     public func serializedState() -> [UInt8] {
@@ -42,7 +44,8 @@ extension FilterBank {
         let c = configuration
         w.write(c.level); w.write(c.q); w.write(Int64(c.calibration)); w.write(Int64(c.maxPeaks)); w.write(Int64(c.minPeaks))
         w.write(Int64(c.refitAfterPeaks)); w.write(c.refitsPerRow); w.write(Int64(c.driftWindow))
-        w.write(UInt8(Self.tailCodes.firstIndex(of: c.tails)!))
+        // The transform (RowTransformKind) shares the tails byte: bits 4–5 (0 for none, so untransformed states are unchanged).
+        w.write(UInt8(Self.tailCodes.firstIndex(of: c.tails)!) | UInt8(Self.transformCodes.firstIndex(of: c.transform)!) << 4)
         w.write(rows); w.write(refitCount)
         w.write(!isCalibrated)
         w.write(Int64(calibSeen))
@@ -78,13 +81,19 @@ extension FilterBank {
         c.calibration = Int(try r.read(Int64.self)); c.maxPeaks = Int(try r.read(Int64.self)); c.minPeaks = Int(try r.read(Int64.self))
         c.refitAfterPeaks = Int(try r.read(Int64.self)); c.refitsPerRow = try r.readDouble(); c.driftWindow = Int(try r.read(Int64.self))
         if version >= 2 {
-            let code = Int(try r.read(UInt8.self, "tails"))
+            let byte = Int(try r.read(UInt8.self, "tails"))
+            let code = byte & 0x0F, tcode = byte >> 4
             guard code < Self.tailCodes.count else { throw bad("tails code \(code) unknown") }
+            guard tcode < Self.transformCodes.count else { throw bad("transform code \(tcode) unknown") }
             c.tails = Self.tailCodes[code]
+            c.transform = Self.transformCodes[tcode]
         }
         guard cap == c.maxPeaks, k >= 1, k <= 1 << 24 else { throw bad("inconsistent header: K=\(k), ring=\(cap), max_peaks=\(c.maxPeaks)") }
         do { try c.validate() } catch { throw bad("stored settings are invalid: \(error.message)") }
         let expected = expectedOrNil ?? c
+        guard c.transform == expected.transform else {
+            throw SaliencyError(.invalidConfiguration, "snapshot was learned on \(c.transform.rawValue) rows (pot.transform = \"\(c.transform.rawValue)\"); the configuration now says pot.transform = \"\(expected.transform.rawValue)\"")
+        }
         guard c.tails == expected.tails else {
             throw SaliencyError(.invalidConfiguration, "snapshot was learned with tails = \(c.tails.rawValue); the configuration now says tails = \(expected.tails.rawValue)")
         }
