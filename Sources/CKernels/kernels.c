@@ -85,6 +85,28 @@ static int64_t lower_generic(const saliency_lower_columns *c, const float *row,
     return lower_tail(c, row, 0, eventBase, eventMask, 0, peaks);
 }
 
+static int64_t both_tail(const saliency_scan_columns *c, const saliency_lower_columns *lo, const float *row, int64_t from,
+                         int32_t *eventBase, uint8_t *eventMask, uint8_t *lowerMask, int64_t groups, int64_t *peaks, int64_t *lowerPeaks) {
+    for (int64_t base = from; base < c->count; base += 8) {
+        unsigned mu = 0, ml = 0;
+        for (int64_t l = 0; l < 8 && base + l < c->count; l++) {
+            mu |= (unsigned)scan_lane(c, row, base + l, peaks) << l;
+            ml |= (unsigned)lower_lane(lo, row, base + l, lowerPeaks) << l;
+        }
+        eventBase[groups] = (int32_t)base;
+        eventMask[groups] = (uint8_t)mu;
+        lowerMask[groups] = (uint8_t)ml;
+        groups += (mu | ml) != 0;
+    }
+    return groups;
+}
+
+static int64_t both_generic(const saliency_scan_columns *c, const saliency_lower_columns *lo, const float *row,
+                            int32_t *eventBase, uint8_t *eventMask, uint8_t *lowerMask, int64_t *peaks, int64_t *lowerPeaks) {
+    *peaks = 0; *lowerPeaks = 0;
+    return both_tail(c, lo, row, 0, eventBase, eventMask, lowerMask, 0, peaks, lowerPeaks);
+}
+
 static int check_generic(const void *row, int64_t count) {
     const unsigned char *p = (const unsigned char *)row;
     int bad = 0;
@@ -330,6 +352,26 @@ static int64_t lower_sse2(const saliency_lower_columns *c, const float *row,
     return lower_tail(c, row, n, eventBase, eventMask, groups, peaks);
 }
 
+static int64_t both_sse2(const saliency_scan_columns *c, const saliency_lower_columns *lo, const float *row,
+                         int32_t *eventBase, uint8_t *eventMask, uint8_t *lowerMask, int64_t *peaks, int64_t *lowerPeaks) {
+    int64_t n = c->count & ~(int64_t)7, groups = 0;
+    __m128i acc = _mm_setzero_si128(), accL = _mm_setzero_si128();
+    for (int64_t i = 0; i < n; i += 8) {
+        unsigned mu = sse_half(c, row, i, &acc) | (sse_half(c, row, i + 4, &acc) << 4);
+        unsigned ml = sse_lower_half(lo, row, i, &accL) | (sse_lower_half(lo, row, i + 4, &accL) << 4);
+        eventBase[groups] = (int32_t)i;
+        eventMask[groups] = (uint8_t)mu;
+        lowerMask[groups] = (uint8_t)ml;
+        groups += (mu | ml) != 0;
+    }
+    int32_t lanes[4], lanesL[4];
+    _mm_storeu_si128((__m128i *)lanes, acc);
+    _mm_storeu_si128((__m128i *)lanesL, accL);
+    *peaks = (int64_t)(uint32_t)lanes[0] + (uint32_t)lanes[1] + (uint32_t)lanes[2] + (uint32_t)lanes[3];
+    *lowerPeaks = (int64_t)(uint32_t)lanesL[0] + (uint32_t)lanesL[1] + (uint32_t)lanesL[2] + (uint32_t)lanesL[3];
+    return both_tail(c, lo, row, n, eventBase, eventMask, lowerMask, groups, peaks, lowerPeaks);
+}
+
 static int check_sse2(const void *bytes, int64_t count) {
     const float *row = (const float *)bytes;
     int64_t n = count & ~(int64_t)3;
@@ -455,6 +497,56 @@ static int64_t lower_avx2(const saliency_lower_columns *c, const float *row,
 }
 
 __attribute__((target("avx2")))
+static int64_t both_avx2(const saliency_scan_columns *c, const saliency_lower_columns *lo, const float *row,
+                         int32_t *eventBase, uint8_t *eventMask, uint8_t *lowerMask, int64_t *peaks, int64_t *lowerPeaks) {
+    int64_t n = c->count & ~(int64_t)7, groups = 0;
+    __m256i acc = _mm256_setzero_si256(), accL = _mm256_setzero_si256();
+    const __m256i strideMask = _mm256_set1_epi32((int)c->strideMask), dueAt = _mm256_set1_epi32((int)c->dueAt);
+    const __m256i strideMaskL = _mm256_set1_epi32((int)lo->strideMask), dueAtL = _mm256_set1_epi32((int)lo->dueAt);
+    for (int64_t i = 0; i < n; i += 8) {
+        __m256 s = _mm256_loadu_ps(row + i);
+        // Upper tail and moments: exactly scan_avx2's steps.
+        __m256 isExt = _mm256_cmp_ps(s, _mm256_loadu_ps(c->ext + i), _CMP_GT_OQ);
+        __m256 isPeak = _mm256_cmp_ps(s, _mm256_loadu_ps(c->thr + i), _CMP_GT_OQ);
+        __m256 d = _mm256_andnot_ps(isExt, _mm256_sub_ps(s, _mm256_loadu_ps(c->shift + i)));
+        _mm256_storeu_ps(c->bsum + i, _mm256_add_ps(_mm256_loadu_ps(c->bsum + i), d));
+        _mm256_storeu_ps(c->bsumsq + i, _mm256_add_ps(_mm256_loadu_ps(c->bsumsq + i), _mm256_mul_ps(d, d)));
+        __m256i p = _mm256_castps_si256(isPeak);
+        acc = _mm256_sub_epi32(acc, p);
+        __m256i since = _mm256_sub_epi32(_mm256_loadu_si256((const __m256i *)(c->since + i)), p);
+        _mm256_storeu_si256((__m256i *)(c->since + i), since);
+        __m256i hit = _mm256_or_si256(_mm256_cmpeq_epi32(_mm256_and_si256(since, strideMask), _mm256_setzero_si256()),
+                                      _mm256_cmpeq_epi32(since, dueAt));
+        unsigned mu = (unsigned)_mm256_movemask_ps(_mm256_or_ps(_mm256_and_ps(_mm256_castsi256_ps(hit), isPeak), isExt));
+        // Lower tail: exactly lower_avx2's steps.
+        __m256 e = _mm256_loadu_ps(lo->ext + i);
+        __m256 zero = _mm256_cmp_ps(s, _mm256_setzero_ps(), _CMP_EQ_OQ);
+        __m256 isExtL = _mm256_cmp_ps(s, e, _CMP_LT_OQ);
+        __m256 watch = _mm256_and_ps(zero, _mm256_castsi256_ps(_mm256_srai_epi32(_mm256_castps_si256(e), 31)));
+        __m256 isPeakL = _mm256_andnot_ps(zero, _mm256_cmp_ps(s, _mm256_loadu_ps(lo->thr + i), _CMP_LT_OQ));
+        __m256i pl = _mm256_castps_si256(isPeakL);
+        accL = _mm256_sub_epi32(accL, pl);
+        __m256i sinceL = _mm256_sub_epi32(_mm256_loadu_si256((const __m256i *)(lo->since + i)), pl);
+        _mm256_storeu_si256((__m256i *)(lo->since + i), sinceL);
+        __m256i hitL = _mm256_or_si256(_mm256_cmpeq_epi32(_mm256_and_si256(sinceL, strideMaskL), _mm256_setzero_si256()),
+                                       _mm256_cmpeq_epi32(sinceL, dueAtL));
+        unsigned ml = (unsigned)_mm256_movemask_ps(_mm256_or_ps(_mm256_or_ps(_mm256_and_ps(_mm256_castsi256_ps(hitL), isPeakL), isExtL), watch));
+        eventBase[groups] = (int32_t)i;
+        eventMask[groups] = (uint8_t)mu;
+        lowerMask[groups] = (uint8_t)ml;
+        groups += (mu | ml) != 0;
+    }
+    int32_t lanes[8], lanesL[8];
+    _mm256_storeu_si256((__m256i *)lanes, acc);
+    _mm256_storeu_si256((__m256i *)lanesL, accL);
+    int64_t total = 0, totalL = 0;
+    for (int l = 0; l < 8; l++) { total += (uint32_t)lanes[l]; totalL += (uint32_t)lanesL[l]; }
+    *peaks = total;
+    *lowerPeaks = totalL;
+    return both_tail(c, lo, row, n, eventBase, eventMask, lowerMask, groups, peaks, lowerPeaks);
+}
+
+__attribute__((target("avx2")))
 static void merge_avx2(const saliency_merge_columns *c) {
     int64_t n = c->count & ~(int64_t)3;
     const __m256d rows = _mm256_set1_pd(c->rowsInBlock), zero = _mm256_setzero_pd();
@@ -522,14 +614,14 @@ static void sums_f32_avx2(const float *y, int64_t count, float x, float *sumLog,
 // explicit with an atomic).
 #ifdef SALIENCY_X86
 static const saliency_kernels table_sse2 = {
-    scan_sse2, merge_generic, lower_sse2, check_sse2, sums_f64_sse2, sums_f32_sse2, "sse2",
+    scan_sse2, merge_generic, lower_sse2, check_sse2, both_sse2, sums_f64_sse2, sums_f32_sse2, "sse2",
 };
 static const saliency_kernels table_avx2 = {
-    scan_avx2, merge_avx2, lower_avx2, check_avx2, sums_f64_avx2, sums_f32_avx2, "avx2",
+    scan_avx2, merge_avx2, lower_avx2, check_avx2, both_avx2, sums_f64_avx2, sums_f32_avx2, "avx2",
 };
 #else
 static const saliency_kernels table_generic = {
-    scan_generic, merge_generic, lower_generic, check_generic, sums_f64_generic, sums_f32_generic, "generic",
+    scan_generic, merge_generic, lower_generic, check_generic, both_generic, sums_f64_generic, sums_f32_generic, "generic",
 };
 #endif
 
@@ -581,6 +673,11 @@ int64_t saliency_scan_row(const saliency_scan_columns *c, const float *row,
 }
 
 void saliency_merge_moments(const saliency_merge_columns *c) { best()->merge_moments(c); }
+
+int64_t saliency_scan_both(const saliency_scan_columns *c, const saliency_lower_columns *lo, const float *row,
+                           int32_t *eventBase, uint8_t *eventMask, uint8_t *lowerMask, int64_t *peaks, int64_t *lowerPeaks) {
+    return best()->scan_both(c, lo, row, eventBase, eventMask, lowerMask, peaks, lowerPeaks);
+}
 
 int64_t saliency_scan_lower(const saliency_lower_columns *c, const float *row,
                             int32_t *eventBase, uint8_t *eventMask, int64_t *peaks) {

@@ -92,6 +92,53 @@ extension FilterBank {
         return Int(peaks)
     }
 
+    /// `tails = both`: `scan_both` (the upper pass and the lower pass fused, reading each value
+    /// once; bit-identical to running them one after the other), then the upper tail's events,
+    /// then the lower tail's. Returns upper plus lower peaks (extremes excluded).
+    @inline(__always)
+    func scanBoth(_ row: UnsafePointer<Float>) -> Int {
+        guard let L = storage.lower else { return scan(row) }
+        var upper = saliency_scan_columns(
+            thr: storage.thr, ext: storage.ext, shift: storage.shift, bsum: storage.bsum, bsumsq: storage.bsumsq, since: storage.sinceFit,
+            strideMask: UInt32(truncatingIfNeeded: peakStride - 1),
+            dueAt: UInt32(truncatingIfNeeded: configuration.refitAfterPeaks), count: Int64(filterCount))
+        var lower = saliency_lower_columns(
+            thr: L.thr, ext: L.ext, since: L.sinceFit,
+            strideMask: UInt32(truncatingIfNeeded: peakStride - 1),
+            dueAt: UInt32(truncatingIfNeeded: configuration.refitAfterPeaks), count: Int64(filterCount))
+        var peaks: Int64 = 0, lowerPeaks: Int64 = 0
+        let groups = Int(scanBothKernel(&upper, &lower, row, storage.eventBase, storage.eventMask, L.eventMask, &peaks, &lowerPeaks))
+        forEachEvent(groups) { j in
+            saliency_prefetch_read(storage.head + j)
+            saliency_prefetch_read(storage.thrD + j)
+            saliency_prefetch_read(storage.ringCount + j)
+            saliency_prefetch_read(storage.frozen + j)
+        }
+        forEachEvent(groups, mask: L.eventMask) { j in
+            saliency_prefetch_read(L.head + j)
+            saliency_prefetch_read(L.thrD + j)
+            saliency_prefetch_read(L.zeroMode + j)
+        }
+        forEachEvent(groups) { j in saliency_prefetch_write(storage.ring + (j &* cap &+ Int(storage.head[j]))) }
+        forEachEvent(groups, mask: L.eventMask) { j in saliency_prefetch_write(L.ring + (j &* cap &+ Int(L.head[j]))) }
+        forEachEvent(groups) { j in handleEvent(j, row[j]) }
+        forEachEvent(groups, mask: L.eventMask) { j in handleLowerEvent(L, j, row[j]) }
+        return Int(peaks) &- extremeCount &+ Int(lowerPeaks) &- lowerExtremeCount
+    }
+
+    /// `forEachEvent` over another mask column of the same groups (the fused pass's lower lanes).
+    @inline(__always)
+    func forEachEvent(_ groups: Int, mask: UnsafeMutablePointer<UInt8>, _ body: (Int) -> Void) {
+        for g in 0..<groups {
+            let base = Int(storage.eventBase[g])
+            var m = mask[g]
+            while m != 0 {
+                body(base &+ m.trailingZeroBitCount)
+                m &= m &- 1
+            }
+        }
+    }
+
     @inline(__always)
     func handleLowerEvent(_ L: Lower, _ j: Int, _ s: Float) {
         if s == 0 {

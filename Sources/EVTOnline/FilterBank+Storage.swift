@@ -199,7 +199,8 @@ extension FilterBank {
                     inQueue:   t.add("lower queue flags",        false,           .perFilter(1),          .event, .heap,      .lowerState),
                     frozen:    t.add("lower frozen flags",       false,           .perFilter(1),          .event, .heap,      .lowerState),
                     queue:     t.add("lower refit queue",        Int32(0),        .perFilter(1),          .event, .heap,      .lowerState),
-                    extremeOut: t.add("lower extremes out",      Int32(0),        .perFilter(1),          .rare,  .heap,      .scratch))
+                    extremeOut: t.add("lower extremes out",      Int32(0),        .perFilter(1),          .rare,  .heap,      .scratch),
+                    eventMask: t.add("lower event masks",        UInt8(0),        .perEventGroup,         .hot,   .heap,      .scratch))
             } else {
                 lower = nil
             }
@@ -325,6 +326,7 @@ extension FilterBank {
         let frozen: UnsafeMutablePointer<Bool>
         let queue: UnsafeMutablePointer<Int32>
         let extremeOut: UnsafeMutablePointer<Int32>
+        let eventMask: UnsafeMutablePointer<UInt8>  // the fused pass's lower-tail lanes per group
     }
 
     // MARK: - Sizes, from the table

@@ -41,8 +41,15 @@ extension FilterBank {
             }
             return RowResult(rejected: nil, calibrated: false, peaks: 0, extremes: 0, refits: 0)
         }
-        var peaks = storage.driftRing == nil ? scan(row.baseAddress!) : scanDrift(row.baseAddress!)
-        if storage.lower != nil { peaks &+= scanLower(row.baseAddress!) &- lowerExtremeCount }
+        var peaks: Int
+        if storage.driftRing != nil {
+            peaks = scanDrift(row.baseAddress!)
+        } else if configuration.tails == .both {
+            peaks = scanBoth(row.baseAddress!)   // one pass over the row for both tails
+        } else {
+            peaks = scan(row.baseAddress!)
+            if storage.lower != nil { peaks &+= scanLower(row.baseAddress!) &- lowerExtremeCount }
+        }
         blockFill += 1
         if blockFill == Self.blockRows { mergeMoments() }
         var refits = 0

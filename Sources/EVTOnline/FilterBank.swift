@@ -170,6 +170,7 @@ public final class FilterBank {
     // The bank's kernels, unwrapped once (C function pointers from `kernels.table`).
     let scanRow: @convention(c) (UnsafePointer<saliency_scan_columns>?, UnsafePointer<Float>?, UnsafeMutablePointer<Int32>?, UnsafeMutablePointer<UInt8>?, UnsafeMutablePointer<Int64>?) -> Int64
     let mergeMomentsKernel: @convention(c) (UnsafePointer<saliency_merge_columns>?) -> Void
+    let scanBothKernel: @convention(c) (UnsafePointer<saliency_scan_columns>?, UnsafePointer<saliency_lower_columns>?, UnsafePointer<Float>?, UnsafeMutablePointer<Int32>?, UnsafeMutablePointer<UInt8>?, UnsafeMutablePointer<UInt8>?, UnsafeMutablePointer<Int64>?, UnsafeMutablePointer<Int64>?) -> Int64
     let scanLowerKernel: @convention(c) (UnsafePointer<saliency_lower_columns>?, UnsafePointer<Float>?, UnsafeMutablePointer<Int32>?, UnsafeMutablePointer<UInt8>?, UnsafeMutablePointer<Int64>?) -> Int64
     let rowHasInvalid: @convention(c) (UnsafeRawPointer?, Int64) -> Int32
 
@@ -194,6 +195,8 @@ public final class FilterBank {
     var refitLowerNext = false
     var calibSeen = 0
     var fitter: GrimshawFitter
+    /// The model-level cross-fit requested at calibration end and its result (ModelShiftCrossFit.swift).
+    var crossFit = CrossFitSlot()
 
     public var phase: Phase { isCalibrated ? .monitoring : .calibrating(seen: calibSeen, of: configuration.calibration) }
     public var isCalibrated: Bool { storage.calibration == nil }
@@ -221,6 +224,7 @@ public final class FilterBank {
         self.scanRow = table.scan_row!
         self.mergeMomentsKernel = table.merge_moments!
         self.scanLowerKernel = table.scan_lower!
+        self.scanBothKernel = table.scan_both!
         self.rowHasInvalid = table.row_has_invalid!
         self.fitter = GrimshawFitter(capacity: max(configuration.maxPeaks, configuration.calibration), kernels: kernels)
     }

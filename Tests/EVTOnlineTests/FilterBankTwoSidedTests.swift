@@ -101,9 +101,13 @@ import SaliencyCore
         upperCfg.tails = .upper
         upperCfg.q = cfg.q / 2
         let upper = try FilterBank(filterCount: k, configuration: upperCfg)
+        // `both` runs the fused kernel (scan_both); a `lower` bank at q/2 runs scan_lower alone.
+        var lowerCfg = upperCfg
+        lowerCfg.tails = .lower
+        let lowerOnly = try FilterBank(filterCount: k, configuration: lowerCfg)
         var f = SyntheticFeed(seed: 77, filters: k)
         var rows = f.rows(nCal)
-        for r in rows { feed(bank, r); feed(upper, r) }
+        for r in rows { feed(bank, r); feed(upper, r); feed(lowerOnly, r) }
         // Independent trackers, seeded with the calibration peaks.
         var rings: [[Float]] = (0..<k).map { j in
             let t = bank.lowerReport(filter: j)!.threshold
@@ -120,6 +124,8 @@ import SaliencyCore
             let reports = (0..<k).map { bank.lowerReport(filter: $0)! }
             let res = feed(bank, r)
             feed(upper, r)
+            feed(lowerOnly, r)
+            #expect(Array(bank.lastLowerExtremes) == Array(lowerOnly.lastLowerExtremes), "row \(i): fused lower pass ≠ scan_lower")
             var expected: [Int32] = []
             for j in 0..<k {
                 let s = r[j], rep = reports[j]
@@ -152,6 +158,8 @@ import SaliencyCore
             #expect(after.shape == fit.gpd.shape && after.scale == fit.gpd.scale, "filter \(j): refit ≠ batch fit")
             let u = bank.report(filter: j), v = upper.report(filter: j)
             #expect(u.shape == v.shape && u.extremeThreshold == v.extremeThreshold && u.extremes == v.extremes, "filter \(j): upper tail of `both` ≠ upper-only at q/2")
+            lowerOnly.refit(filter: j)
+            #expect(bank.lowerReport(filter: j) == lowerOnly.lowerReport(filter: j), "filter \(j): lower tail of `both` ≠ lower-only at q/2")
         }
         // Filter 20 died at row 2000 of the stream: every zero since is a lower extreme.
         #expect(bank.lowerReport(filter: 20)!.extremes >= 999)

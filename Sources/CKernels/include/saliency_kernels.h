@@ -57,6 +57,13 @@ typedef struct {
 int64_t saliency_scan_lower(const saliency_lower_columns *c, const float *row,
                             int32_t *eventBase, uint8_t *eventMask, int64_t *peaks);
 
+/// Both passes in one loop (tails = both): exactly saliency_scan_row on `c` and
+/// saliency_scan_lower on `lo`, reading each value once. Groups are reported when either tail has
+/// an event: eventMask[g] holds the upper tail's lanes, lowerMask[g] the lower tail's.
+/// *peaks / *lowerPeaks as the two functions report them.
+int64_t saliency_scan_both(const saliency_scan_columns *c, const saliency_lower_columns *lo, const float *row,
+                           int32_t *eventBase, uint8_t *eventMask, uint8_t *lowerMask, int64_t *peaks, int64_t *lowerPeaks);
+
 /// Columns of the moment merge (Chan et al. 1979), all `count` long.
 typedef struct {
     float *shift, *bsum, *bsumsq;
@@ -97,6 +104,8 @@ typedef struct {
     int64_t (*scan_lower)(const saliency_lower_columns *c, const float *row,
                           int32_t *eventBase, uint8_t *eventMask, int64_t *peaks);
     int (*row_has_invalid)(const void *row, int64_t count);
+    int64_t (*scan_both)(const saliency_scan_columns *c, const saliency_lower_columns *lo, const float *row,
+                         int32_t *eventBase, uint8_t *eventMask, uint8_t *lowerMask, int64_t *peaks, int64_t *lowerPeaks);
     void (*grimshaw_sums_f64)(const double *y, int64_t count, double x, double *sumLog, double *sumRatio);
     void (*grimshaw_sums_f32)(const float *y, int64_t count, float x, float *sumLog, float *sumRatio);
     const char *isa;   // "avx2", "sse2" or "generic"
