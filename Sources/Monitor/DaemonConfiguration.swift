@@ -229,7 +229,7 @@ public struct DaemonConfiguration: Sendable, Hashable {
         "security": ["curve", "server_secret_key_file", "allowed_clients_file", "admin_clients_file", "schema_keys_file"],
         "monitor": ["recent_rows", "max_models", "log_level", "log_burst"],
         "limits": ["max_model_bytes", "max_total_bytes", "max_layers", "max_producers", "max_layer_series", "calibrating_idle_expiry", "idle_expiry", "layout_change"],
-        "pot": ["level", "q", "calibration", "max_peaks", "min_peaks", "refit_after_peaks", "refits_per_row", "drift_window", "peak_stride", "tails"],
+        "pot": ["level", "q", "calibration", "max_peaks", "min_peaks", "refit_after_peaks", "refits_per_row", "drift_window", "peak_stride", "tails", "transform"],
         "alerting": ["expected_run_time", "model_share", "safety_factor", "model_burn_in"],
         "alertmanager": ["urls", "timeout", "resend_interval", "queue_capacity", "batch_size", "max_backoff", "external_url"],
     ]
@@ -309,6 +309,9 @@ public struct DaemonConfiguration: Sendable, Hashable {
         if let v = int("pot", "peak_stride") { c.pot.peakStride = v }
         if let v = str("pot", "tails") {
             if let t = TailSelection(rawValue: v) { c.pot.tails = t } else { problems.append("pot.tails must be \"upper\", \"lower\" or \"both\", got \"\(v)\"") }
+        }
+        if let v = str("pot", "transform") {
+            if let t = RowTransformKind(rawValue: v) { c.pot.transform = t } else { problems.append("pot.transform must be \"none\", \"layer-logres\" or \"layer-ratio\", got \"\(v)\"") }
         }
         if let v = dbl("alerting", "expected_run_time") { c.alerting.expectedRunTime = v }
         if let v = dbl("alerting", "model_share") { c.alerting.modelShare = v }
@@ -428,7 +431,7 @@ extension DaemonConfiguration {
         [query]    max_inflight = \(query.maxInflight)  max_reply_bytes = \(query.maxReplyBytes)
         [monitor]  recent_rows = \(monitor.recentRows)  max_models = \(monitor.maxModels)  log_level = "\(monitor.logLevel)"  log_burst = \(monitor.logBurst)
         [limits]   max_model_bytes = \(limits.maxModelBytes)  max_total_bytes = \(limits.maxTotalBytes)  max_layers = \(limits.maxLayers)  max_producers = \(limits.maxProducers)  max_layer_series = \(limits.maxLayerSeries)  calibrating_idle_expiry = \(limits.calibratingIdleExpiry)  idle_expiry = \(limits.idleExpiry)  layout_change = "\(limits.layoutChange)"
-        [pot]      level = \(pot.level)  q = \(pot.q)  calibration = \(pot.calibration)  max_peaks = \(pot.maxPeaks)  min_peaks = \(pot.minPeaks)  refit_after_peaks = \(pot.refitAfterPeaks)  refits_per_row = \(pot.refitsPerRow)  drift_window = \(pot.driftWindow)  peak_stride = \(pot.peakStride == 0 ? "auto" : String(pot.peakStride))  tails = \(pot.tails.rawValue)
+        [pot]      level = \(pot.level)  q = \(pot.q)  calibration = \(pot.calibration)  max_peaks = \(pot.maxPeaks)  min_peaks = \(pot.minPeaks)  refit_after_peaks = \(pot.refitAfterPeaks)  refits_per_row = \(pot.refitsPerRow)  drift_window = \(pot.driftWindow)  peak_stride = \(pot.peakStride == 0 ? "auto" : String(pot.peakStride))  tails = \(pot.tails.rawValue)  transform = \(pot.transform.rawValue)
         [alerting] expected_run_time = \(alerting.expectedRunTime)  model_share = \(alerting.modelShare)  safety_factor = \(alertSafetyFactor)  model_burn_in = \(modelBurnIn)
         [alertmanager] urls = [\(alertmanager.urls.map { "\"\($0)\"" }.joined(separator: ", "))]\(alertmanager.urls.isEmpty ? " (delivery off)" : "")  timeout = \(alertmanager.timeout)  resend_interval = \(alertmanager.resendInterval)  queue_capacity = \(alertmanager.queueCapacity)  batch_size = \(alertmanager.batchSize)  max_backoff = \(alertmanager.maxBackoff)  external_url = "\(alertmanagerExternalURL)"
         """

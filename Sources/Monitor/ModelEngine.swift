@@ -46,6 +46,10 @@ final class ModelEngine {
     private var slotScratch: [Int32] = []
     /// Layer index per filter (hot path: per-layer counting of extremes).
     let layerOf: [UInt16]
+    /// The common-mode-free transform the bank monitors (`pot.transform`; nil for "none") and the
+    /// newest row as the bank saw it (K floats, written by `absorbSlot`; docs/statistics.md).
+    let rowTransform: RowTransform?
+    let transformedNewest: UnsafeMutablePointer<Float>?
 
     convenience init(schema: ModelSchema, pot: POTConfiguration, budget: AlertBudget, safetyFactor: Double, modelBurnIn: Int = 10_000, recentRows: Int,
                      rule designed: AlertRule? = nil) throws(SaliencyError) {
@@ -74,8 +78,16 @@ final class ModelEngine {
             for j in schema.offsets[l]..<schema.offsets[l + 1] { layerOf[j] = UInt16(l) }
         }
         self.layerOf = layerOf
+        if bank.configuration.transform != .none {
+            self.rowTransform = RowTransform(kind: bank.configuration.transform, offsets: schema.offsets)
+            self.transformedNewest = .allocate(capacity: schema.filterCount)
+        } else {
+            self.rowTransform = nil
+            self.transformedNewest = nil
+        }
         events.reserveCapacity(64)
         self.maximumBytes = Self.windowAndAlertBytes(filters: schema.filterCount, layers: schema.layers.count, recentRows: recentRows, tails: bank.configuration.tails)
+            + (bank.configuration.transform == .none ? 0 : 4 * schema.filterCount)
             + (FilterBank.maximumBytes(filterCount: schema.filterCount, configuration: bank.configuration) ?? 0)
     }
 
@@ -93,11 +105,12 @@ final class ModelEngine {
     /// computed before anything is allocated (admission control, docs/security.md).
     static func maximumBytes(schema: ModelSchema, configuration: DaemonConfiguration) -> Int? {
         guard let bank = FilterBank.maximumBytes(filterCount: schema.filterCount, configuration: configuration.pot) else { return nil }
-        let (t, o) = bank.addingReportingOverflow(windowAndAlertBytes(filters: schema.filterCount, layers: schema.layers.count, recentRows: configuration.monitor.recentRows, tails: configuration.pot.tails))
+        let (t, o) = bank.addingReportingOverflow(windowAndAlertBytes(filters: schema.filterCount, layers: schema.layers.count, recentRows: configuration.monitor.recentRows, tails: configuration.pot.tails)
+            + (configuration.pot.transform == .none ? 0 : 4 * schema.filterCount))
         return o ? nil : t
     }
 
-    deinit { copies?.deallocate() }
+    deinit { copies?.deallocate(); transformedNewest?.deallocate() }
 
     var filterCount: Int { schema.filterCount }
 
@@ -143,7 +156,14 @@ final class ModelEngine {
 
     /// Updates the statistics with the row in `slot`, which becomes the newest of the window.
     private func absorbSlot(_ slot: Int) -> FilterBank.RowResult {
-        let r = bank.updateValidated(UnsafeBufferPointer(start: rowStart[slot]!, count: filterCount))
+        let raw = UnsafeBufferPointer(start: rowStart[slot]!, count: filterCount)
+        let r: FilterBank.RowResult
+        if let t = rowTransform, let out = transformedNewest {
+            t.apply(raw, into: UnsafeMutableBufferPointer(start: out, count: filterCount))
+            r = bank.updateValidated(UnsafeBufferPointer(start: out, count: filterCount))
+        } else {
+            r = bank.updateValidated(raw)
+        }
         acceptedSinceStart &+= 1
         recentHead = (recentHead + 1) % recentCapacity
         recentCount = min(recentCount + 1, recentCapacity)
@@ -187,6 +207,39 @@ final class ModelEngine {
         }
     }
 
+    /// The newest row as the bank saw it: transformed when `pot.transform` is set.
+    var latestBankRow: UnsafeBufferPointer<Float>? {
+        guard let raw = latestRow else { return nil }
+        return transformedNewest.map { UnsafeBufferPointer(start: $0, count: filterCount) } ?? raw
+    }
+
+    /// Calls `body` with the newest `n` rows as the bank sees them, newest first (transformed
+    /// into a temporary buffer when `pot.transform` is set: queries only, never the feed path).
+    func withRecentBankRows<R>(_ n: Int, _ body: ([UnsafeBufferPointer<Float>]) throws(SaliencyError) -> R) throws(SaliencyError) -> R {
+        let raw = recentRows(n)
+        guard let t = rowTransform, !raw.isEmpty else { return try body(raw) }
+        let buf = UnsafeMutablePointer<Float>.allocate(capacity: raw.count * filterCount)
+        defer { buf.deallocate() }
+        let rows = raw.enumerated().map { i, r in
+            let out = UnsafeMutableBufferPointer(start: buf + i * filterCount, count: filterCount)
+            t.apply(r, into: out)
+            return UnsafeBufferPointer(out)
+        }
+        return try body(rows)
+    }
+
+    /// The scorer that answers `by` for this model: a raw `pot`/`zscore` is answered on the rows
+    /// the bank monitors (the transformed scorer when `pot.transform` is set; the reply's `by`
+    /// names it); a transformed scorer needs the bank to monitor that transform.
+    func resolve(_ by: ScoreKind) throws(SaliencyError) -> ScoreKind {
+        let t = configuration.transform
+        guard by.transform == .none || by.transform == t else {
+            let offered = t == .none ? "pot, zscore" : "\(ScoreKind(tail: .pot, transform: t).rawValue), \(ScoreKind(tail: .zscore, transform: t).rawValue)"
+            throw SaliencyError(.badRequest, "model '\(schema.model)' monitors \(t == .none ? "raw saliency rows" : "\(t.rawValue) rows") (pot.transform = \"\(t.rawValue)\"), so it can rank by \(offered); scorer \(by.rawValue) needs [pot] transform = \"\(by.transform.rawValue)\" in the daemon's configuration (restart: the model recalibrates), or run it offline with saliencyctl analyze --by \(by.rawValue)")
+        }
+        return ScoreKind(tail: by.tailModel, transform: t)
+    }
+
     /// The filter and tail of a tracker slot (see `trackerSlots`).
     func filterAndDirection(ofSlot slot: Int) -> (filter: Int, direction: TailDirection) {
         switch configuration.tails {
@@ -228,14 +281,14 @@ extension ModelEngine {
 
     /// POT scores of the `k` most salient filters of the latest row (metrics), best first.
     func topScores(_ k: Int) -> [Double] {
-        guard bank.isCalibrated, let row = latestRow else { return [] }
+        guard bank.isCalibrated, let row = latestBankRow else { return [] }
         return bank.top(row, k: k, by: .pot, newest: true).map(\.score)
     }
 
     /// POT scores (−log10 p) of every filter of the latest row (the status page's heat map); nil
     /// while calibrating or before the first row since the daemon started.
     func latestScores() -> [Double]? {
-        guard bank.isCalibrated, let row = latestRow else { return nil }
+        guard bank.isCalibrated, let row = latestBankRow else { return nil }
         return [Double](unsafeUninitializedCapacity: filterCount) { out, n in
             bank.score(row, by: .pot, into: out, newest: true)
             n = filterCount
@@ -253,10 +306,12 @@ extension ModelEngine {
     /// (the status page's sparkline); empty while calibrating.
     func history(filter j: Int, rows n: Int) -> [FilterReply.Recent] {
         guard bank.isCalibrated, j >= 0, j < filterCount else { return [] }
-        return recentRows(n).reversed().map { row in
-            let p = bank.tailProbability(filter: j, value: row[j])
-            return FilterReply.Recent(value: Double(row[j]), score: POT.score(p: p), p: p, zscore: bank.zScore(filter: j, value: row[j]))
-        }
+        return (try? withRecentBankRows(n) { (rows: [UnsafeBufferPointer<Float>]) throws(SaliencyError) -> [FilterReply.Recent] in
+            rows.reversed().map { row in
+                let p = bank.tailProbability(filter: j, value: row[j])
+                return FilterReply.Recent(value: Double(row[j]), score: POT.score(p: p), p: p, zscore: bank.zScore(filter: j, value: row[j]))
+            }
+        }) ?? []
     }
 
     /// One filter's report (read-only introspection: tests, `state inspect`).
@@ -290,7 +345,10 @@ extension ModelEngine {
     /// `DaemonCore.publish` numbers, logs and sends them, then hands firing ones back through
     /// `published`). A firing filter's tail model is frozen until it resolves, so a persistent
     /// shift is not learned as normal. `modelCalibrated` reports the model-level rule's burn-in end.
-    func alerts(at now: String, row: UnsafeBufferPointer<Float>) -> (alerts: [AlertMessage], modelCalibrated: ModelShiftCalibration?) {
+    func alerts(at now: String, row raw: UnsafeBufferPointer<Float>) -> (alerts: [AlertMessage], modelCalibrated: ModelShiftCalibration?) {
+        // Thresholds and p are about the row the bank saw (transformed when pot.transform is set).
+        let row = transformedNewest.map { UnsafeBufferPointer(start: $0, count: filterCount) } ?? raw
+        let valueName = rowTransform.map { "\($0.kind.rawValue) value" } ?? "Saliency"
         var out: [AlertMessage] = []
         var calibrated: ModelShiftCalibration?
         let model = schema.model
@@ -318,7 +376,7 @@ extension ModelEngine {
                              "direction": direction.rawValue],
                     annotations: [
                         "summary": summary,
-                        "description": "Saliency \(row[j]) vs \(direction == .lower ? "lower " : "")extreme threshold \(Float(extreme)) (\(direction.rawValue) tail p = \(Float(p))). Inspect with: saliencyctl filter --model \(model) \(j)",
+                        "description": "\(valueName) \(row[j])\(rowTransform == nil ? "" : " (saliency \(raw[j]))") vs \(direction == .lower ? "lower " : "")extreme threshold \(Float(extreme)) (\(direction.rawValue) tail p = \(Float(p))). Inspect with: saliencyctl filter --model \(model) \(j)",
                         "direction": direction.rawValue,
                     ],
                     startsAt: now, model: model, filter: j, layer: layer, channel: channel, score: POT.score(p: p), p: p,
@@ -398,43 +456,50 @@ extension ModelEngine {
             max_refit_lag_rows: bank.maxRefitLagRows)
     }
 
-    func top(k: Int, by: ScoreKind, window: QueryRequest.Window) throws(SaliencyError) -> TopReply {
+    func top(k: Int, by asked: ScoreKind, window: QueryRequest.Window) throws(SaliencyError) -> TopReply {
+        let by = try resolve(asked)
         guard bank.isCalibrated else {
             throw SaliencyError(.notReady, "model '\(schema.model)' is calibrating (\(bank.rows)/\(bank.configuration.calibration)); top is available once calibration completes")
         }
-        let ranked: [RankedFilter]
-        let used: Int
+        let n: Int
         switch window {
-        case .latest:
-            guard let row = latestRow else { throw SaliencyError(.notReady, "no prediction yet") }
-            ranked = bank.top(row, k: k, by: by, newest: true)
-            used = 1
-        case .recent(let n):
-            let rows = recentRows(n)
-            ranked = bank.top(rows: rows, k: k, by: by)
-            used = rows.count
+        case .latest: n = 1
+        case .recent(let m): n = m
         }
-        let twoSided = configuration.tails != .upper && by == .pot
-        let newest = window == .latest ? latestRow : nil
-        return TopReply(model: schema.model, by: by.rawValue, window: used, top: ranked.map { r in
-            let (layer, channel) = layerName(of: r.filter)
-            var direction: String? = nil
-            if twoSided {
-                if let row = newest {
-                    direction = bank.direction(filter: r.filter, value: row[r.filter], newest: true).rawValue
-                } else {
-                    // A window: the tail whose mean score over the window is the larger.
-                    let rows = recentRows(used)
-                    var up = 0.0, lo = 0.0
-                    for row in rows {
-                        up += POT.score(p: bank.upperTailProbability(filter: r.filter, value: row[r.filter]))
-                        lo += POT.score(p: bank.lowerTailProbability(filter: r.filter, value: row[r.filter]))
-                    }
-                    direction = (configuration.tails == .lower || lo > up ? TailDirection.lower : .upper).rawValue
-                }
+        if window == .latest, latestRow == nil { throw SaliencyError(.notReady, "no prediction yet") }
+        return try withRecentBankRows(n) { (rows: [UnsafeBufferPointer<Float>]) throws(SaliencyError) -> TopReply in
+            let ranked: [RankedFilter]
+            let newest: UnsafeBufferPointer<Float>?
+            switch window {
+            case .latest:
+                let row = latestBankRow!
+                ranked = bank.top(row, k: k, by: by, newest: true)
+                newest = row
+            case .recent:
+                ranked = bank.top(rows: rows, k: k, by: by)
+                newest = nil
             }
-            return TopReply.Entry(filter: r.filter, layer: layer, channel: channel, score: r.score, p: r.p, direction: direction)
-        })
+            let used = window == .latest ? 1 : rows.count
+            let twoSided = configuration.tails != .upper && by.tailModel == .pot
+            return TopReply(model: schema.model, by: by.rawValue, window: used, top: ranked.map { r in
+                let (layer, channel) = layerName(of: r.filter)
+                var direction: String? = nil
+                if twoSided {
+                    if let row = newest {
+                        direction = bank.direction(filter: r.filter, value: row[r.filter], newest: true).rawValue
+                    } else {
+                        // A window: the tail whose mean score over the window is the larger.
+                        var up = 0.0, lo = 0.0
+                        for row in rows {
+                            up += POT.score(p: bank.upperTailProbability(filter: r.filter, value: row[r.filter]))
+                            lo += POT.score(p: bank.lowerTailProbability(filter: r.filter, value: row[r.filter]))
+                        }
+                        direction = (configuration.tails == .lower || lo > up ? TailDirection.lower : .upper).rawValue
+                    }
+                }
+                return TopReply.Entry(filter: r.filter, layer: layer, channel: channel, score: r.score, p: r.p, direction: direction)
+            })
+        }
     }
 
     func filter(_ selector: QueryRequest.FilterSelector) throws(SaliencyError) -> FilterReply {
@@ -452,7 +517,8 @@ extension ModelEngine {
         let (layer, channel) = layerName(of: j)
         var recent: [FilterReply.Recent] = []
         if bank.isCalibrated {
-            for (back, row) in recentRows(16).enumerated() {
+            let bankRows: [[Float]] = try withRecentBankRows(16) { (rows: [UnsafeBufferPointer<Float>]) throws(SaliencyError) -> [[Float]] in rows.map { Array($0) } }
+            for (back, row) in bankRows.enumerated() {
                 let (p, direction) = bank.tail(filter: j, value: row[j], newest: back == 0)
                 recent.append(.init(value: Double(row[j]), score: POT.score(p: p), p: p, zscore: bank.zScore(filter: j, value: row[j]),
                                     direction: configuration.tails == .upper ? nil : direction.rawValue))

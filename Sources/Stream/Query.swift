@@ -156,9 +156,9 @@ struct RequestObject: Decodable {
             switch fields["by"] {
             case nil, .null?: by = .pot
             case .string(let s)?:
-                guard let v = ScoreKind(rawValue: s) else { throw bad("\"by\" must be \"pot\" or \"zscore\", got \"\(s)\"") }
+                guard let v = ScoreKind(rawValue: s) else { throw bad("\"by\" must be one of \(ScoreKind.names), got \"\(s)\"") }
                 by = v
-            case let f?: throw bad("\"by\" must be \"pot\" or \"zscore\", got \(f.kind)")
+            case let f?: throw bad("\"by\" must be one of \(ScoreKind.names), got \(f.kind)")
             }
             let window: QueryRequest.Window
             switch fields["window"] {

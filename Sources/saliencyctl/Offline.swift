@@ -70,7 +70,7 @@ struct Analyze: ParsableCommand {
     @Option(help: "Schema JSON ({\"model\": ..., \"layers\": [{\"name\": ..., \"filters\": N}, ...]}).") var schema: String
     @Option(help: "Reference rows (.npy [n, K]); all of them calibrate the model.") var reference: String
     @Option(help: "Rows to rank (.npy [m, K]).") var input: String
-    @Option(help: "Score: pot or zscore.") var by: ScoreKind = .pot
+    @Option(help: "Score: pot, zscore, or one of them after a common-mode-free row transform: logres-pot, logres-zscore (per-layer log-residual), ratio-pot, ratio-zscore (per-layer ratio to the mean); docs/statistics.md, \"Common-mode-free scorers\".") var by: ScoreKind = .pot
     @Option(help: "Threshold quantile level.") var level: Double = 0.90
     @Option(name: .customLong("top"), help: "How many filters per row.") var topK = 10
     @Option(help: "Risk q of the extreme threshold.") var q: Double = 1e-4
@@ -98,28 +98,45 @@ struct Analyze: ParsableCommand {
         cfg.calibration = ref.rows
         cfg.refitsPerRow = 1e6   // offline: refit every due filter at once
         cfg.tails = tails
+        cfg.transform = by.transform
+        // The transformed scorers: reference and input rows are transformed (valid rows only) before the bank sees them.
+        let transform = by.transform == .none ? nil : RowTransform(kind: by.transform, offsets: sch.offsets)
+        let scratch = UnsafeMutableBufferPointer<Float>.allocate(capacity: k)
+        defer { scratch.deallocate() }
         let bank: FilterBank
         do { bank = try FilterBank(filterCount: k, configuration: cfg) } catch { throw InputError(error.message) }
         try ref.values.withUnsafeBufferPointer { all in
             for r in 0..<ref.rows {
                 let row = UnsafeBufferPointer(rebasing: all[(r * k)..<((r + 1) * k)])
                 if let why = bank.validate(row) { throw InputError("reference row \(r) is invalid: \(why.explanation); calibration data must be clean") }
-                bank.updateValidated(row)
+                if let t = transform {
+                    t.apply(row, into: scratch)
+                    bank.updateValidated(UnsafeBufferPointer(scratch))
+                } else {
+                    bank.updateValidated(row)
+                }
             }
         }
         var rejected: [RowRejection: Int] = [:]
-        let twoSided = tails != .upper && by == .pot
-        var table = Table(headers: ["row", "rank", "filter", "layer", "channel", "score"] + (by == .pot ? ["p"] : []) + (twoSided ? ["direction"] : []))
+        let twoSided = tails != .upper && by.tailModel == .pot
+        var table = Table(headers: ["row", "rank", "filter", "layer", "channel", "score"] + (by.tailModel == .pot ? ["p"] : []) + (twoSided ? ["direction"] : []))
         var progress = ProgressLine("analyze", total: x.rows)
         defer { progress.finish() }
         try x.values.withUnsafeBufferPointer { all in
             for r in 0..<x.rows {
                 progress.update(r + 1)
-                let row = UnsafeBufferPointer(rebasing: all[(r * k)..<((r + 1) * k)])
-                if let why = bank.validate(row) {
+                let raw = UnsafeBufferPointer(rebasing: all[(r * k)..<((r + 1) * k)])
+                if let why = bank.validate(raw) {
                     rejected[why, default: 0] += 1
                     FileHandle.standardError.write(Data("row \(r) rejected: \(why.explanation)\n".utf8))
                     continue
+                }
+                let row: UnsafeBufferPointer<Float>
+                if let t = transform {
+                    t.apply(raw, into: scratch)
+                    row = UnsafeBufferPointer(scratch)
+                } else {
+                    row = raw
                 }
                 if stream { bank.updateValidated(row) }
                 let top = bank.top(row, k: topK, by: by)
@@ -132,7 +149,7 @@ struct Analyze: ParsableCommand {
                     try IO.printJSON(Row(row: r, top: entries))
                 } else {
                     for (i, e) in entries.enumerated() {
-                        table.rows.append([String(r), String(i + 1), String(e.filter), e.layer, String(e.channel), fmt(e.score, 5)] + (by == .pot ? [fmt(e.p ?? .nan, 4)] : [])
+                        table.rows.append([String(r), String(i + 1), String(e.filter), e.layer, String(e.channel), fmt(e.score, 5)] + (by.tailModel == .pot ? [fmt(e.p ?? .nan, 4)] : [])
                                           + (twoSided ? [e.direction ?? "upper"] : []))
                     }
                 }

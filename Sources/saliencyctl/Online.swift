@@ -137,7 +137,7 @@ struct Top: ParsableCommand {
         """)
     @Option(help: "Model name (as in its schema).") var model: String
     @Option(name: .shortAndLong, help: "How many filters.") var k = 20
-    @Option(help: "Score: pot or zscore.") var by: ScoreKind = .pot
+    @Option(help: "Score: pot, zscore, or a common-mode-free scorer: logres-pot, logres-zscore, ratio-pot, ratio-zscore (the daemon answers these only for models whose [pot] transform is layer-logres or layer-ratio; pot/zscore are then answered on the transformed rows and the title names the scorer used).") var by: ScoreKind = .pot
     @Option(help: "Average the score over this many recent predictions (default: the latest only).") var window: Int?
     @Flag(help: "Refresh every --interval seconds until interrupted (q quits on a terminal).") var watch = false
     @Option(help: "Refresh interval for --watch.") var interval: Double = 1
@@ -154,15 +154,15 @@ struct Top: ParsableCommand {
     func table(_ r: TopReply) -> Table {
         // A direction column when the model watches the lower tail (the entries then say which).
         let twoSided = r.top.contains { $0.direction != nil }
-        var t = Table(headers: ["rank", "filter", "layer", "channel", "score"] + (by == .pot ? ["p"] : []) + (twoSided ? ["direction"] : []))
+        var t = Table(headers: ["rank", "filter", "layer", "channel", "score"] + (r.by.hasSuffix("pot") ? ["p"] : []) + (twoSided ? ["direction"] : []))
         for (i, e) in r.top.enumerated() {
-            t.rows.append([String(i + 1), String(e.filter), e.layer, String(e.channel), fmt(e.score, 5)] + (by == .pot ? [fmt(e.p ?? .nan, 4)] : [])
+            t.rows.append([String(i + 1), String(e.filter), e.layer, String(e.channel), fmt(e.score, 5)] + (r.by.hasSuffix("pot") ? [fmt(e.p ?? .nan, 4)] : [])
                           + (twoSided ? [e.direction ?? "upper"] : []))
         }
         return t
     }
 
-    func title(_ r: TopReply) -> String { "\(model): top \(k) by \(by.rawValue) over \(r.window) prediction(s)" }
+    func title(_ r: TopReply) -> String { "\(model): top \(k) by \(r.by) over \(r.window) prediction(s)" }
 
     /// The full-screen view: summary line (from `status`), title, blank, header, rows.
     func screenLines(_ c: borrowing QueryClient) throws -> [String] {
