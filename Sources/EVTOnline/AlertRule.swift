@@ -43,17 +43,32 @@ public struct AlertBudget: Sendable, Hashable, Codable {
 
 // MARK: - Model-level rule
 
+/// Where the model-level rule's null sample (the histogram of distinct extreme filters per row)
+/// comes from (docs/alerting.md §4).
+public enum ModelShiftNullSample: String, Sendable, Hashable, Codable, CaseIterable {
+    /// 2-fold cross-fitting on the calibration rows (`FilterBank.crossFitHistogram`): the CUSUM
+    /// runs from the first monitored row. If the bank cannot cross-fit (restored after its
+    /// calibration rows were freed, or half the calibration is too short for the POT settings), the
+    /// tracker falls back to a burn-in of `burnIn` rows.
+    case crossFit = "cross_fit"
+    /// The first `burnIn` monitored rows (the rule before issue 13); model alerts are off meanwhile.
+    case burnIn = "burn_in"
+}
+
 /// The model-level shift alert: a Bernoulli CUSUM (Page 1954) on the per-prediction indicator
-/// "this row has at least `r` extreme filters", whose null rate is **estimated online** during a
-/// burn-in of `burnIn` rows, because filters of one layer are strongly correlated (docs/method.md §7) and
-/// no binomial across filters describes the null.
+/// "this row has at least `r` extreme filters", whose null rate is **estimated** from a sample of
+/// rows (held-out calibration rows by default, `nullSample`), because filters of one layer are
+/// strongly correlated (docs/method.md §7) and no binomial across filters describes the null.
 ///
 /// Guarantee: with `h = log(expectedRunTime)` and the CUSUM's increments the log-likelihood ratio of
 /// `Bernoulli(π1)` against `Bernoulli(π0)`, the in-control average run length is at least `e^h`
 /// whenever the true indicator rate is at most `π0` (Lorden 1971, via the one-sided SPRT bound
-/// `P(cross h) ≤ e^{-h}`). `π0` is an upper confidence bound (`confidence`) of the burn-in estimate.
+/// `P(cross h) ≤ e^{-h}`). `π0` is an upper confidence bound (`confidence`) of the null-sample estimate.
 public struct ModelShiftRule: Sendable, Hashable, Codable {
-    /// Rows used to estimate the null rate before the CUSUM starts. Model alerts are off meanwhile.
+    /// Where the null sample comes from (default: cross-fitting on the calibration rows).
+    public var nullSample: ModelShiftNullSample
+    /// Rows of the burn-in (`nullSample = .burnIn`, or the cross-fit's fallback) used to estimate
+    /// the null rate before the CUSUM starts. Model alerts are off meanwhile.
     public var burnIn: Int
     /// Expected predictions between false model-level alerts (`budget.expectedRunTime / modelShare`).
     /// `.infinity` disables the model-level alert.
@@ -69,7 +84,9 @@ public struct ModelShiftRule: Sendable, Hashable, Codable {
     public var confidence: Double
 
     public init(burnIn: Int = 10_000, expectedRunTime: Double = 10_000_000, shiftRatio: Double = 2,
-                maxNullRate: Double = 0.5, maxRowThreshold: Int = 256, confidence: Double = 0.999) {
+                maxNullRate: Double = 0.5, maxRowThreshold: Int = 256, confidence: Double = 0.999,
+                nullSample: ModelShiftNullSample = .crossFit) {
+        self.nullSample = nullSample
         self.burnIn = burnIn
         self.expectedRunTime = expectedRunTime
         self.shiftRatio = shiftRatio
@@ -80,6 +97,27 @@ public struct ModelShiftRule: Sendable, Hashable, Codable {
 
     /// Whether the model-level alert runs at all.
     public var isEnabled: Bool { expectedRunTime.isFinite }
+
+    /// Bins of a null-sample histogram (`maxRowThreshold + 1`; the last counts `≥ maxRowThreshold`).
+    public var histogramBins: Int { maxRowThreshold + 1 }
+
+    private enum CodingKeys: String, CodingKey {
+        case nullSample, burnIn, expectedRunTime, shiftRatio, maxNullRate, maxRowThreshold, confidence
+    }
+
+    /// Snapshots written before `nullSample` existed decode as `.crossFit`: a model restored while
+    /// still calibrating then cross-fits; one restored mid-burn-in (calibration rows already freed)
+    /// finishes its burn-in, because the tracker burns in whenever it is not calibrated.
+    public init(from decoder: any Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        nullSample = try c.decodeIfPresent(ModelShiftNullSample.self, forKey: .nullSample) ?? .crossFit
+        burnIn = try c.decode(Int.self, forKey: .burnIn)
+        expectedRunTime = try c.decode(Double.self, forKey: .expectedRunTime)
+        shiftRatio = try c.decode(Double.self, forKey: .shiftRatio)
+        maxNullRate = try c.decode(Double.self, forKey: .maxNullRate)
+        maxRowThreshold = try c.decode(Int.self, forKey: .maxRowThreshold)
+        confidence = try c.decode(Double.self, forKey: .confidence)
+    }
 
     /// CUSUM decision threshold `h = log(expectedRunTime)` (for firing and, mirrored, for resolving).
     public var threshold: Double { Double.log(expectedRunTime) }
@@ -96,11 +134,12 @@ public struct ModelShiftRule: Sendable, Hashable, Codable {
         guard confidence >= 0.5, confidence < 1 else { throw bad("confidence must be in [0.5, 1), got \(confidence)") }
     }
 
-    /// Derives the CUSUM from a burn-in histogram (`histogram[j]` = rows with `j` distinct extreme
-    /// filters, the last bin counting `≥ maxRowThreshold`). O(bins + 200 tail evaluations).
-    public func calibrate(histogram: [UInt64]) -> ModelShiftCalibration {
+    /// Derives the CUSUM from a null-sample histogram (`histogram[j]` = rows with `j` distinct
+    /// extreme filters, the last bin counting `≥ maxRowThreshold`): held-out calibration rows
+    /// (cross-fit) or burn-in rows. O(bins + 200 tail evaluations).
+    public func calibrate(histogram: [UInt64], source: ModelShiftNullSample = .burnIn) -> ModelShiftCalibration {
         let rows = histogram.reduce(0, +)
-        precondition(rows > 0, "calibrate needs at least one burn-in row")
+        precondition(rows > 0, "calibrate needs at least one null-sample row")
         // Rows with ≥ r extremes, for increasing r: pick the first r whose rate is ≤ maxNullRate.
         var atLeast = rows - histogram[0]
         var r = 1
@@ -112,16 +151,18 @@ public struct ModelShiftRule: Sendable, Hashable, Codable {
         let pi0 = BinomialTail.upperConfidenceBound(successes: Int(atLeast), trials: Int(rows), confidence: confidence)
         let pi1 = Swift.min(shiftRatio * pi0, (1 + pi0) / 2)
         return ModelShiftCalibration(rowThreshold: r, burnInRows: Int(rows), estimatedRate: estimate,
-                                     nullRate: pi0, shiftedRate: pi1, threshold: threshold)
+                                     nullRate: pi0, shiftedRate: pi1, threshold: threshold, source: source)
     }
 }
 
-/// What the burn-in found; fixed for the rest of the run (persisted in snapshots).
+/// What the null sample gave; fixed for the rest of the run (persisted in snapshots).
 public struct ModelShiftCalibration: Sendable, Hashable, Codable {
     /// A row counts as a hit when it has at least this many distinct extreme filters.
     public var rowThreshold: Int
+    /// Rows in the null sample (held-out calibration rows for a cross-fit, burn-in rows otherwise;
+    /// the name predates the cross-fit and is kept for snapshots).
     public var burnInRows: Int
-    /// Burn-in hit rate (point estimate).
+    /// Null-sample hit rate (point estimate).
     public var estimatedRate: Double
     /// `π0`: the upper confidence bound of the hit rate the CUSUM treats as the null.
     public var nullRate: Double
@@ -129,6 +170,34 @@ public struct ModelShiftCalibration: Sendable, Hashable, Codable {
     public var shiftedRate: Double
     /// `h`.
     public var threshold: Double
+    /// Where the null sample came from (snapshots written before the cross-fit decode as `.burnIn`).
+    public var source: ModelShiftNullSample
+
+    public init(rowThreshold: Int, burnInRows: Int, estimatedRate: Double, nullRate: Double, shiftedRate: Double, threshold: Double,
+                source: ModelShiftNullSample = .burnIn) {
+        self.rowThreshold = rowThreshold
+        self.burnInRows = burnInRows
+        self.estimatedRate = estimatedRate
+        self.nullRate = nullRate
+        self.shiftedRate = shiftedRate
+        self.threshold = threshold
+        self.source = source
+    }
+
+    private enum CodingKeys: String, CodingKey {
+        case rowThreshold, burnInRows, estimatedRate, nullRate, shiftedRate, threshold, source
+    }
+
+    public init(from decoder: any Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        rowThreshold = try c.decode(Int.self, forKey: .rowThreshold)
+        burnInRows = try c.decode(Int.self, forKey: .burnInRows)
+        estimatedRate = try c.decode(Double.self, forKey: .estimatedRate)
+        nullRate = try c.decode(Double.self, forKey: .nullRate)
+        shiftedRate = try c.decode(Double.self, forKey: .shiftedRate)
+        threshold = try c.decode(Double.self, forKey: .threshold)
+        source = try c.decodeIfPresent(ModelShiftNullSample.self, forKey: .source) ?? .burnIn
+    }
 
     /// CUSUM increment for a hit row, `log(π1/π0) > 0`.
     public var hitIncrement: Double { Double.log(shiftedRate / nullRate) }
@@ -196,7 +265,7 @@ public struct AlertRule: Sendable, Hashable, Codable {
     }
 
     /// Upper bound on all expected false alerts per prediction: filter alerts plus the model-level
-    /// alert's `1/ERT_model` (the latter assumes the burn-in saw the null).
+    /// alert's `1/ERT_model` (the latter assumes the null sample's `π0` bounds the monitored hit rate).
     public func totalFalseAlertsPerPrediction(filters: Int, q: Double) -> Double {
         falseAlertsPerPrediction(filters: filters, q: q) + (model.isEnabled ? 1 / model.expectedRunTime : 0)
     }

@@ -12,13 +12,15 @@ public enum AlertTransition: Sendable, Hashable {
     case modelFired(row: UInt64, statistic: Double)
     /// The mirrored CUSUM crossed `h`: the hit rate went back to the null.
     case modelResolved(row: UInt64)
-    /// Burn-in ended; the model-level CUSUM runs from the next row on with this calibration.
+    /// The model-level rule got its null sample (cross-fitted calibration rows, or the end of a
+    /// burn-in); its CUSUM runs from the next row on with this calibration.
     case modelCalibrated(ModelShiftCalibration)
 }
 
 /// The model-level detector's state (plain data, part of snapshots).
 public struct ModelShiftState: Sendable, Hashable, Codable {
-    /// Burn-in histogram of distinct extremes per row (last bin: `≥ maxRowThreshold`); emptied after.
+    /// Burn-in histogram of distinct extremes per row (last bin: `≥ maxRowThreshold`); emptied once
+    /// calibrated. Stays all-zero when a cross-fitted histogram arrives before the first row.
     public var histogram: [UInt64]
     /// Set when burn-in ends.
     public var calibration: ModelShiftCalibration?
@@ -193,6 +195,37 @@ public struct AlertTracker: ~Copyable, Sendable {
         if rule.model.isEnabled { recordModel(row: row, distinct: distinct, into: &events) }
     }
 
+    /// Calibrates the model-level rule from a null-sample histogram computed elsewhere (the bank's
+    /// cross-fit on its calibration rows, `FilterBank.crossFitHistogram`), so that its CUSUM runs
+    /// from the next recorded row. Appends `.modelCalibrated`. Returns false (and changes nothing)
+    /// when the rule is disabled, already calibrated, or the histogram is empty or has the wrong
+    /// number of bins (`rule.model.histogramBins`): the tracker then keeps burning in. O(bins).
+    @discardableResult
+    public mutating func calibrateModel(histogram: [UInt64], source: ModelShiftNullSample = .crossFit,
+                                        into events: inout [AlertTransition]) -> Bool {
+        guard rule.model.isEnabled, model.calibration == nil, histogram.count == rule.model.histogramBins else { return false }
+        var rows: UInt64 = 0
+        for b in histogram { rows &+= b }
+        guard rows > 0 else { return false }
+        let cal = rule.model.calibrate(histogram: histogram, source: source)
+        model.calibration = cal
+        model.histogram = []
+        model.cusum = 0
+        model.reverse = 0
+        model.firing = false
+        events.append(.modelCalibrated(cal))
+        return true
+    }
+
+    /// Burn-in rows recorded so far while the model-level rule is uncalibrated (0 once calibrated
+    /// or disabled). O(bins).
+    public var modelBurnInRows: Int {
+        guard model.calibration == nil else { return 0 }
+        var rows: UInt64 = 0
+        for b in model.histogram { rows &+= b }
+        return Int(rows)
+    }
+
     private mutating func recordModel(row: UInt64, distinct: Int, into events: inout [AlertTransition]) {
         guard let cal = model.calibration else {
             let bins = model.histogram.count
@@ -200,7 +233,7 @@ public struct AlertTracker: ~Copyable, Sendable {
             var rows: UInt64 = 0
             for b in model.histogram { rows &+= b }  // O(bins) during burn-in only
             if rows >= UInt64(rule.model.burnIn) {
-                let cal = rule.model.calibrate(histogram: model.histogram)
+                let cal = rule.model.calibrate(histogram: model.histogram, source: .burnIn)
                 model.calibration = cal
                 model.histogram = []
                 events.append(.modelCalibrated(cal))
@@ -250,9 +283,9 @@ public struct AlertTracker: ~Copyable, Sendable {
     /// Whether the model-level alert is firing.
     public var isModelFiring: Bool { model.firing }
 
-    /// The model-level calibration, once burn-in is over.
+    /// The model-level calibration, once the null sample is in (cross-fit or burn-in).
     public var modelCalibration: ModelShiftCalibration? { model.calibration }
 
-    /// Current upward CUSUM statistic of the model-level alert (0 during burn-in).
+    /// Current upward CUSUM statistic of the model-level alert (0 until calibrated).
     public var modelStatistic: Double { model.cusum }
 }

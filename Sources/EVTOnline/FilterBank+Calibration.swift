@@ -4,8 +4,10 @@ import CKernels
 extension FilterBank {
     // MARK: - Calibration
 
-    func finishCalibration() {
-        guard let c = storage.calibration else { return }
+    /// `source`: the `calibration × K` rows to calibrate from (default: the bank's own buffer; a
+    /// cross-fit passes half of its parent's, ModelShiftCrossFit.swift).
+    func finishCalibration(from source: UnsafePointer<Float>? = nil) {
+        guard let c = source ?? storage.calibration.map({ UnsafePointer($0) }) else { return }
         let k = filterCount, nCal = configuration.calibration
         let col = UnsafeMutablePointer<Float>.allocate(capacity: nCal)
         let sorted = UnsafeMutablePointer<Float>.allocate(capacity: nCal)
@@ -33,6 +35,7 @@ extension FilterBank {
                 calibrateFilter(j, column: column, residuals: column, sorted: sorted)
             }
         }
+        if source == nil { runCrossFitIfRequested(rows: c) }
         storage.releaseCalibration()
         calibSeen = nCal
     }

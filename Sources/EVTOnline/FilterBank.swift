@@ -195,6 +195,8 @@ public final class FilterBank {
     var refitLowerNext = false
     var calibSeen = 0
     var fitter: GrimshawFitter
+    /// The model-level cross-fit requested at calibration end and its result (ModelShiftCrossFit.swift).
+    var crossFit = CrossFitSlot()
 
     public var phase: Phase { isCalibrated ? .monitoring : .calibrating(seen: calibSeen, of: configuration.calibration) }
     public var isCalibrated: Bool { storage.calibration == nil }
