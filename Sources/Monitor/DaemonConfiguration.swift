@@ -127,8 +127,16 @@ public struct DaemonConfiguration: Sendable, Hashable {
     /// exceedance rate runs above q (measured 1.8–2.2·q on average at calibration 1000–2000, higher
     /// for unlucky filters; docs/alerting.md), so the default is 4.
     public var alertSafetyFactor = 4.0
-    /// Predictions after calibration used to estimate the model-level alert's null rate.
+    /// Where the model-level alert's null sample comes from: `cross_fit` (default: 2-fold
+    /// cross-fitting on the calibration rows, the CUSUM runs from the first monitored row) or
+    /// `burn_in` (the first `model_burn_in` monitored rows; docs/alerting.md §4).
+    public var modelNullSample: ModelShiftNullSample = .crossFit
+    /// Predictions after calibration used to estimate the model-level alert's null rate when
+    /// `model_null_sample = "burn_in"` (and the cross-fit's fallback).
     public var modelBurnIn = 10_000
+
+    /// The model-level rule the daemon gives every model (before `AlertRule.design` sets its ERT).
+    public var modelShiftRule: ModelShiftRule { ModelShiftRule(burnIn: modelBurnIn, nullSample: modelNullSample) }
 
     public init() {}
 
@@ -196,6 +204,14 @@ public struct DaemonConfiguration: Sendable, Hashable {
         do { try pot.validate() } catch { throw bad("[pot] \(error.message)") }
         do { try alerting.validate() } catch { throw bad("[alerting] \(error.message)") }
         guard modelBurnIn >= 100, modelBurnIn <= 10_000_000 else { throw bad("alerting.model_burn_in must be in 100...10000000 predictions, got \(modelBurnIn)") }
+        if modelNullSample == .crossFit, alerting.modelShare > 0 {
+            // Each fold calibrates on half the calibration rows: that must be a valid calibration.
+            var half = pot
+            half.calibration = pot.calibration / 2
+            do { try half.validate() } catch {
+                throw bad("[alerting] model_null_sample = \"cross_fit\" calibrates each fold on half of pot.calibration = \(pot.calibration) rows, which is not valid: \(error.message). Raise pot.calibration or set model_null_sample = \"burn_in\"")
+            }
+        }
         guard alertSafetyFactor >= 1, alertSafetyFactor <= 100 else { throw bad("alerting.safety_factor must be in 1...100, got \(alertSafetyFactor)") }
     }
 
@@ -211,7 +227,7 @@ public struct DaemonConfiguration: Sendable, Hashable {
         // [alertmanager] is applied by a reload (EngineLoop replaces the forwarder), except the
         // generatorURL default, which follows metrics.listen (itself restart-only).
         if pot != old.pot { out.append("pot") }
-        if alerting != old.alerting || alertSafetyFactor != old.alertSafetyFactor || modelBurnIn != old.modelBurnIn { out.append("alerting") }
+        if alerting != old.alerting || alertSafetyFactor != old.alertSafetyFactor || modelBurnIn != old.modelBurnIn || modelNullSample != old.modelNullSample { out.append("alerting") }
         if monitor.recentRows != old.monitor.recentRows || monitor.maxModels != old.monitor.maxModels { out.append("monitor.recent_rows/max_models") }
         if limits.maxProducers != old.limits.maxProducers || limits.maxLayerSeries != old.limits.maxLayerSeries { out.append("limits.max_producers/max_layer_series") }
         return out
@@ -230,7 +246,7 @@ public struct DaemonConfiguration: Sendable, Hashable {
         "monitor": ["recent_rows", "max_models", "log_level", "log_burst"],
         "limits": ["max_model_bytes", "max_total_bytes", "max_layers", "max_producers", "max_layer_series", "calibrating_idle_expiry", "idle_expiry", "layout_change"],
         "pot": ["level", "q", "calibration", "max_peaks", "min_peaks", "refit_after_peaks", "refits_per_row", "drift_window", "peak_stride", "tails", "transform"],
-        "alerting": ["expected_run_time", "model_share", "safety_factor", "model_burn_in"],
+        "alerting": ["expected_run_time", "model_share", "safety_factor", "model_burn_in", "model_null_sample"],
         "alertmanager": ["urls", "timeout", "resend_interval", "queue_capacity", "batch_size", "max_backoff", "external_url"],
     ]
 
@@ -317,6 +333,9 @@ public struct DaemonConfiguration: Sendable, Hashable {
         if let v = dbl("alerting", "model_share") { c.alerting.modelShare = v }
         if let v = dbl("alerting", "safety_factor") { c.alertSafetyFactor = v }
         if let v = int("alerting", "model_burn_in") { c.modelBurnIn = v }
+        if let v = str("alerting", "model_null_sample") {
+            if let m = ModelShiftNullSample(rawValue: v) { c.modelNullSample = m } else { problems.append("alerting.model_null_sample must be \"cross_fit\" or \"burn_in\", got \"\(v)\"") }
+        }
         if let v = value("alertmanager", "urls", "an array of strings", { v -> [String]? in
             guard case .array(let items) = v else { return nil }
             var out: [String] = []
@@ -432,7 +451,7 @@ extension DaemonConfiguration {
         [monitor]  recent_rows = \(monitor.recentRows)  max_models = \(monitor.maxModels)  log_level = "\(monitor.logLevel)"  log_burst = \(monitor.logBurst)
         [limits]   max_model_bytes = \(limits.maxModelBytes)  max_total_bytes = \(limits.maxTotalBytes)  max_layers = \(limits.maxLayers)  max_producers = \(limits.maxProducers)  max_layer_series = \(limits.maxLayerSeries)  calibrating_idle_expiry = \(limits.calibratingIdleExpiry)  idle_expiry = \(limits.idleExpiry)  layout_change = "\(limits.layoutChange)"
         [pot]      level = \(pot.level)  q = \(pot.q)  calibration = \(pot.calibration)  max_peaks = \(pot.maxPeaks)  min_peaks = \(pot.minPeaks)  refit_after_peaks = \(pot.refitAfterPeaks)  refits_per_row = \(pot.refitsPerRow)  drift_window = \(pot.driftWindow)  peak_stride = \(pot.peakStride == 0 ? "auto" : String(pot.peakStride))  tails = \(pot.tails.rawValue)  transform = \(pot.transform.rawValue)
-        [alerting] expected_run_time = \(alerting.expectedRunTime)  model_share = \(alerting.modelShare)  safety_factor = \(alertSafetyFactor)  model_burn_in = \(modelBurnIn)
+        [alerting] expected_run_time = \(alerting.expectedRunTime)  model_share = \(alerting.modelShare)  safety_factor = \(alertSafetyFactor)  model_null_sample = "\(modelNullSample.rawValue)"  model_burn_in = \(modelBurnIn)
         [alertmanager] urls = [\(alertmanager.urls.map { "\"\($0)\"" }.joined(separator: ", "))]\(alertmanager.urls.isEmpty ? " (delivery off)" : "")  timeout = \(alertmanager.timeout)  resend_interval = \(alertmanager.resendInterval)  queue_capacity = \(alertmanager.queueCapacity)  batch_size = \(alertmanager.batchSize)  max_backoff = \(alertmanager.maxBackoff)  external_url = "\(alertmanagerExternalURL)"
         """
     }

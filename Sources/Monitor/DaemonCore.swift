@@ -154,7 +154,7 @@ final class DaemonCore {
             return reject(.overBudget, "schema '\(schema.model)' (\(schema.filterCount) filters) would claim up to \(cost) bytes; admitted models already hold \(admittedBytes) of limits.max_total_bytes = \(limits.maxTotalBytes)")
         }
         do {
-            let engine = try ModelEngine(schema: schema, pot: configuration.pot, budget: configuration.alerting, safetyFactor: configuration.alertSafetyFactor, modelBurnIn: configuration.modelBurnIn, recentRows: configuration.monitor.recentRows,
+            let engine = try ModelEngine(schema: schema, pot: configuration.pot, budget: configuration.alerting, safetyFactor: configuration.alertSafetyFactor, modelBurnIn: configuration.modelBurnIn, modelNullSample: configuration.modelNullSample, recentRows: configuration.monitor.recentRows,
                                          rule: try alertRule(filters: schema.filterCount))
             admit(engine)
             if let old = byName[schema.model], old != fp {
@@ -178,7 +178,7 @@ final class DaemonCore {
     func alertRule(filters: Int) throws(SaliencyError) -> AlertRule {
         if let r = ruleCache[filters] { return r }
         let r = try AlertRule.design(filters: filters, q: configuration.pot.q, budget: configuration.alerting,
-                                     safetyFactor: configuration.alertSafetyFactor, model: ModelShiftRule(burnIn: configuration.modelBurnIn))
+                                     safetyFactor: configuration.alertSafetyFactor, model: configuration.modelShiftRule)
         if ruleCache.count >= 64 { ruleCache.removeAll(keepingCapacity: true) }
         ruleCache[filters] = r
         return r
@@ -280,6 +280,10 @@ final class DaemonCore {
                 logger.info("calibrating", metadata: ["model": "\(model)", "progress": "\(seen)/\(total)"])
             }
         }
+        if let why = engine.crossFitFailure {
+            engine.crossFitFailure = nil
+            logLimiter.log(logger, .warning, kind: "model-level cross-fit failed", "the model-level rule could not cross-fit its null sample on the calibration rows; it burns in for [alerting] model_burn_in predictions instead (model alerts are off meanwhile)", metadata: ["model": "\(model)", "error": "\(why)", "burn_in": "\(engine.tracker.rule.model.burnIn)"])
+        }
         if !engine.events.isEmpty, let row = engine.latestRow {
             let (alerts, modelCalibrated) = engine.alerts(at: AlertMessage.now(), row: row)
             for var a in alerts {
@@ -287,7 +291,7 @@ final class DaemonCore {
                 engine.published(a)
             }
             if let c = modelCalibrated {
-                logger.info("model-level shift rule calibrated", metadata: ["model": "\(model)", "row_threshold": "\(c.rowThreshold)", "null_rate": "\(c.nullRate)"])
+                logger.info("model-level shift rule calibrated", metadata: ["model": "\(model)", "source": "\(c.source.rawValue)", "null_rows": "\(c.burnInRows)", "row_threshold": "\(c.rowThreshold)", "estimated_rate": "\(c.estimatedRate)", "null_rate": "\(c.nullRate)"])
             }
         }
         metrics.latency(ContinuousClock.now - started)

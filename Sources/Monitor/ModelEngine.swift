@@ -51,13 +51,14 @@ final class ModelEngine {
     let rowTransform: RowTransform?
     let transformedNewest: UnsafeMutablePointer<Float>?
 
-    convenience init(schema: ModelSchema, pot: POTConfiguration, budget: AlertBudget, safetyFactor: Double, modelBurnIn: Int = 10_000, recentRows: Int,
+    convenience init(schema: ModelSchema, pot: POTConfiguration, budget: AlertBudget, safetyFactor: Double, modelBurnIn: Int = 10_000,
+                     modelNullSample: ModelShiftNullSample = .crossFit, recentRows: Int,
                      rule designed: AlertRule? = nil) throws(SaliencyError) {
         let bank = try FilterBank(filterCount: schema.filterCount, configuration: pot)
         let rule: AlertRule
         if let designed { rule = designed } else {
             rule = try AlertRule.design(filters: schema.filterCount, q: pot.q, budget: budget, safetyFactor: safetyFactor,
-                                        model: ModelShiftRule(burnIn: modelBurnIn))
+                                        model: ModelShiftRule(burnIn: modelBurnIn, nullSample: modelNullSample))
         }
         let slots = pot.tails == .both ? 2 * schema.filterCount : schema.filterCount
         try self.init(schema: schema, bank: bank, tracker: AlertTracker(filterCount: slots, rule: rule), recentRows: recentRows)
@@ -89,7 +90,18 @@ final class ModelEngine {
         self.maximumBytes = Self.windowAndAlertBytes(filters: schema.filterCount, layers: schema.layers.count, recentRows: recentRows, tails: bank.configuration.tails)
             + (bank.configuration.transform == .none ? 0 : 4 * schema.filterCount)
             + (FilterBank.maximumBytes(filterCount: schema.filterCount, configuration: bank.configuration) ?? 0)
+        // The model-level rule's null sample: cross-fitted on the calibration rows when they are
+        // still there (a model restored mid-burn-in finishes its burn-in instead).
+        let modelRule = self.tracker.rule.model
+        if modelRule.isEnabled, modelRule.nullSample == .crossFit, !bank.isCalibrated, self.tracker.modelCalibration == nil {
+            bank.requestCrossFit(bins: modelRule.histogramBins)
+            self.maximumBytes += FilterBank.crossFitTransientBytes(filterCount: schema.filterCount, configuration: bank.configuration) ?? 0
+        }
     }
+
+    /// Why the model-level cross-fit failed at calibration end (the rule then burns in for
+    /// `model_burn_in` rows); taken once by the owner for its log.
+    var crossFitFailure: String?
 
     /// Upper bound of the alert tracker's fire count (`AlertRule.design`'s `maxFireCount`).
     static let maxFireCount = 16
@@ -104,7 +116,14 @@ final class ModelEngine {
     /// The most memory a model of `schema` can claim under `configuration` (nil: overflows),
     /// computed before anything is allocated (admission control, docs/security.md).
     static func maximumBytes(schema: ModelSchema, configuration: DaemonConfiguration) -> Int? {
-        guard let bank = FilterBank.maximumBytes(filterCount: schema.filterCount, configuration: configuration.pot) else { return nil }
+        guard var bank = FilterBank.maximumBytes(filterCount: schema.filterCount, configuration: configuration.pot) else { return nil }
+        if configuration.modelNullSample == .crossFit, configuration.alerting.modelShare > 0 {
+            // The cross-fit's fold bank lives next to the calibration buffer at calibration end.
+            guard let x = FilterBank.crossFitTransientBytes(filterCount: schema.filterCount, configuration: configuration.pot) else { return nil }
+            let (b, o) = bank.addingReportingOverflow(x)
+            if o { return nil }
+            bank = b
+        }
         let (t, o) = bank.addingReportingOverflow(windowAndAlertBytes(filters: schema.filterCount, layers: schema.layers.count, recentRows: configuration.monitor.recentRows, tails: configuration.pot.tails)
             + (configuration.pot.transform == .none ? 0 : 4 * schema.filterCount))
         return o ? nil : t
@@ -168,6 +187,12 @@ final class ModelEngine {
         recentHead = (recentHead + 1) % recentCapacity
         recentCount = min(recentCount + 1, recentCapacity)
         events.removeAll(keepingCapacity: true)
+        if r.calibrated, let crossFit = bank.takeCrossFit() {
+            switch crossFit {
+            case .success(let histogram): tracker.calibrateModel(histogram: histogram, source: .crossFit, into: &events)
+            case .failure(let error): crossFitFailure = error.message
+            }
+        }
         if bank.isCalibrated && !r.calibrated {
             let ex = bank.lastExtremes
             for j in ex { layerExtremes[Int(layerOf[Int(j)])] &+= 1 }
