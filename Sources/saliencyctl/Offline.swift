@@ -195,6 +195,8 @@ struct Bench: ParsableCommand {
     @Option(name: .customLong("peak-stride"), help: "Ring sampling stride (a power of two; 0 = automatic).") var peakStride = POTConfiguration().peakStride
     @Option(help: "Vector kernels: best (the CPU's best instruction set) or baseline (SSE2 on x86-64).") var kernels: KernelChoice = .best
     @Option(help: "Tails watched per filter: upper, lower or both (docs/statistics.md, \"Two tails\").") var tails: TailSelection = .upper
+    @Option(help: "Row transform the bank monitors: none, layer-logres or layer-ratio (docs/statistics.md, \"Common-mode-free scorers\"); timed updates then include it, and the transform alone is timed too.") var transform: RowTransformKind = .none
+    @Option(help: "Layers for the transform (contiguous, near-equal); with --filters 26560 the default is ResNet-50's 53 conv layers.") var layers: Int?
     @Flag(name: .customLong("no-pin"), help: "Do not pin the measuring thread to the CPU it starts on (by default it is pinned: a thread the scheduler migrates loses its L2 cache, and on small VMs runs then scatter by ±25 %).") var noPin = false
     enum KernelChoice: String, ExpressibleByArgument, CaseIterable { case best, baseline }
     @OptionGroup var output: OutputOptions
@@ -205,6 +207,25 @@ struct Bench: ParsableCommand {
         var refits: UInt64; var peaks_per_row: Double; var extremes: Int
         var peak_stride: Int; var kernels: String; var pinned_cpu: Int?
         var tails: String = "upper"; var lower_extremes: Int = 0
+        var transform: String = "none"; var layers: Int = 0; var transform_ns_per_value: Double? = nil
+    }
+
+    /// ResNet-50's conv layers (53, 26,560 filters): stem, then per stage blocks of (w, w, 4w) and a downsample of 4w.
+    static let resnet50Widths: [Int] = {
+        var w = [64]
+        for (blocks, width) in [(3, 64), (4, 128), (6, 256), (3, 512)] {
+            for _ in 0..<blocks { w += [width, width, 4 * width] }
+            w.append(4 * width)
+        }
+        return w
+    }()
+
+    func layerOffsets() -> [Int] {
+        if layers == nil, filters == Self.resnet50Widths.reduce(0, +) {
+            return Self.resnet50Widths.reduce(into: [0]) { $0.append($0.last! + $1) }
+        }
+        let n = max(1, min(layers ?? 53, filters))
+        return (0...n).map { $0 * filters / n }
     }
 
     func run() throws {
@@ -215,6 +236,11 @@ struct Bench: ParsableCommand {
         cfg.maxPeaks = maxPeaks
         cfg.peakStride = peakStride
         cfg.tails = tails
+        cfg.transform = transform
+        let offsets = layerOffsets()
+        let rowTransform = transform == .none ? nil : RowTransform(kind: transform, offsets: offsets)
+        let scratch = UnsafeMutableBufferPointer<Float>.allocate(capacity: filters)
+        defer { scratch.deallocate() }
         let pinnedCPU = noPin ? nil : pinToCurrentCPU()
         let bank: FilterBank
         do { bank = try FilterBank(filterCount: filters, configuration: cfg, kernels: kernels == .baseline ? .baseline : .best) } catch { throw InputError(error.message) }
@@ -230,7 +256,10 @@ struct Bench: ParsableCommand {
         for start in stride(from: 0, to: calibration, by: pool) {
             if start > 0 { fill() }
             rows.withUnsafeBufferPointer { all in
-                for r in 0..<min(pool, calibration - start) { bank.updateValidated(UnsafeBufferPointer(rebasing: all[(r * filters)..<((r + 1) * filters)])) }
+                for r in 0..<min(pool, calibration - start) {
+                    let row = UnsafeBufferPointer(rebasing: all[(r * filters)..<((r + 1) * filters)])
+                    if let t = rowTransform { t.apply(row, into: scratch); bank.updateValidated(UnsafeBufferPointer(scratch)) } else { bank.updateValidated(row) }
+                }
             }
         }
         fill()   // fresh rows for the timed part
@@ -241,7 +270,9 @@ struct Bench: ParsableCommand {
             clock.measure {
                 for i in 0..<predictions {
                     let r = i % pool
-                    let res = bank.updateValidated(UnsafeBufferPointer(rebasing: all[(r * filters)..<((r + 1) * filters)]))
+                    let row = UnsafeBufferPointer(rebasing: all[(r * filters)..<((r + 1) * filters)])
+                    let res: FilterBank.RowResult
+                    if let t = rowTransform { t.apply(row, into: scratch); res = bank.updateValidated(UnsafeBufferPointer(scratch)) } else { res = bank.updateValidated(row) }
                     peaks += res.peaks
                     extremes += res.extremes
                     lowerExtremes += res.lowerExtremes
@@ -249,21 +280,34 @@ struct Bench: ParsableCommand {
             }
         }
         let secs = Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) * 1e-18
+        // The transform alone, over the same rows (as many passes as timed updates, at least 2,000).
+        var transformNs: Double? = nil
+        if let t = rowTransform {
+            let passes = max(predictions, 2_000)
+            let e = rows.withUnsafeBufferPointer { all in
+                clock.measure {
+                    for i in 0..<passes { t.apply(UnsafeBufferPointer(rebasing: all[((i % pool) * filters)..<((i % pool + 1) * filters)]), into: scratch) }
+                }
+            }
+            transformNs = (Double(e.components.seconds) + Double(e.components.attoseconds) * 1e-18) * 1e9 / (Double(passes) * Double(filters))
+        }
         let pps = Double(predictions) / secs
         let r = Result(filters: filters, predictions: predictions, level: level, predictions_per_second: pps,
                        values_per_second: pps * Double(filters), ns_per_value: secs * 1e9 / (Double(predictions) * Double(filters)),
                        bytes_per_filter: bank.bytesPerFilter, refits: bank.refitCount - refitsBefore,
                        peaks_per_row: Double(peaks) / Double(predictions), extremes: extremes,
                        peak_stride: bank.peakStride, kernels: bank.kernels.isa, pinned_cpu: pinnedCPU,
-                       tails: tails.rawValue, lower_extremes: lowerExtremes)
+                       tails: tails.rawValue, lower_extremes: lowerExtremes, transform: transform.rawValue, layers: offsets.count - 1,
+                       transform_ns_per_value: transformNs)
         if output.json { try IO.printJSON(r); return }
-        var t = Table(headers: ["filters", "level", "tails", "predictions/s", "values/s", "ns/value", "bytes/filter", "refits", "peaks/row", "stride", "kernels", "cpu"])
-        t.rows.append([String(filters), fmt(level, 3), tails.rawValue, fmt(pps, 6), fmt(r.values_per_second, 4), fmt(r.ns_per_value, 3), String(r.bytes_per_filter), String(r.refits), fmt(r.peaks_per_row, 5), String(r.peak_stride), r.kernels, pinnedCPU.map(String.init) ?? "any"])
+        var t = Table(headers: ["filters", "level", "tails", "transform", "transform ns/value", "predictions/s", "values/s", "ns/value", "bytes/filter", "refits", "peaks/row", "stride", "kernels", "cpu"])
+        t.rows.append([String(filters), fmt(level, 3), tails.rawValue, transform.rawValue, transformNs.map { fmt($0, 3) } ?? "-", fmt(pps, 6), fmt(r.values_per_second, 4), fmt(r.ns_per_value, 3), String(r.bytes_per_filter), String(r.refits), fmt(r.peaks_per_row, 5), String(r.peak_stride), r.kernels, pinnedCPU.map(String.init) ?? "any"])
         print(t.render())
     }
 }
 
 extension TailSelection: ExpressibleByArgument {}
+extension RowTransformKind: ExpressibleByArgument {}
 
 /// Pins the calling thread to the CPU it is running on (`saliency_pin_to_current_cpu`, Linux);
 /// returns that CPU, or nil where this is not possible. For single-core measurements.
