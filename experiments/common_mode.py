@@ -79,6 +79,24 @@ def fmt(m, ci=None, key="MRR"):
     return f"{m[key]:.3f}" + (f" [{ci[0]:.2f},{ci[1]:.2f}]" if ci else "")
 
 
+def rounded(o, nd=4):
+    """JSON summaries: floats to nd decimals (small files)."""
+    if isinstance(o, float):
+        return round(o, nd)
+    if isinstance(o, dict):
+        return {k: rounded(v, nd) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [rounded(v, nd) for v in o]
+    return o
+
+
+def dump(obj, name):
+    with open(os.path.join(FIG_DIR, name), "w") as f:
+        json.dump(rounded(obj), f, separators=(",", ":"))
+        f.write("\n")
+    print(f"wrote docs/results/{name}")
+
+
 def table_md(rows, cols, cell):
     out = ["| scorer | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
     for r in rows:
@@ -110,9 +128,18 @@ def run_backdoor():
           f"trigger->0 {asr_bd:.3f} (healthy {info['asr_healthy']:.3f}); {len(info['trained'])} filters trained")
     print("single restores (ASR after): " + ", ".join(f"#{f} {a:.2f}" for f, a in sorted(single.items(), key=lambda t: t[1])))
     print(f"carrying (single restore cuts ASR by >= 0.05): {carry_single}")
-    print(f"carrying (greedy set to below half the ASR): {carry_greedy} "
+    print(f"carrying (greedy restores until the success is <= 0.10): {carry_greedy} "
           + " -> ".join(f"{g['asr_after']:.2f}" for g in info["greedy"]))
     print(f"{len(rows)} triggered, misclassified rows (of {len(trig['sal'])} triggered); calibration {len(ref)} clean rows")
+    # diagnostic: how much each filter's saliency rises on these rows (median / reference median)
+    offs = np.concatenate([[0], np.cumsum(np.bincount(L))])
+    fname = lambda f: f"{names[L[f]]}[{f - offs[L[f]]}]"  # noqa: E731
+    rise = np.median(rows, 0) / np.maximum(np.median(ref, 0), 1e-12)
+    order = np.argsort(-rise)
+    print("median rise on these rows vs the reference, top 8: "
+          + ", ".join(f"{fname(f)} x{rise[f]:.0f}" for f in order[:8]))
+    print("carrying filters: " + ", ".join(f"{fname(f)} x{rise[f]:.1f} (rise rank {int(np.flatnonzero(order == f)[0]) + 1})"
+                                           for f in carry_single))
     scorers = calibrate(ref, L, tag)
     rng = np.random.default_rng(0)
     res = {}
@@ -137,8 +164,7 @@ def run_backdoor():
     out = {"info": {k: v for k, v in info.items()}, "rows": int(len(rows)), "calibration_rows": int(len(ref)),
            "carrying": sets,
            "results": {f"{s}|{n}": m for (s, n), m in res.items()}}
-    with open(os.path.join(FIG_DIR, f"cm_backdoor{'_predtarget' if pred_target else ''}.json"), "w") as f:
-        json.dump(out, f, indent=1)
+    dump(out, f"cm_backdoor{'_predtarget' if pred_target else ''}.json")
     # figure: MRR-first per scorer, per carrying set
     fig, axes = plt.subplots(1, 2, figsize=(14, 4.2), sharey=True)
     for ax, sname in zip(axes, sets):
@@ -214,8 +240,7 @@ def run_faults():
     out = {"effects": {f"{k}|{f}": v for (k, f), v in eff.items()},
            "filters": [{"layer": l, "channel": c, "filter": f} for l, c, f in model_filters],
            "results": {f"{k}|{n}": v for (k, n), v in res.items()}}
-    with open(os.path.join(FIG_DIR, "cm_faults.json"), "w") as f:
-        json.dump(out, f, indent=1)
+    dump(out, "cm_faults.json")
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.2), sharey=True)
     for ax, kind in zip(axes, cm_rows.FAULT_KINDS):
         for ti, tail in enumerate(TAILS):
@@ -245,7 +270,7 @@ def run_shifts():
     deep = np.isin(np.arange(len(names)), [3, 4, 5])
     rng = np.random.default_rng(0)
     conds = [("clean", 0, None)] + [(s, i, v) for s, vs in cm_rows.SEVERITIES.items() for i, v in enumerate(vs)]
-    res = {}
+    res, d3rows = {}, {}
     for shift, si, sev in conds:
         if shift == "clean":
             rows, acc = h["sal"][ev[:1000]], float(np.mean(h["pred"][ev[:1000]] == h["label"][ev[:1000]]))
@@ -257,6 +282,7 @@ def run_shifts():
             lay = L[top]                                         # [rows, 20]
             per_row = np.stack([(lay == li).mean(1) for li in range(len(names))], 1)   # [rows, layers]
             d3 = per_row[:, deep].sum(1)
+            d3rows[(shift, si, sc.name)] = d3
             bs = [d3[rng.integers(0, len(d3), len(d3))].mean() for _ in range(300)]
             res[(shift, si, sc.name)] = {"shares": per_row.mean(0).tolist(), "deep3": float(d3.mean()),
                                          "deep3_ci": [float(np.percentile(bs, 2.5)), float(np.percentile(bs, 97.5))],
@@ -276,14 +302,26 @@ def run_shifts():
         tv = np.mean([0.5 * np.abs(np.array(res[(s, i, sc.name)]["shares"]) - share).sum() for s, i, _ in conds[1:]])
         summ[sc.name] = {"deep3_mean_shifted": float(d3), "tv_mean_shifted": float(tv)}
         print(f"{sc.name:28s} deep3 {d3:.3f}  TV {tv:.3f}")
+    print("\n== deep3 share minus POT | raw's, paired over rows (mean [95% bootstrap]); + = deeper than POT ==")
+    print(f"{'scorer':28s}" + "".join(f"{c:>19s}" for c in hdr[1:]))
+    for sc in scorers:
+        cells = []
+        for s_, i, _ in conds[1:]:
+            dd = d3rows[(s_, i, sc.name)] - d3rows[(s_, i, "POT | raw")]
+            bs = [dd[rng.integers(0, len(dd), len(dd))].mean() for _ in range(300)]
+            res[(s_, i, sc.name)]["deep3_minus_pot"] = float(dd.mean())
+            res[(s_, i, sc.name)]["deep3_minus_pot_ci"] = [float(np.percentile(bs, 2.5)), float(np.percentile(bs, 97.5))]
+            cells.append(f"{dd.mean():+.3f} [{np.percentile(bs, 2.5):+.2f},{np.percentile(bs, 97.5):+.2f}]")
+        summ[sc.name]["conditions_deeper_than_pot"] = int(sum(res[(s_, i, sc.name)]["deep3_minus_pot_ci"][0] > 0
+                                                             for s_, i, _ in conds[1:]))
+        print(f"{sc.name:28s}" + "".join(f"{c:>19s}" for c in cells) + f"  deeper (CI>0) in {summ[sc.name]['conditions_deeper_than_pot']}/12")
     out = {"filter_share": share.tolist(), "layers": names,
            "results": {f"{s}|{sev}|{n}": v for (s, i, n), v in res.items() for sev in [dict((c[0] + str(c[1]), c[2]) for c in conds)[s + str(i)]]},
            "summary": summ}
-    with open(os.path.join(FIG_DIR, "cm_depth.json"), "w") as f:
-        json.dump(out, f, indent=1)
+    dump(out, "cm_depth.json")
     # figure: deep3 per condition for a selection of scorers
-    pick = ["z | raw", "POT | raw", "POT | row/mean", "z-two | layer logres", "POT-two | layer logres",
-            "z-two | factor", "POT-two | factor", "z-two | layer rank"]
+    pick = ["z | raw", "POT | raw", "POT | row/mean", "POT | layer ratio", "z | layer logres", "POT | layer logres",
+            "POT-two | layer logres", "z | layer rank"]
     fig, ax = plt.subplots(figsize=(13, 4.5))
     xs = np.arange(len(conds))
     for pi, n in enumerate(pick):
