@@ -3,11 +3,12 @@
 
     python3 experiments/cm_rows.py healthy     # ~1 min: healthy model, all 10,000 test images (clean)
     python3 experiments/cm_rows.py shifts      # ~2 min: 4 shifts x 3 severities on the 2,000 eval images
-    python3 experiments/cm_rows.py faults      # ~4 min: one filter AND one kind at a time (zeroed, scaled x4,
-                                               #         backdoor), 500 eval images each
+    python3 experiments/cm_rows.py faults      # one filter AND one kind at a time (zeroed, scaled x4, backdoor),
+                                               # 500 eval images each: 36 models, ~10 min in all; each run stops
+                                               # after ~4 min and the next run continues (run until "faults: done")
     python3 experiments/cm_rows.py backdoor    # ~3 min: backdoor fine-tuned BEFORE calibration + ablation
     python3 experiments/cm_rows.py bdpred      # ~20 s: the same backdoored model, predicted-label loss target
-    python3 experiments/cm_rows.py all
+    python3 experiments/cm_rows.py all         # every stage (faults: until its time budget)
 
 Cache: $CM_CACHE (default /tmp/saliencyd_cm_cache), one .npz per condition; never committed. Every stage
 is seeded, one torch thread. The test set is split once (default_rng(100)): CAL_POOL = 8,000 images from
@@ -52,6 +53,7 @@ N_FAULT_ROWS = 500
 BD_STEPS_SINGLE = 250
 BD_CAL_PER_LAYER = 4
 BD_CAL_STEPS = 400
+BUDGET_S = 200          # the faults stage stops starting new models after this (re-run to continue)
 
 
 def split():
@@ -206,12 +208,15 @@ def stage_faults(model):
     nt_t = torch.from_numpy(yte[held] != TRIGGER_TARGET)
     xtrig_held = to_input(stamp_trigger(xte[held]) / 255.0)
     xclean_held = to_input(xte[held] / 255.0)
-    info = []
+    t_start = time.time()
     for lay, c, f in fault_filters(model):
         for kind in FAULT_KINDS:
             name = f"fault_{kind}_{f}"
             if have(name):
                 continue
+            if time.time() - t_start > BUDGET_S:
+                print(f"  time budget of {BUDGET_S} s reached: run `cm_rows.py faults` again to continue", flush=True)
+                return
             t0 = time.time()
             if kind == "backdoor":
                 m = train_backdoor(model, [(lay, c)], BD_STEPS_SINGLE, seed=f)
@@ -342,6 +347,9 @@ def main():
             print(f"stage {s}", flush=True)
             globals()["stage_" + s](model)
             print(f"stage {s}: {time.time() - t0:.0f} s", flush=True)
+    if ("faults" in stages or "all" in stages) and all(
+            have(f"fault_{k}_{f}") for _, _, f in fault_filters(model) for k in FAULT_KINDS):
+        print("faults: done (all 36 single-filter fault models cached)")
     return 0
 
 
