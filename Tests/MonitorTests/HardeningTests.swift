@@ -42,12 +42,13 @@ import Glibc
     }
 
     @Test func schemasBeyondTheBudgetAreRefusedAndCounted() throws {
-        let h = try Harness(configure: { $0.limits.maxModelBytes = 1 << 20; $0.limits.maxTotalBytes = 3 << 20 })
+        let h = try Harness(configure: { $0.limits.maxModelBytes = 2 << 20; $0.limits.maxTotalBytes = 9 << 19 })
         // 2^19 filters would claim ~2.7 GB: refused before any allocation.
         h.feed([Topic.schema("big"), schemaBytes("big", [("a", 1 << 19)])])
         #expect(h.core.rejected[.overBudget] == 1)
         #expect(h.core.engines.isEmpty)
-        // Three models of ~0.94 MB (400 filters × ~2.3 KB at calibration 200) fit 3 MiB; the fourth does not.
+        // Three models of ~1.44 MB (400 filters × ~3.6 KB at calibration 200, the model-level
+        // cross-fit's transient fold bank included) fit 4.5 MiB; the fourth does not.
         for i in 0..<4 { h.feed([Topic.schema("m\(i)"), schemaBytes("m\(i)", [("a", 400)])]) }
         #expect(h.core.engines.count == 3)
         #expect(h.core.rejected[.overBudget] == 2)

@@ -167,7 +167,7 @@ def test_delivery_fingerprints_restart_and_resolve(saliencyd, alertmanager):
     assert "alert delivery to 1 Alertmanager" in d.log_text()
     p = d.producer("amtest", LAYERS)
     s = Stream(p)
-    s.reference(CALIBRATION + 150)          # calibration, then the model-level rule's burn-in
+    s.reference(CALIBRATION + 150)          # calibration, then clean rows (model_burn_in only matters for burn_in)
     d.wait_rows("amtest", CALIBRATION + 150)
     s.shifted(80)
     d.wait_rows("amtest", CALIBRATION + 230)
