@@ -433,7 +433,7 @@ extension StatusPage {
     }
 
     static func topTable(_ t: TopReply, model: String) -> String {
-        let pot = t.by == "pot", dir = t.top.contains { $0.direction != nil }
+        let pot = t.by.hasSuffix("pot"), dir = t.top.contains { $0.direction != nil }
         var h = "<table class=\"top\"><tr><th>rank</th><th>filter</th><th>layer</th><th>channel</th><th>score</th>\(pot ? "<th>p</th>" : "")\(dir ? "<th>tail</th>" : "")</tr>"
         for (i, e) in t.top.enumerated() {
             h += "<tr><td class=\"n\">\(i + 1)</td><td class=\"n\"><a href=\"\(filterPath(model, e.filter))\">\(e.filter)</a></td><td>\(name(e.layer))</td>"

@@ -91,6 +91,16 @@ def test_layer_common_mode_alerts_raw_pot_but_not_layer_logres(saliencyd):
     f = cm.query({"op": "filter", "model": MODEL, "filter": target})
     assert f["recent"][0]["value"] > f["extreme_threshold"], f
 
+    # Kept up, the filter fires an alert that speaks of the transformed value (and gives the raw one).
+    more = rows_with_common_mode(rng, 40)
+    more[:, CONV2] *= 1000
+    more[:, target] *= 40
+    feed(cm, prods[cm], more)
+    fired = wait_for(lambda: [a for a in filter_alerts(cm) if a["status"] == "firing"] or None, 10, what="alert for the filter")
+    assert {a["filter"] for a in fired} == {target}, fired
+    assert "layer-logres value" in fired[0]["annotations"]["description"] and "(saliency " in fired[0]["annotations"]["description"], fired[0]
+    assert fired[0]["value"] > fired[0]["extreme_threshold"] and fired[0]["value"] < 100 * 24 + 1, fired[0]
+
     # A scorer of a transform the daemon does not monitor: a clear error naming what is configured.
     err = raw.query({"op": "top", "model": MODEL, "k": 3, "by": "logres-pot"})
     assert err.get("ok") is False or "error" in err, err
@@ -110,7 +120,9 @@ def test_a_snapshot_of_another_transform_is_not_restored(saliencyd):
     assert d.stop(timeout=30) == 0
     d.write_config(toml_text({"pot": {"transform": "none", "q": 1e-3, "level": 0.95}}))
     d.start()
+    prod.close()
     prod = d.producer(MODEL, LAYERS)
+    assert prod.wait_for_subscriber(20), "the restarted daemon did not subscribe"
     feed(d, prod, rows_with_common_mode(rng, 5))
     st = d.model(MODEL)
     assert st["phase"] == "calibrating" and st["rows"] == 5, st
