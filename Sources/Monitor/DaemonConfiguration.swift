@@ -204,14 +204,6 @@ public struct DaemonConfiguration: Sendable, Hashable {
         do { try pot.validate() } catch { throw bad("[pot] \(error.message)") }
         do { try alerting.validate() } catch { throw bad("[alerting] \(error.message)") }
         guard modelBurnIn >= 100, modelBurnIn <= 10_000_000 else { throw bad("alerting.model_burn_in must be in 100...10000000 predictions, got \(modelBurnIn)") }
-        if modelNullSample == .crossFit, alerting.modelShare > 0 {
-            // Each fold calibrates on half the calibration rows: that must be a valid calibration.
-            var half = pot
-            half.calibration = pot.calibration / 2
-            do { try half.validate() } catch {
-                throw bad("[alerting] model_null_sample = \"cross_fit\" calibrates each fold on half of pot.calibration = \(pot.calibration) rows, which is not valid: \(error.message). Raise pot.calibration or set model_null_sample = \"burn_in\"")
-            }
-        }
         guard alertSafetyFactor >= 1, alertSafetyFactor <= 100 else { throw bad("alerting.safety_factor must be in 1...100, got \(alertSafetyFactor)") }
     }
 
@@ -431,6 +423,14 @@ extension DaemonConfiguration {
         } else if !alertmanager.urls.isEmpty, alertmanager.externalURL.isEmpty, metrics.listen.hasPrefix("0.0.0.0:") || metrics.listen.hasPrefix("[::]:") {
             out.append("alertmanager: generatorURL would be http://\(metrics.listen) (a wildcard address, not reachable from a browser); set alertmanager.external_url to the daemon's public http://host:port.")
         }
+        if modelNullSample == .crossFit, alerting.modelShare > 0 {
+            // Each fold of the model-level cross-fit calibrates on half the calibration rows.
+            var half = pot
+            half.calibration = pot.calibration / 2
+            if let problem = (Result { () throws(SaliencyError) in try half.validate() }).failureMessage {
+                out.append("alerting.model_null_sample = \"cross_fit\" calibrates each fold on half of pot.calibration = \(pot.calibration) rows, which is not a valid calibration (\(problem)): every model's ModelShift alert falls back to a burn-in of model_burn_in = \(modelBurnIn) predictions after calibration. Raise pot.calibration, or set model_null_sample = \"burn_in\" to say so.")
+            }
+        }
         if initialPeaks < Self.recommendedInitialPeaks {
             let needed = Int((Self.recommendedInitialPeaks / (1 - pot.level)).rounded(.up))
             out.append("pot.calibration × (1 − pot.level) = \(Int(initialPeaks.rounded())) peaks per filter for the first GPD fits; with fewer than \(Int(Self.recommendedInitialPeaks)) the extreme thresholds are noisy and, until refits have seen more peaks, filters exceed them several times more often than q (BENCHMARKS.md: 2–6× q at 20 peaks). Raise pot.calibration to \(needed) or lower pot.level.")
@@ -495,5 +495,13 @@ extension DaemonConfiguration {
                 throw bad("alertmanager.external_url = \"\(a.externalURL)\" must be an http:// or https:// URL without spaces (the base of each alert's generatorURL)")
             }
         }
+    }
+}
+
+private extension Result where Failure == SaliencyError {
+    /// The error's message, nil on success.
+    var failureMessage: String? {
+        if case .failure(let e) = self { return e.message }
+        return nil
     }
 }
