@@ -4,6 +4,7 @@
     for s in 0 1 2; do python3 experiments/model_level.py --seed $s; done   # ~3.5 min each (cached under /tmp)
     python3 experiments/model_level.py --report   # aggregates the cached seeds -> docs/results/cm_detect.png/json
     python3 experiments/model_level.py --null-check   # ~1 min: cross-fitted vs in-sample vs held-out null rate
+    (add --with-ratio to --seed/--report to include the per-layer ratio count: cm_detect_ratio.png/json)
 
 Per seed: calibration = 4,000 clean rows of the healthy model (drawn from CAL_POOL), then a stream of 2,000
 other clean rows followed by the onset: 1,000 shifted rows (random 1,000 of the 2,000 EVAL_POOL images at
@@ -22,7 +23,8 @@ length of 20,000 rows, so their false-alarm rates are matched):
                      on 1{count >= r} with r, pi0, pi1 chosen by ModelShiftRule's rule (max_null_rate 0.5,
                      Clopper-Pearson 0.999, shift_ratio 2). Null rate estimated by 2-fold CROSS-FITTING on
                      the calibration rows (fit on one half, count on the other) -> no burn-in after calibration.
-  sal-count <T>      the same with transform T and two-sided POT (min of the two tail p-values < q).
+  sal-count <T>      the same with transform T (layer logres, layer ratio) and two-sided POT (min of the two
+                     tail p-values < q).
   CUSUM 1-conf       one-sided CUSUM on 1 - max softmax, reference k = mean + 0.5 sd of the calibration rows.
   CUSUM entropy      the same on the predictive entropy.
   KS 1-conf, KS entropy  two-sided KS distance of the last 200 rows vs the calibration rows, every 10 rows.
@@ -48,7 +50,9 @@ Q = 1e-4
 ARL = 20000
 KS_W, KS_EVERY = 200, 10
 N_CAL, N_CLEAN = 4000, 2000
-SAL_TRANSFORMS = ["raw", "layer logres"]
+WITH_RATIO = "--with-ratio" in sys.argv     # adds the per-layer ratio count (separate cache and outputs)
+SAL_TRANSFORMS = ["raw", "layer logres"] + (["layer ratio"] if WITH_RATIO else [])
+TAG = "_ratio" if WITH_RATIO else ""
 
 
 def extreme_counts(ref, rows, L, kind, two_sided):
@@ -188,7 +192,7 @@ def main():
         return null_check()
     seed = int(sys.argv[sys.argv.index("--seed") + 1]) if "--seed" in sys.argv else 0
     out = run_seed(seed)
-    p = os.path.join(cm_rows.CACHE, f"detect_seed{seed}.json")
+    p = os.path.join(cm_rows.CACHE, f"detect{TAG}_seed{seed}.json")
     with open(p, "w") as f:
         json.dump(out, f, default=float)
     print(f"cached {p}")
@@ -309,7 +313,7 @@ def report():
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    runs = [json.load(open(p)) for p in sorted(glob.glob(os.path.join(cm_rows.CACHE, "detect_seed*.json")))]
+    runs = [json.load(open(p)) for p in sorted(glob.glob(os.path.join(cm_rows.CACHE, f"detect{TAG}_seed*.json")))]
     assert runs, "no cached seeds: run experiments/model_level.py --seed 0 (1, 2) first"
     seeds = len(runs)
     conds = conditions()
@@ -343,7 +347,7 @@ def report():
     out = {"seeds": seeds, "arl": ARL, "q": Q, "clean_rows": clean_rows_total,
            "false_alarms": false_alarms, "calibration": calib_info, "detection": summary,
            "conditions": [{"name": c, "onset_rows": n} for c, _, n in conds]}
-    with open(os.path.join(FIG_DIR, "cm_detect.json"), "w") as f:
+    with open(os.path.join(FIG_DIR, f"cm_detect{TAG}.json"), "w") as f:
         json.dump(out, f, indent=1, default=float)
     # figure: median delay (capped) per condition and monitor
     fig, ax = plt.subplots(figsize=(15, 5))
@@ -360,7 +364,7 @@ def report():
     ax.set_ylabel("rows from onset to alarm (median; top = missed)")
     ax.legend(fontsize=7, ncol=4)
     ax.set_title(f"Model-level detection at matched in-control ARL {ARL} ({seeds} seeds)")
-    save_fig(fig, "cm_detect.png")
+    save_fig(fig, f"cm_detect{TAG}.png")
     return 0
 
 
