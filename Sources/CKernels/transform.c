@@ -68,7 +68,16 @@ ATTR static int logres_##SUFFIX(const float *s, float *y, int64_t n) {          
     float scale = (float)(1.0 / (mean + epsd));                                                    \
     if (!isfinite((float)(total + epsd)) || !isnormal(scale)) return 0;                            \
     v8f e = splat(eps), sc = splat(scale), acc = splat(0.0f);                                      \
+    v8f a1 = splat(0.0f), a2 = splat(0.0f), a3 = splat(0.0f);                                      \
     int64_t i = 0;                                                                                 \
+    /* four independent chains: the polynomial is latency-bound */                                 \
+    for (; i + 32 <= n; i += 32) {                                                                 \
+        acc += log8((load8(s + i) + e) * sc);                                                      \
+        a1 += log8((load8(s + i + 8) + e) * sc);                                                   \
+        a2 += log8((load8(s + i + 16) + e) * sc);                                                  \
+        a3 += log8((load8(s + i + 24) + e) * sc);                                                  \
+    }                                                                                              \
+    acc = (acc + a1) + (a2 + a3);                                                                  \
     for (; i + 8 <= n; i += 8) acc += log8((load8(s + i) + e) * sc);                               \
     if (i < n) {                                                                                   \
         /* padding with (pad + eps)*scale == 1 exactly is not possible in general: mask instead */ \

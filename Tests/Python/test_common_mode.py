@@ -53,6 +53,7 @@ def test_layer_common_mode_alerts_raw_pot_but_not_layer_logres(saliencyd):
     raw, cm = start(saliencyd, "none"), start(saliencyd, "layer-logres")
     rng = np.random.default_rng(13)
     prods = {raw: raw.producer(MODEL, LAYERS), cm: cm.producer(MODEL, LAYERS)}
+    assert all(p.wait_for_subscriber(20) for p in prods.values()), "a daemon did not subscribe"
     cal = rows_with_common_mode(rng, CAL)
     for d in (raw, cm):
         feed(d, prods[d], cal)
@@ -116,6 +117,7 @@ def test_a_snapshot_of_another_transform_is_not_restored(saliencyd):
     d = start(saliencyd, "layer-logres")
     rng = np.random.default_rng(5)
     prod = d.producer(MODEL, LAYERS)
+    assert prod.wait_for_subscriber(20), "the daemon did not subscribe"
     feed(d, prod, rows_with_common_mode(rng, CAL + 10))
     assert d.stop(timeout=30) == 0
     d.write_config(toml_text({"pot": {"transform": "none", "q": 1e-3, "level": 0.95}}))
