@@ -392,24 +392,8 @@ final class EngineLoop: @unchecked Sendable {
 
     static func readKeys(_ path: String) throws(SaliencyError) -> [String] {
         guard !path.isEmpty else { return [] }
-        guard let d = FileManager.default.contents(atPath: path) else {
-            throw SaliencyError(.invalidConfiguration, "cannot read key list '\(path)'")
-        }
-        var keys: [String] = []
-        for (i, raw) in String(decoding: d, as: UTF8.self).split(separator: "\n").enumerated() {
-            var line = raw.trimmingCharacters(in: .whitespaces)
-            // Z85 has '#' in its alphabet: a line that is a key is a key even if it starts with '#'.
-            if line.isEmpty || (line.hasPrefix("#") && !Z85.isKey(line)) { continue }
-            // Accept `saliencyctl keygen`'s .pub lines ("public = KEY") as well as bare keys.
-            if line.hasPrefix("public"), let eq = line.firstIndex(of: "=") {
-                line = line[line.index(after: eq)...].trimmingCharacters(in: .whitespaces)
-            }
-            guard Z85.isKey(line) else {
-                throw SaliencyError(.invalidConfiguration, "'\(path)' line \(i + 1) is not a 40-character Z85 public key")
-            }
-            keys.append(line)
-        }
-        return keys
+        // Bare keys, `public = KEY` lines, ZeroMQ public certificates, or a certificate directory.
+        return try CurveKeyPair.readPublicKeyList(path)
     }
 }
 
