@@ -229,6 +229,7 @@ struct Bench: ParsableCommand {
     }
 
     func run() throws {
+        let filters = self.filters, predictions = self.predictions   // locals: the option getters are slow generic code, read per row in the timed loop
         var cfg = POTConfiguration()
         cfg.level = level
         cfg.calibration = calibration
