@@ -223,18 +223,7 @@ extension FilterBank {
     /// Full Grimshaw fit on filter j's lower ring (the excesses log(t_low/s)); recomputes z_low = t_low·e^(−y_q).
     func fitLower(_ j: Int) {
         guard let L = storage.lower else { return }
-        let count = Int(L.ringCount[j])
-        let base = L.ring + j * cap
-        let start = count == cap ? Int(L.head[j]) : 0
-        var nObs = 0, nCens = 0
-        for i in 0..<count {
-            var idx = start + i
-            if idx >= cap { idx -= cap }
-            let v = base[idx]
-            if v.sign == .minus { storage.censorScratch[nCens] = -v; nCens += 1 } else { storage.fitScratch[nObs] = v; nObs += 1 }
-        }
-        let fit = fitter.fit(UnsafeBufferPointer(start: storage.fitScratch, count: nObs),
-                             censored: UnsafeBufferPointer(start: storage.censorScratch, count: nCens), minPeaks: configuration.minPeaks)
+        let fit = fitRing(L.ring + j * cap, count: Int(L.ringCount[j]), head: Int(L.head[j]))
         refitCount &+= 1
         L.ntAtFit[j] &+= UInt64(L.sinceFit[j])
         L.sinceFit[j] = 0

@@ -53,13 +53,11 @@ extension FilterBank {
         return true
     }
 
-    /// Full Grimshaw fit on filter j's ring; recomputes z_j. Clears its due flag.
-    func fitFilter(_ j: Int) {
-        let count = Int(storage.ringCount[j])
-        // Oldest first, split into observed and censored excesses, so a refit is bit-identical to a
-        // batch fit on the same peaks in arrival order.
-        let base = storage.ring + j * cap
-        let start = count == cap ? Int(storage.head[j]) : 0
+    /// Grimshaw fit of one filter's ring (upper or lower tail), read oldest first and split into
+    /// observed and censored excesses, so a refit is bit-identical to a batch fit on the same peaks
+    /// in arrival order. `head` is the write position (the oldest entry once the ring is full).
+    func fitRing(_ base: UnsafeMutablePointer<Float>, count: Int, head: Int) -> GPDFit {
+        let start = count == cap ? head : 0
         var nObs = 0, nCens = 0
         for i in 0..<count {
             var idx = start + i
@@ -67,8 +65,13 @@ extension FilterBank {
             let v = base[idx]
             if v.sign == .minus { storage.censorScratch[nCens] = -v; nCens += 1 } else { storage.fitScratch[nObs] = v; nObs += 1 }
         }
-        let fit = fitter.fit(UnsafeBufferPointer(start: storage.fitScratch, count: nObs),
-                             censored: UnsafeBufferPointer(start: storage.censorScratch, count: nCens), minPeaks: configuration.minPeaks)
+        return fitter.fit(UnsafeBufferPointer(start: storage.fitScratch, count: nObs),
+                          censored: UnsafeBufferPointer(start: storage.censorScratch, count: nCens), minPeaks: configuration.minPeaks)
+    }
+
+    /// Full Grimshaw fit on filter j's ring; recomputes z_j. Clears its due flag.
+    func fitFilter(_ j: Int) {
+        let fit = fitRing(storage.ring + j * cap, count: Int(storage.ringCount[j]), head: Int(storage.head[j]))
         refitCount &+= 1
         storage.ntAtFit[j] &+= UInt64(storage.sinceFit[j])
         storage.sinceFit[j] = 0
