@@ -210,7 +210,10 @@ import SaliencyCore
         var tracker = AlertTracker(filterCount: 10, rule: AlertRule(window: 10, fireCount: 2, resolveBelow: 1, model: ModelShiftRule(burnIn: 100, expectedRunTime: 1_000)))
         var events: [AlertTransition] = []
         for r in UInt64(0)..<60 { [Int32(r % 10)].withUnsafeBufferPointer { tracker.record(row: r, extremes: $0, into: &events) } }
-        var json = String(decoding: try JSONEncoder().encode(tracker.state), as: UTF8.self)
+        // Sorted keys: "nullSample" is then followed by "shiftRatio" (dictionary order varies by run).
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = .sortedKeys
+        var json = String(decoding: try encoder.encode(tracker.state), as: UTF8.self)
         json = json.replacingOccurrences(of: #""nullSample":"cross_fit","#, with: "")
         #expect(!json.contains("nullSample"))
         var restored = try AlertTracker(state: JSONDecoder().decode(AlertTrackerState.self, from: Data(json.utf8)))

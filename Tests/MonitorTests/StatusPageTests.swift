@@ -274,7 +274,7 @@ import Testing
         let idle = StatusMailbox()
         let start = ContinuousClock.now
         if case .timeout = await idle.ask(.overview, timeout: .milliseconds(200)) {} else { Issue.record("expected a timeout") }
-        #expect(ContinuousClock.now - start < .seconds(2))
+        #expect(ContinuousClock.now - start < .seconds(5))    // a GCD timer: fires even while the cooperative pool is busy
         // Served by another thread (as the engine does): the answer arrives, well before the timeout.
         let served = StatusMailbox()
         let engine = Thread {
