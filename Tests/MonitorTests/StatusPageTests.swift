@@ -252,7 +252,10 @@ import Testing
         #expect(o.heatMaps["m"]?.rows.count == 3)
     }
 
-    @Test func mailboxIsBoundedOneShotAndClosable() async {
+    // Time limit, not a clock bound: resuming the awaiting task needs a cooperative thread, and in
+    // this test process other suites hold both of a 2-core machine's for up to ~50 s (measured in
+    // CI), so only "never" is a failure here.
+    @Test(.timeLimit(.minutes(2))) func mailboxIsBoundedOneShotAndClosable() async {
         let box = StatusMailbox(capacity: 2)
         let answers = Mutex<[String]>([])
         func ticket(_ tag: String) -> StatusMailbox.Ticket {
@@ -272,9 +275,7 @@ import Testing
         #expect(got.count == 2 && got[0].hasPrefix("a:timeout") && got[1].hasPrefix("b:stopped"))
         // Nobody serves the mailbox: ask returns .timeout after the timeout, not never.
         let idle = StatusMailbox()
-        let start = ContinuousClock.now
         if case .timeout = await idle.ask(.overview, timeout: .milliseconds(200)) {} else { Issue.record("expected a timeout") }
-        #expect(ContinuousClock.now - start < .seconds(5))    // a GCD timer: fires even while the cooperative pool is busy
         // Served by another thread (as the engine does): the answer arrives, well before the timeout.
         let served = StatusMailbox()
         let engine = Thread {
