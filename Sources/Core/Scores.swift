@@ -13,26 +13,35 @@ public enum ScoreKind: String, Sendable, Hashable, Codable, CaseIterable {
     case ratioPot = "ratio-pot"
     /// z-score on the per-layer ratio row.
     case ratioZscore = "ratio-zscore"
+    /// `(s − μ_j)/σ`: filter j's own reference mean, the standard deviation pooled over all the
+    /// model's filters, `σ² = mean_i σ_i²` (docs/statistics.md, "Pooled z-score"). For a quantity
+    /// in units shared by every filter (the tap's Taylor blame, in loss units), where a per-filter
+    /// σ would magnify filters that were quiet in calibration.
+    case pooledZscore = "pooled-zscore"
 
     /// The tail model applied after the transform: `.pot` or `.zscore`.
     public var tailModel: ScoreKind {
         switch self {
         case .pot, .logresPot, .ratioPot: .pot
         case .zscore, .logresZscore, .ratioZscore: .zscore
+        case .pooledZscore: .pooledZscore
         }
     }
 
     /// The row transform applied before the tail model.
     public var transform: RowTransformKind {
         switch self {
-        case .pot, .zscore: .none
+        case .pot, .zscore, .pooledZscore: .none
         case .logresPot, .logresZscore: .layerLogres
         case .ratioPot, .ratioZscore: .layerRatio
         }
     }
 
-    /// The scorer that applies `tail` (`.pot` or `.zscore`) after `transform`.
+    /// The scorer that applies `tail` (`.pot`, `.zscore` or `.pooledZscore`) after `transform`
+    /// (`.pooledZscore` exists for raw rows only; with a transform it stays `.pooledZscore`, which
+    /// callers refuse: see `ModelEngine.resolve`).
     public init(tail: ScoreKind, transform: RowTransformKind) {
+        if tail.tailModel == .pooledZscore { self = .pooledZscore; return }
         let pot = tail.tailModel == .pot
         switch transform {
         case .none: self = pot ? .pot : .zscore

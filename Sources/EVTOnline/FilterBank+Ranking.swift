@@ -97,7 +97,9 @@ extension FilterBank {
             for j in 0..<filterCount { out[j] = POT.score(p: tailProbability(filter: j, value: row[j])) }
         case .zscore:
             for j in 0..<filterCount { out[j] = zScore(filter: j, value: row[j]) }
-        default: preconditionFailure("tailModel is pot or zscore")
+        case .pooledZscore:
+            pooledZScores(row, into: out)
+        default: preconditionFailure("tailModel is pot, zscore or pooled-zscore")
         }
     }
 

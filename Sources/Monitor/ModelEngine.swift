@@ -258,8 +258,11 @@ final class ModelEngine {
     /// names it); a transformed scorer needs the bank to monitor that transform.
     func resolve(_ by: ScoreKind) throws(SaliencyError) -> ScoreKind {
         let t = configuration.transform
+        if by.tailModel == .pooledZscore, t != .none {
+            throw SaliencyError(.badRequest, "model '\(schema.model)' monitors \(t.rawValue) rows (pot.transform = \"\(t.rawValue)\"); pooled-zscore ranks raw rows only: use \(ScoreKind(tail: .zscore, transform: t).rawValue) here, or run saliencyctl analyze --by pooled-zscore offline")
+        }
         guard by.transform == .none || by.transform == t else {
-            let offered = t == .none ? "pot, zscore" : "\(ScoreKind(tail: .pot, transform: t).rawValue), \(ScoreKind(tail: .zscore, transform: t).rawValue)"
+            let offered = t == .none ? "pot, zscore, pooled-zscore" : "\(ScoreKind(tail: .pot, transform: t).rawValue), \(ScoreKind(tail: .zscore, transform: t).rawValue)"
             throw SaliencyError(.badRequest, "model '\(schema.model)' monitors \(t == .none ? "raw saliency rows" : "\(t.rawValue) rows") (pot.transform = \"\(t.rawValue)\"), so it can rank by \(offered); scorer \(by.rawValue) needs [pot] transform = \"\(by.transform.rawValue)\" in the daemon's configuration (restart: the model recalibrates), or run it offline with saliencyctl analyze --by \(by.rawValue)")
         }
         return ScoreKind(tail: by.tailModel, transform: t)

@@ -70,7 +70,7 @@ struct Analyze: ParsableCommand {
     @Option(help: "Schema JSON ({\"model\": ..., \"layers\": [{\"name\": ..., \"filters\": N}, ...]}).") var schema: String
     @Option(help: "Reference rows (.npy [n, K]); all of them calibrate the model.") var reference: String
     @Option(help: "Rows to rank (.npy [m, K]).") var input: String
-    @Option(help: "Score: pot, zscore, or one of them after a common-mode-free row transform: logres-pot, logres-zscore (per-layer log-residual), ratio-pot, ratio-zscore (per-layer ratio to the mean); docs/statistics.md, \"Common-mode-free scorers\".") var by: ScoreKind = .pot
+    @Option(help: "Score: pot, zscore, or one of them after a common-mode-free row transform: logres-pot, logres-zscore (per-layer log-residual), ratio-pot, ratio-zscore (per-layer ratio to the mean); docs/statistics.md, \"Common-mode-free scorers\"; or pooled-zscore (z with σ pooled over the model's filters, for Taylor-blame rows; docs/statistics.md, \"Pooled z-score\").") var by: ScoreKind = .pot
     @Option(help: "Threshold quantile level.") var level: Double = 0.90
     @Option(name: .customLong("top"), help: "How many filters per row.") var topK = 10
     @Option(help: "Risk q of the extreme threshold.") var q: Double = 1e-4

@@ -137,7 +137,7 @@ struct Top: ParsableCommand {
         """)
     @Option(help: "Model name (as in its schema).") var model: String
     @Option(name: .shortAndLong, help: "How many filters.") var k = 20
-    @Option(help: "Score: pot, zscore, or a common-mode-free scorer: logres-pot, logres-zscore, ratio-pot, ratio-zscore (the daemon answers these only for models whose [pot] transform is layer-logres or layer-ratio; pot/zscore are then answered on the transformed rows and the title names the scorer used).") var by: ScoreKind = .pot
+    @Option(help: "Score: pot, zscore, or a common-mode-free scorer: logres-pot, logres-zscore, ratio-pot, ratio-zscore (the daemon answers these only for models whose [pot] transform is layer-logres or layer-ratio; pot/zscore are then answered on the transformed rows and the title names the scorer used), or pooled-zscore (z with σ pooled over the model's filters, for Taylor-blame rows; raw rows only).") var by: ScoreKind = .pot
     @Option(help: "Average the score over this many recent predictions (default: the latest only).") var window: Int?
     @Flag(help: "Refresh every --interval seconds until interrupted (q quits on a terminal).") var watch = false
     @Option(help: "Refresh interval for --watch.") var interval: Double = 1
