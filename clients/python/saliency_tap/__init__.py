@@ -11,8 +11,8 @@ from ._socket import CurveKeys
 from .client import AlertSubscriber, QueryClient, QueryError
 from .publisher import Publisher
 from .recorder import Recorder, load_feed
-from .schema import (conv_weights, filter_count, layer_offsets, locate, monitored_units, schema_fingerprint,
-                     schema_from_model, unwrap_model)
+from .schema import (QUANTITIES, conv_weights, filter_count, layer_offsets, locate, monitored_units,
+                     schema_fingerprint, schema_from_model, schema_quantity, unwrap_model)
 from .wire import HEADER_FORMAT, Header, pack_header, unpack_header
 
 if TYPE_CHECKING:
@@ -33,6 +33,7 @@ __all__ = [
     "AlertSubscriber", "CurveKeys", "QueryClient", "QueryError", "Publisher", "Tap", "Recorder", "load_feed",
     "TARGET_PREDICTED", "TARGET_TRUE", "SaliencyBatch", "SaliencyComputer", "conv_weights", "filter_count",
     "layer_offsets", "locate", "monitored_units", "schema_fingerprint", "schema_from_model", "unwrap_model",
+    "QUANTITIES", "schema_quantity",
     "default_logits", "shadow_copy", "HEADER_FORMAT", "Header", "pack_header", "unpack_header",
 ]
 __version__ = "0.2.0"

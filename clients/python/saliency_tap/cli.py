@@ -11,7 +11,7 @@ import zmq
 
 from .publisher import Publisher
 from .recorder import Recorder, load_feed
-from .schema import filter_count, schema_fingerprint
+from .schema import QUANTITIES, filter_count, schema_fingerprint, schema_quantity
 from .wire import unpack_header
 
 
@@ -21,6 +21,17 @@ def cmd_publish_npy(a) -> int:
     if model != schema["model"]:
         schema = dict(schema, model=model)
         schema.pop("fingerprint", None)
+    try:
+        recorded = schema_quantity(schema)
+    except ValueError as e:
+        print(f"{a.feed}: schema: {e}", file=sys.stderr)
+        return 2
+    if a.quantity is not None and a.quantity != recorded:
+        if "quantity" in schema:
+            print(f"{a.feed}: the recorded schema says its rows are {recorded!r}, --quantity says {a.quantity!r}; "
+                  "drop --quantity or fix the schema file", file=sys.stderr)
+            return 2
+        schema = dict(schema, quantity=a.quantity)    # label a feed recorded without the key
     if (a.server_key is None) != (a.client_key is None):
         print("--server-key and --client-key go together (CURVE: the daemon's public certificate and yours)", file=sys.stderr)
         return 2
@@ -41,7 +52,7 @@ def cmd_publish_npy(a) -> int:
             if delay > 0:
                 time.sleep(delay)
     pub.close()
-    print(f"published {n} rows of {a.feed} (K={rows.shape[1]}) as pred.{model} to {a.endpoint}")
+    print(f"published {n} rows of {a.feed} (K={rows.shape[1]}, {schema_quantity(schema)}) as pred.{model} to {a.endpoint}")
     return 0
 
 
@@ -112,6 +123,11 @@ def main(argv=None) -> int:
     q.add_argument("--model", help="publish under this model name (default: the schema's)")
     q.add_argument("--rate", type=float, default=0.0, help="rows per second (0 = as fast as possible)")
     q.add_argument("--count", type=int, help="publish only the first COUNT rows")
+    q.add_argument("--quantity", choices=QUANTITIES,
+                   help="what the recorded rows hold: 'saliency' (per-filter mean |dL/dW|) or 'taylor' (Taylor "
+                        "blame, per-filter max(0, sum w*dL/dw)); 'taylor' adds \"quantity\": \"taylor\" to the "
+                        "schema sent (default: what the recorded schema says, saliency when it says nothing; a "
+                        "contradiction is an error). Publish a Taylor feed under its own --model name, e.g. NAME-taylor"),
     q.add_argument("--wait", type=float, default=2.0, help="seconds to wait for a subscriber first")
     q.add_argument("--schema-interval", type=float, default=10.0)
     q.add_argument("--server-key", help="CURVE: the daemon's public certificate (saliencyctl keygen / zmq.auth)")

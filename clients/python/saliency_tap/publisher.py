@@ -11,7 +11,7 @@ import zmq
 
 from ._socket import CurveArg, SocketOwner, curve_keys
 from .batch import SaliencyBatch
-from .schema import filter_count, schema_fingerprint, schema_json, validate_model_name
+from .schema import filter_count, schema_fingerprint, schema_json, schema_quantity, validate_model_name
 from .wire import pack_header
 
 
@@ -51,6 +51,7 @@ class Publisher(SocketOwner):
         if "fingerprint" in schema and int(schema["fingerprint"], 16) != self.fingerprint:
             raise ValueError("schema's fingerprint field does not match its layers")
         self.K = filter_count(schema)
+        self.quantity = schema_quantity(schema)     # "saliency", or "taylor" when the schema says so
         self.producer_id = producer_id if producer_id is not None else secrets.randbits(64)
         self.sequence = 0
         self.schema_interval = schema_interval

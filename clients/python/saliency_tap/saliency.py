@@ -12,6 +12,17 @@ Three implementations of the same numbers:
   for the batch, and peak extra memory is one layer's per-sample gradients for a chunk of samples.
 - "vmap": torch.func (functional_call + vmap + grad), the reference.
 - "loop": one loss.backward() per sample, the other reference.
+
+quantity="taylor" computes instead the **Taylor blame** of each filter (docs/tap.md "Taylor blame"):
+
+    b_j(x) = max(0, sum over the weights w of filter j (W[j, ...]) of w * dL/dw)
+
+the first-order estimate of how much the sample's loss would drop if filter j's weights were zeroed
+(L(W) - L(W with W[j] = 0) ~ sum w * g), clipped at 0; in loss units, so comparable across layers;
+bias not included. "vmap" and "loop" form the per-sample weight gradients and reduce w * g per
+filter. "hooks" never forms them: for a convolution or linear layer o = W * a + bias,
+sum_w w * dL_b/dw = sum over output positions of (o_b - bias) * dL_b/do_b, so each layer needs only
+its own output (kept by the forward hook) and its output gradient.
 """
 from __future__ import annotations
 
@@ -29,9 +40,9 @@ from torch import nn
 
 from .batch import TARGET_PREDICTED, TARGET_TRUE, SaliencyBatch
 from .grad_sample import accumulation_dtype, conv_grad_sample, linear_grad_sample, reduce_full
-from .schema import _check_units, _wrapped_inner, monitored_units
+from .schema import QUANTITIES, _check_units, check_quantity, _wrapped_inner, monitored_units
 
-__all__ = ["SaliencyComputer", "SaliencyBatch", "TARGET_PREDICTED", "TARGET_TRUE", "default_logits", "shadow_copy"]
+__all__ = ["QUANTITIES", "SaliencyComputer", "SaliencyBatch", "TARGET_PREDICTED", "TARGET_TRUE", "default_logits", "shadow_copy"]
 
 log = logging.getLogger("saliency_tap")
 
@@ -130,6 +141,9 @@ class SaliencyComputer:
       models served with AMP.
     chunk_size: at most this many samples per per-sample-gradient chunk (hooks; default: by size) or
       per vmap chunk (vmap; default 64).
+    quantity: "saliency" (default): per filter mean |dL/dW|; "taylor": Taylor blame, per filter
+      max(0, sum w * dL/dw), the first-order loss drop if the filter were zeroed (module docstring).
+      Either way the row is returned in `SaliencyBatch.saliency`.
 
     The model runs in eval mode on a structural copy that shares its parameters and buffers (see
     `shadow_copy`): the served model's hooks, training flag and wrappers are never touched, so
@@ -138,11 +152,15 @@ class SaliencyComputer:
 
     def __init__(self, model: nn.Module, method: str = "hooks", chunk_size: Optional[int] = None,
                  units: Sequence[str] = ("conv",), loss_fn: Optional[LossFn] = None,
-                 logits_fn: Optional[LogitsFn] = None, autocast: Optional[torch.dtype] = None):
+                 logits_fn: Optional[LogitsFn] = None, autocast: Optional[torch.dtype] = None,
+                 quantity: str = "saliency"):
         if method not in ("hooks", "vmap", "loop"):
             raise ValueError(f"method must be 'hooks', 'vmap' or 'loop', got {method!r}")
+        check_quantity(quantity)
         self.model = model
         self.method = method
+        self.quantity = quantity
+        self._taylor = quantity == "taylor"
         self.chunk_size = chunk_size
         self.units = _check_units(units)
         self.loss_fn = loss_fn
@@ -266,12 +284,20 @@ class SaliencyComputer:
             a = inputs[0]
             if not isinstance(a, torch.Tensor) or a.shape[0] != cap.B:
                 return None
+            if self._taylor and (output.dim() < 2 or output.shape[0] != cap.B):
+                return None
             cap.calls[ui] = cap.calls.get(ui, 0) + 1
             # A zero leaf makes the output part of the graph even if no weight requires grad, and
             # gives backward a target that does not keep the output gradient alive.
             z = torch.zeros((), dtype=output.dtype, device=output.device, requires_grad=True)
             cap.zeros.append(z)
             out = output + z
+            if self._taylor:
+                # The model goes on with `out` (a new tensor), so in-place ops after this layer
+                # (ReLU(inplace=True), +=) never modify `output`: it is this layer's output at backward.
+                o = output.detach()
+                out.register_hook(lambda go: self._on_grad_taylor(cap, ui, module, o, go))
+                return out
             a = a.detach()
             out.register_hook(lambda go: self._on_grad(cap, ui, module, a, go))
             return out
@@ -295,6 +321,29 @@ class SaliencyComputer:
                 cap.error = e
         return None
 
+    def _on_grad_taylor(self, cap: _Capture, ui: int, module: nn.Module, o: torch.Tensor, go: torch.Tensor):
+        """Adds this call's sum over output positions of (o_b - bias) * dL_b/do_b to the unit's columns.
+        Every call of a shared weight adds its part; the clip at 0 comes after all of them (_hooks)."""
+        try:
+            u = self._units[ui]
+            acc = cap.out.dtype
+            o = o.to(acc)
+            go = go.detach().to(acc)
+            bias = getattr(module, "bias", None)
+            if u.kind == "conv":
+                if bias is not None:
+                    o = o - bias.detach().to(acc).reshape((1, -1) + (1,) * (o.dim() - 2))
+                part = (o * go).reshape(o.shape[0], o.shape[1], -1).sum(2)            # [B, C_out]
+            else:
+                if bias is not None:
+                    o = o - bias.detach().to(acc)
+                part = (o * go).reshape(o.shape[0], -1, o.shape[-1]).sum(1)           # [B, out]
+            cap.out[:, u.offset:u.offset + u.filters] += part
+        except BaseException as e:  # raised again after backward (autograd would wrap it)
+            if cap.error is None:
+                cap.error = e
+        return None
+
     def _hooks(self, x, y, B):
         device = _device_of(x, self._units[0].weight)
         acc = torch.float32 if self.autocast is not None else accumulation_dtype(self._units[0].weight.dtype)
@@ -312,14 +361,16 @@ class SaliencyComputer:
             torch.autograd.grad(loss, cap.zeros, allow_unused=True)
         if cap.error is not None:
             raise cap.error
-        for ui, g in cap.full.items():
-            u = self._units[ui]
-            cap.out[:, u.offset:u.offset + u.filters] = reduce_full(g).to(cap.out.dtype)
         for ui, u in enumerate(self._units):
             if ui not in cap.calls and u.name not in self._warned:
                 self._warned.add(u.name)
                 log.warning("saliency_tap: %s was not called as a module with a batch-first input in the "
                             "forward (used through a functional call, or not at all); its filters read 0", u.name)
+        if self._taylor:
+            return cap.out.clamp_min_(0), pred, conf, target
+        for ui, g in cap.full.items():
+            u = self._units[ui]
+            cap.out[:, u.offset:u.offset + u.filters] = reduce_full(g).to(cap.out.dtype)
         key = (str(device), acc)
         if key not in self._per_filter:
             self._per_filter[key] = self._per_filter_cpu.to(device=device, dtype=acc)
@@ -346,10 +397,13 @@ class SaliencyComputer:
 
         def per_sample(xi, ti) -> torch.Tensor:
             grads = g(units, xi, ti)
+            if self._taylor:
+                return torch.cat([_taylor_rows(units[n], grads[n]) for n in names])
             return torch.cat([grads[n].abs().flatten(1).mean(1).to(accumulation_dtype(grads[n].dtype)) for n in names])
 
         t_dims = 0 if target is not None else None
-        return vmap(per_sample, in_dims=(0, t_dims), chunk_size=chunk)(x, target)
+        out = vmap(per_sample, in_dims=(0, t_dims), chunk_size=chunk)(x, target)
+        return out.clamp_min(0) if self._taylor else out
 
     def _loop(self, x, target) -> torch.Tensor:
         weights = [u.weight for u in self._units]
@@ -361,10 +415,18 @@ class SaliencyComputer:
                 loss = self._losses(out, _index(target, slice(i, i + 1))).sum()
             gs = torch.autograd.grad(loss, weights, allow_unused=True)
             rows.append(torch.cat([
-                (gw.abs().flatten(1).mean(1).to(accumulation_dtype(gw.dtype)) if gw is not None
-                 else torch.zeros(w.shape[0], dtype=accumulation_dtype(w.dtype), device=w.device))
+                torch.zeros(w.shape[0], dtype=accumulation_dtype(w.dtype), device=w.device) if gw is None
+                else _taylor_rows(w.detach(), gw) if self._taylor
+                else gw.abs().flatten(1).mean(1).to(accumulation_dtype(gw.dtype))
                 for gw, w in zip(gs, weights)]))
-        return torch.stack(rows)
+        out = torch.stack(rows)
+        return out.clamp_min(0) if self._taylor else out
+
+
+def _taylor_rows(w: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """Per filter sum of w * g (not yet clipped), in the accumulation dtype."""
+    acc = accumulation_dtype(w.dtype)
+    return (w.to(acc) * g.to(acc)).flatten(1).sum(1)
 
 
 # -- batch helpers (tensors, or tuples/lists/dicts of batch-first tensors) ---------------------------

@@ -16,6 +16,22 @@ _MASK64 = 0xFFFFFFFFFFFFFFFF
 
 
 UNIT_KINDS = ("conv", "conv2d", "linear")
+# What a row holds: "saliency" (per filter mean |dL/dW|, the default) or "taylor" (Taylor blame,
+# per filter max(0, sum w * dL/dw)). A "taylor" schema says so in an optional "quantity" key; a
+# "saliency" schema has no such key (its bytes and fingerprint are 0.1's).
+QUANTITIES = ("saliency", "taylor")
+
+
+def check_quantity(quantity) -> str:
+    if not isinstance(quantity, str) or quantity not in QUANTITIES:
+        raise ValueError(f"quantity must be 'saliency' (mean |dL/dW| per filter) or 'taylor' (Taylor blame, "
+                         f"max(0, sum w*dL/dw) per filter), got {quantity!r}")
+    return quantity
+
+
+def schema_quantity(schema: Dict) -> str:
+    """What the schema's rows hold: its "quantity" key, "saliency" when absent."""
+    return check_quantity(schema.get("quantity", "saliency"))
 
 
 def _wrapped_inner(m):
@@ -138,15 +154,19 @@ def validate_model_name(name: str) -> None:
 
 
 def schema_from_model(model, name: str, depths: Optional[Sequence[int]] = None,
-                      units: Sequence[str] = ("conv",)) -> Dict:
+                      units: Sequence[str] = ("conv",), quantity: str = "saliency") -> Dict:
     """The protocol schema of `model`: {"model", "layers": [{"name", "filters", "depth"}], "fingerprint"}.
 
     Layer names are the weight's parameter name without ".weight" (e.g. "layer1.0.conv1"), the same
     whether or not the model is wrapped by torch.compile, DataParallel or DDP, so the fingerprint is
     stable. `depth` defaults to the layer's position; pass `depths` to group layers (e.g. by ResNet
-    stage). `units` selects what counts as a filter (see `monitored_units`).
+    stage). `units` selects what counts as a filter (see `monitored_units`). quantity="taylor" adds
+    `"quantity": "taylor"` (rows are Taylor blame, not saliency); the fingerprint covers only the model
+    name and layers, so use a model name of its own for a Taylor stream (e.g. "<model>.taylor" is not
+    valid, dots are topic separators: "<model>-taylor").
     """
     validate_model_name(name)
+    check_quantity(quantity)
     convs = conv_weights(model, units)
     if not convs:
         raise ValueError(f"model has no weights of kind {tuple(units)!r}; nothing to monitor "
@@ -158,6 +178,8 @@ def schema_from_model(model, name: str, depths: Optional[Sequence[int]] = None,
         layers.append({"name": _layer_name(pname), "filters": int(w.shape[0]),
                        "depth": int(depths[i]) if depths is not None else i})
     schema = {"model": name, "layers": layers}
+    if quantity != "saliency":
+        schema["quantity"] = quantity
     schema["fingerprint"] = format(schema_fingerprint(schema), "016x")
     return schema
 

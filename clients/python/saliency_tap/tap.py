@@ -27,7 +27,7 @@ import torch
 from .batch import SaliencyBatch
 from .publisher import Publisher
 from .saliency import SaliencyComputer, _batch_size, _index
-from .schema import schema_from_model
+from .schema import schema_from_model, schema_quantity
 
 log = logging.getLogger("saliency_tap")
 
@@ -112,6 +112,11 @@ class Tap:
         self.computer = computer or SaliencyComputer(model)
         if self.computer.K != publisher.K:
             raise ValueError(f"model has {self.computer.K} filters, publisher's schema {publisher.K}")
+        computed = getattr(self.computer, "quantity", "saliency")
+        if computed != schema_quantity(publisher.schema):
+            raise ValueError(f"the computer's quantity is {computed!r}, the publisher's schema declares "
+                             f"{schema_quantity(publisher.schema)!r}: build the schema with "
+                             f"schema_from_model(..., quantity={computed!r}) (or use Tap.connect)")
         if not 0.0 <= sample_rate <= 1.0:
             raise ValueError(f"sample_rate must be in [0, 1], got {sample_rate}")
         if max_per_second is not None and max_per_second <= 0:
@@ -143,13 +148,17 @@ class Tap:
     def connect(cls, model, name: str, endpoint: str = "tcp://127.0.0.1:5560", *,
                 depths: Optional[Sequence[int]] = None, units: Sequence[str] = ("conv",),
                 loss_fn=None, logits_fn=None, autocast: Optional[torch.dtype] = None,
-                sample_rate: float = 1.0, max_per_second: Optional[float] = None, queue_rows: int = 256,
+                quantity: str = "saliency", sample_rate: float = 1.0, max_per_second: Optional[float] = None, queue_rows: int = 256,
                 max_batch: int = 32, worker_nice: Optional[int] = None, seed: Optional[int] = None,
                 **publisher_kwargs) -> "Tap":
         """Schema from the model (names independent of torch.compile/DataParallel/DDP), a Publisher
-        connected to the daemon's feed, and the computer; see the class for the sampling arguments."""
-        schema = schema_from_model(model, name, depths=depths, units=units)
-        computer = SaliencyComputer(model, units=units, loss_fn=loss_fn, logits_fn=logits_fn, autocast=autocast)
+        connected to the daemon's feed, and the computer; see the class for the sampling arguments.
+        quantity="taylor" publishes Taylor blame instead of saliency (SaliencyComputer) and says so in
+        the schema; give such a stream its own model name (e.g. "my-resnet-taylor") when the same
+        network is also published with plain saliency."""
+        schema = schema_from_model(model, name, depths=depths, units=units, quantity=quantity)
+        computer = SaliencyComputer(model, units=units, loss_fn=loss_fn, logits_fn=logits_fn, autocast=autocast,
+                                    quantity=quantity)
         return cls(model, Publisher(endpoint, name, schema, **publisher_kwargs), computer,
                    sample_rate=sample_rate, max_per_second=max_per_second, queue_rows=queue_rows,
                    max_batch=max_batch, worker_nice=worker_nice, seed=seed)
