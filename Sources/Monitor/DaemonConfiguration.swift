@@ -122,6 +122,13 @@ public struct DaemonConfiguration: Sendable, Hashable {
     public var limits = Limits()
     public var alertmanager = Alertmanager()
     public var pot = POTConfiguration()
+    /// `[pot] idle_refits`: whether the engine thread also refits due filters when the feed is idle
+    /// (true, the default: due fits land sooner after a burst). With false, refits happen only on
+    /// the update path (`pot.refits_per_row`), so the learned state is a function of the accepted
+    /// row sequence alone: replaying the same feed gives bit-identical state whatever the timing
+    /// (docs/operations.md, "Deterministic replay"). Applied by a reload (it decides only whether
+    /// idle time is used), so it lives outside `POTConfiguration`, whose changes need a restart.
+    public var idleRefits = true
     public var alerting = AlertBudget()
     /// The alert rule meets its budget at `safety_factor × q`: streaming SPOT's realized per-filter
     /// exceedance rate runs above q (measured 1.8–2.2·q on average at calibration 1000–2000, higher
@@ -218,7 +225,7 @@ public struct DaemonConfiguration: Sendable, Hashable {
         if security != old.security { out.append("security") }
         // [alertmanager] is applied by a reload (EngineLoop replaces the forwarder), except the
         // generatorURL default, which follows metrics.listen (itself restart-only).
-        if pot != old.pot { out.append("pot") }
+        if pot != old.pot { out.append("pot") }   // pot.idle_refits (`idleRefits`) is applied by a reload
         if alerting != old.alerting || alertSafetyFactor != old.alertSafetyFactor || modelBurnIn != old.modelBurnIn || modelNullSample != old.modelNullSample { out.append("alerting") }
         if monitor.recentRows != old.monitor.recentRows || monitor.maxModels != old.monitor.maxModels { out.append("monitor.recent_rows/max_models") }
         if limits.maxProducers != old.limits.maxProducers || limits.maxLayerSeries != old.limits.maxLayerSeries { out.append("limits.max_producers/max_layer_series") }
@@ -237,7 +244,7 @@ public struct DaemonConfiguration: Sendable, Hashable {
         "security": ["curve", "server_secret_key_file", "allowed_clients_file", "admin_clients_file", "schema_keys_file"],
         "monitor": ["recent_rows", "max_models", "log_level", "log_burst"],
         "limits": ["max_model_bytes", "max_total_bytes", "max_layers", "max_producers", "max_layer_series", "calibrating_idle_expiry", "idle_expiry", "layout_change"],
-        "pot": ["level", "q", "calibration", "max_peaks", "min_peaks", "refit_after_peaks", "refits_per_row", "drift_window", "peak_stride", "tails", "transform"],
+        "pot": ["level", "q", "calibration", "max_peaks", "min_peaks", "refit_after_peaks", "refits_per_row", "idle_refits", "drift_window", "peak_stride", "tails", "transform"],
         "alerting": ["expected_run_time", "model_share", "safety_factor", "model_burn_in", "model_null_sample"],
         "alertmanager": ["urls", "timeout", "resend_interval", "queue_capacity", "batch_size", "max_backoff", "external_url"],
     ]
@@ -313,6 +320,7 @@ public struct DaemonConfiguration: Sendable, Hashable {
         if let v = int("pot", "min_peaks") { c.pot.minPeaks = v }
         if let v = int("pot", "refit_after_peaks") { c.pot.refitAfterPeaks = v }
         if let v = dbl("pot", "refits_per_row") { c.pot.refitsPerRow = v }
+        if let v = bool("pot", "idle_refits") { c.idleRefits = v }
         if let v = int("pot", "drift_window") { c.pot.driftWindow = v }
         if let v = int("pot", "peak_stride") { c.pot.peakStride = v }
         if let v = str("pot", "tails") {
@@ -431,6 +439,9 @@ extension DaemonConfiguration {
                 out.append("alerting.model_null_sample = \"cross_fit\" calibrates each fold on half of pot.calibration = \(pot.calibration) rows, which is not a valid calibration (\(problem)): every model's ModelShift alert falls back to a burn-in of model_burn_in = \(modelBurnIn) predictions after calibration. Raise pot.calibration, or set model_null_sample = \"burn_in\" to say so.")
             }
         }
+        if pot.refitsPerRow == 0, !idleRefits {
+            out.append("pot.refits_per_row = 0 with pot.idle_refits = false: no filter is ever refit after calibration, so the tail models never follow the data. Set refits_per_row > 0 (e.g. 0.25, the default) or idle_refits = true.")
+        }
         if initialPeaks < Self.recommendedInitialPeaks {
             let needed = Int((Self.recommendedInitialPeaks / (1 - pot.level)).rounded(.up))
             out.append("pot.calibration × (1 − pot.level) = \(Int(initialPeaks.rounded())) peaks per filter for the first GPD fits; with fewer than \(Int(Self.recommendedInitialPeaks)) the extreme thresholds are noisy and, until refits have seen more peaks, filters exceed them several times more often than q (BENCHMARKS.md: 2–6× q at 20 peaks). Raise pot.calibration to \(needed) or lower pot.level.")
@@ -450,7 +461,7 @@ extension DaemonConfiguration {
         [query]    max_inflight = \(query.maxInflight)  max_reply_bytes = \(query.maxReplyBytes)
         [monitor]  recent_rows = \(monitor.recentRows)  max_models = \(monitor.maxModels)  log_level = "\(monitor.logLevel)"  log_burst = \(monitor.logBurst)
         [limits]   max_model_bytes = \(limits.maxModelBytes)  max_total_bytes = \(limits.maxTotalBytes)  max_layers = \(limits.maxLayers)  max_producers = \(limits.maxProducers)  max_layer_series = \(limits.maxLayerSeries)  calibrating_idle_expiry = \(limits.calibratingIdleExpiry)  idle_expiry = \(limits.idleExpiry)  layout_change = "\(limits.layoutChange)"
-        [pot]      level = \(pot.level)  q = \(pot.q)  calibration = \(pot.calibration)  max_peaks = \(pot.maxPeaks)  min_peaks = \(pot.minPeaks)  refit_after_peaks = \(pot.refitAfterPeaks)  refits_per_row = \(pot.refitsPerRow)  drift_window = \(pot.driftWindow)  peak_stride = \(pot.peakStride == 0 ? "auto" : String(pot.peakStride))  tails = \(pot.tails.rawValue)  transform = \(pot.transform.rawValue)
+        [pot]      level = \(pot.level)  q = \(pot.q)  calibration = \(pot.calibration)  max_peaks = \(pot.maxPeaks)  min_peaks = \(pot.minPeaks)  refit_after_peaks = \(pot.refitAfterPeaks)  refits_per_row = \(pot.refitsPerRow)  idle_refits = \(idleRefits)  drift_window = \(pot.driftWindow)  peak_stride = \(pot.peakStride == 0 ? "auto" : String(pot.peakStride))  tails = \(pot.tails.rawValue)  transform = \(pot.transform.rawValue)
         [alerting] expected_run_time = \(alerting.expectedRunTime)  model_share = \(alerting.modelShare)  safety_factor = \(alertSafetyFactor)  model_null_sample = "\(modelNullSample.rawValue)"  model_burn_in = \(modelBurnIn)
         [alertmanager] urls = [\(alertmanager.urls.map { "\"\($0)\"" }.joined(separator: ", "))]\(alertmanager.urls.isEmpty ? " (delivery off)" : "")  timeout = \(alertmanager.timeout)  resend_interval = \(alertmanager.resendInterval)  queue_capacity = \(alertmanager.queueCapacity)  batch_size = \(alertmanager.batchSize)  max_backoff = \(alertmanager.maxBackoff)  external_url = "\(alertmanagerExternalURL)"
         """

@@ -80,6 +80,7 @@ final class DaemonCore {
         configuration.limits.calibratingIdleExpiry = c.limits.calibratingIdleExpiry
         configuration.limits.idleExpiry = c.limits.idleExpiry
         configuration.limits.layoutChange = c.limits.layoutChange
+        configuration.idleRefits = c.idleRefits
         logLimiter.setBurst(c.monitor.logBurst)
         metrics.budget(used: admittedBytes, limit: configuration.limits.maxTotalBytes)
         metrics.snapshotSettings(interval: configuration.state.snapshotInterval)

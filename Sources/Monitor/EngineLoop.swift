@@ -93,6 +93,7 @@ final class EngineLoop: @unchecked Sendable {
             "feed": "\(cfg.feed.endpoint)\(cfg.feed.bind ? " (bind)" : " (connect)")", "alerts": "\(cfg.alerts.endpoint)",
             "query": "\(cfg.query.endpoint)", "state": "\(stateDir)", "models_restored": "\(core.engines.count)",
             "next_alert_seq": "\(alertLog.nextSequence)", "zmq": "\(ZMQVersion.string)", "kernels": "\(FilterBank.kernelISA)",
+            "idle_refits": "\(cfg.idleRefits)",
         ])
         if !cfg.alertmanager.urls.isEmpty {
             do {
@@ -220,7 +221,11 @@ final class EngineLoop: @unchecked Sendable {
                     }
                 }
             }
-            if !busy { _ = core.idleRefits(limit: 16) }   // ≈ 0.4 ms at K-filter banks: keeps alert latency low
+            // Idle refits (≈ 0.4 ms at K-filter banks) keep alert latency low after a burst, but
+            // make WHEN a filter is refit, relative to the rows, depend on load; with
+            // pot.idle_refits = false only the update path refits, and the learned state is a
+            // function of the accepted rows alone (deterministic replay).
+            if !busy, core.configuration.idleRefits { _ = core.idleRefits(limit: 16) }
             let now = clock.now
             alertLog.syncIfDue(now: now)
             core.resendIfDue(now: now)
@@ -256,6 +261,10 @@ final class EngineLoop: @unchecked Sendable {
             if let newConfig = reloadMailbox.withLock({ c -> DaemonConfiguration? in defer { c = nil }; return c }) {
                 let needRestart = newConfig.restartRequired(comparedTo: core.configuration)
                 if needRestart.isEmpty {
+                    if newConfig.idleRefits != core.configuration.idleRefits {
+                        logger.notice("pot.idle_refits changed", metadata: ["idle_refits": "\(newConfig.idleRefits)",
+                            "effect": "\(newConfig.idleRefits ? "due filters are also refit when the feed is idle" : "refits only on the update path (pot.refits_per_row): deterministic replay")"])
+                    }
                     let oldAlertmanager = core.configuration.alertmanager
                     core.apply(reloaded: newConfig)
                     if newConfig.alertmanager != oldAlertmanager { reloadAlertmanager(core) }
