@@ -162,8 +162,9 @@ def schema_from_model(model, name: str, depths: Optional[Sequence[int]] = None,
     stable. `depth` defaults to the layer's position; pass `depths` to group layers (e.g. by ResNet
     stage). `units` selects what counts as a filter (see `monitored_units`). quantity="taylor" adds
     `"quantity": "taylor"` (rows are Taylor blame, not saliency); the fingerprint covers only the model
-    name and layers, so use a model name of its own for a Taylor stream (e.g. "<model>.taylor" is not
-    valid, dots are topic separators: "<model>-taylor").
+    name and layers, so a Taylor stream of a network also published with plain saliency needs a model
+    name of its own, e.g. "<model>-taylor" (not "<model>.taylor": model names have no dots, they are
+    part of ZeroMQ topics).
     """
     validate_model_name(name)
     check_quantity(quantity)
