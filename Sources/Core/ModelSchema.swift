@@ -21,16 +21,28 @@ public struct ModelSchema: Sendable, Hashable, Codable {
 
     public var model: String
     public var layers: [Layer]
+    /// What a row holds: nil = plain saliency (mean |dL/dW| per filter, the default and 0.1's only
+    /// quantity), or one of `knownQuantities` other than "saliency" (e.g. "taylor": Taylor blame,
+    /// docs/tap.md). "saliency" normalizes to nil, so a schema that spells it out keeps its old bytes
+    /// and fingerprint. A non-nil quantity is part of the fingerprint (docs/protocol.md §1), so two
+    /// streams of the same network with different quantities are different layouts.
+    public private(set) var quantity: String?
 
     /// Prefix sums: `offsets[i]` is the global index of layer `i`'s first filter; `offsets.last == filterCount`.
     public private(set) var offsets: [Int]
 
-    enum CodingKeys: String, CodingKey { case model, layers }
+    enum CodingKeys: String, CodingKey { case model, layers, quantity }
 
-    public init(model: String, layers: [Layer]) throws(SaliencyError) {
+    /// The quantities this daemon knows (docs/protocol.md §1). "saliency" is the default.
+    public static let knownQuantities = ["saliency", "taylor"]
+    /// Longest quantity string accepted before it is even compared with the known ones.
+    public static let maxQuantityBytes = 64
+
+    public init(model: String, layers: [Layer], quantity: String? = nil) throws(SaliencyError) {
         self.model = model
         self.layers = layers
         self.offsets = []
+        self.quantity = try Self.normalizedQuantity(quantity)
         try validateAndIndex()
     }
 
@@ -39,6 +51,7 @@ public struct ModelSchema: Sendable, Hashable, Codable {
         self.model = try c.decode(String.self, forKey: .model)
         self.layers = try c.decode([Layer].self, forKey: .layers)
         self.offsets = []
+        self.quantity = try Self.normalizedQuantity(try c.decodeIfPresent(String.self, forKey: .quantity))
         try validateAndIndex()
     }
 
@@ -46,6 +59,23 @@ public struct ModelSchema: Sendable, Hashable, Codable {
         var c = encoder.container(keyedBy: CodingKeys.self)
         try c.encode(model, forKey: .model)
         try c.encode(layers, forKey: .layers)
+        try c.encodeIfPresent(quantity, forKey: .quantity)
+    }
+
+    /// The quantity's name for display: "saliency" when the schema has none.
+    public var quantityName: String { quantity ?? "saliency" }
+
+    /// nil for absent or "saliency"; the value for another known quantity; `.invalidSchema` otherwise.
+    static func normalizedQuantity(_ q: String?) throws(SaliencyError) -> String? {
+        guard let q, q != "saliency" else { return nil }
+        let known = knownQuantities.joined(separator: ", ")
+        guard !q.isEmpty, q.utf8.count <= maxQuantityBytes, q.utf8.allSatisfy({ $0 > 0x20 && $0 < 0x7f }) else {
+            throw SaliencyError(.invalidSchema, "quantity must be 1...\(maxQuantityBytes) bytes of printable ASCII without spaces, got \(q.utf8.count) bytes; known quantities: \(known)")
+        }
+        guard knownQuantities.contains(q) else {
+            throw SaliencyError(.invalidSchema, "quantity '\(q)' is not known to this daemon (\(known)); upgrade saliencyd or publish saliency")
+        }
+        return q
     }
 
     private mutating func validateAndIndex() throws(SaliencyError) {
@@ -122,7 +152,8 @@ public struct ModelSchema: Sendable, Hashable, Codable {
     /// Layer index by name.
     public func layerIndex(named name: String) -> Int? { layers.firstIndex { $0.name == name } }
 
-    /// A 64-bit FNV-1a fingerprint of the canonical layout (model name, layer names and sizes).
+    /// A 64-bit FNV-1a fingerprint of the canonical layout (model name, layer names and sizes, then
+    /// `quantity\0<value>\0` when the quantity is not plain saliency).
     /// Producers and the daemon compute it the same way (docs/protocol.md); Python: `saliency_tap.schema_fingerprint`.
     public var fingerprint: UInt64 {
         var h: UInt64 = 0xcbf2_9ce4_8422_2325
@@ -135,6 +166,12 @@ public struct ModelSchema: Sendable, Hashable, Codable {
             mix(layer.name.utf8)
             mix([0])
             mix("\(layer.filters)".utf8)
+            mix([0])
+        }
+        if let quantity {
+            mix("quantity".utf8)
+            mix([0])
+            mix(quantity.utf8)
             mix([0])
         }
         return h

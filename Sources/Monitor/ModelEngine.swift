@@ -481,7 +481,7 @@ extension ModelEngine {
             alert_rule: .init(window: tracker.rule.window, fire_count: tracker.rule.fireCount, resolve_below: tracker.rule.resolveBelow),
             rejected_rows: Dictionary(uniqueKeysWithValues: bank.rejected.map { ($0.key.rawValue, $0.value) }),
             extremes_by_layer: byLayer, extremes_other_layers: other, max_bytes: maximumBytes, peak_stride: bank.peakStride,
-            max_refit_lag_rows: bank.maxRefitLagRows)
+            max_refit_lag_rows: bank.maxRefitLagRows, quantity: schema.quantityName)
     }
 
     func top(k: Int, by asked: ScoreKind, window: QueryRequest.Window) throws(SaliencyError) -> TopReply {

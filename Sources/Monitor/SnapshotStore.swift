@@ -276,6 +276,8 @@ public enum SnapshotInspector {
         public var phase: String; public var rows: UInt64; public var refits: UInt64; public var firing: Int
         public var tails: [String: Int]; public var extremes: UInt64
         public var level: Double; public var q: Double; public var calibration: Int; public var max_peaks: Int
+        /// What the model's rows hold ("saliency" or "taylor"; the stored schema's quantity).
+        public var quantity: String
     }
     public struct Summary: Codable, Sendable {
         public var file: String; public var bytes: Int; public var version: UInt32; public var checksum_ok: Bool
@@ -294,7 +296,7 @@ public enum SnapshotInspector {
             return ModelSummary(model: e.schema.model, fingerprint: SchemaMessage.hex(e.fingerprint), filters: e.filterCount, layers: e.schema.layers.count,
                                 phase: e.isCalibrated ? "monitoring" : "calibrating", rows: e.rows, refits: e.refitCount,
                                 firing: e.active.count, tails: tails, extremes: extremes, level: c.level,
-                                q: c.q, calibration: c.calibration, max_peaks: c.maxPeaks)
+                                q: c.q, calibration: c.calibration, max_peaks: c.maxPeaks, quantity: e.schema.quantityName)
         }
         return Summary(file: path, bytes: bytes.count, version: SnapshotStore.version, checksum_ok: true, next_alert_seq: r.nextAlertSeq,
                        producers: r.producers.count, models: models)

@@ -447,7 +447,7 @@ extension StatusPage {
         let m = p.model
         var h = "<h1>Model \(name(m.model))</h1>"
         h += modelsTable([m][...])
-        h += "<p class=\"note\">fingerprint \(escape(m.fingerprint)) · alert rule: \(m.alert_rule.fire_count) extremes in \(m.alert_rule.window) predictions fire, below \(m.alert_rule.resolve_below) resolve · \(m.refits) refits</p>"
+        h += "<p class=\"note\">quantity \(escape(m.quantity ?? "saliency")) · fingerprint \(escape(m.fingerprint)) · alert rule: \(m.alert_rule.fire_count) extremes in \(m.alert_rule.window) predictions fire, below \(m.alert_rule.resolve_below) resolve · \(m.refits) refits</p>"
         h += "<h2>Firing alerts</h2>" + alertsTable(p.firing, total: p.firingTotal)
         h += "<h2>Latest prediction</h2>"
         if let hm = p.heatMap { h += heatMapSection(hm, model: m.model, links: true) } else { h += "<p class=\"note\">\(escape(p.topNote ?? "No scores yet."))</p>" }

@@ -1,7 +1,8 @@
 import Foundation
 import SaliencyCore
 
-/// The schema message body (docs/protocol.md §1): JSON with `model`, `layers` and `fingerprint`.
+/// The schema message body (docs/protocol.md §1): JSON with `model`, `layers`, an optional
+/// `quantity` (absent = saliency) and `fingerprint`.
 public enum SchemaMessage {
     /// Largest schema body accepted, in bytes (1 MiB).
     public static let maxBytes = 1 << 20
@@ -9,6 +10,8 @@ public enum SchemaMessage {
     private struct Wire: Codable {
         var model: String
         var layers: [ModelSchema.Layer]
+        /// Absent for plain saliency (the encoder omits nil, so such schemas keep their 0.1 bytes).
+        var quantity: String?
         var fingerprint: String?
     }
 
@@ -22,7 +25,7 @@ public enum SchemaMessage {
     public static func encode(_ schema: ModelSchema) -> [UInt8] {
         let enc = JSONEncoder()
         enc.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
-        let wire = Wire(model: schema.model, layers: schema.layers, fingerprint: hex(schema.fingerprint))
+        let wire = Wire(model: schema.model, layers: schema.layers, quantity: schema.quantity, fingerprint: hex(schema.fingerprint))
         // Encoding strings and integers cannot fail.
         return Array(try! enc.encode(wire))
     }
@@ -51,7 +54,7 @@ public enum SchemaMessage {
         } catch {
             throw SaliencyError(.invalidSchema, "schema message could not be read: \(error)")
         }
-        let schema = try ModelSchema(model: wire.model, layers: wire.layers)
+        let schema = try ModelSchema(model: wire.model, layers: wire.layers, quantity: wire.quantity)
         if let tm = topicModel, tm != schema.model {
             throw SaliencyError(.invalidSchema, "schema for model '\(schema.model)' arrived on topic schema.\(tm)")
         }

@@ -133,10 +133,14 @@ public struct StatusReply: Codable, Sendable, Hashable {
         public var peak_stride: Int
         /// Upper bound on rows between a filter becoming due and its refit (nil: idle refits only).
         public var max_refit_lag_rows: Int?
+        /// What the model's rows hold: "saliency" or "taylor" (the schema's quantity; docs/protocol.md §1).
+        /// Always sent by this daemon; nil only when decoding a reply from one that predates it (= saliency).
+        public var quantity: String?
         public init(model: String, fingerprint: String, filters: Int, layers: Int, phase: String, calibration_seen: Int, calibration_total: Int,
                     rows: UInt64, rows_since_start: UInt64, rate_per_s: Double, firing: Int, model_alert: Bool, refits: UInt64, due: Int,
                     alert_rule: RuleInfo, rejected_rows: [String: UInt64], extremes_by_layer: [String: UInt64], extremes_other_layers: UInt64,
-                    max_bytes: Int, peak_stride: Int, max_refit_lag_rows: Int?) {
+                    max_bytes: Int, peak_stride: Int, max_refit_lag_rows: Int?, quantity: String? = "saliency") {
+            self.quantity = quantity
             self.model = model; self.fingerprint = fingerprint; self.filters = filters; self.layers = layers; self.phase = phase
             self.calibration_seen = calibration_seen; self.calibration_total = calibration_total; self.rows = rows
             self.rows_since_start = rows_since_start; self.rate_per_s = rate_per_s; self.firing = firing; self.model_alert = model_alert
