@@ -21,7 +21,7 @@ import torch.nn.functional as F
 import zmq
 from torch import nn
 
-from conftest import free_port
+from conftest import fnv1a64, free_port
 from saliency_tap import Publisher, Recorder, SaliencyComputer, Tap, schema_from_model
 from saliency_tap.cli import main as cli_main
 from saliency_tap.schema import schema_fingerprint, schema_json
@@ -336,7 +336,9 @@ def test_schema_says_taylor_only_when_asked():
     old["fingerprint"] = format(schema_fingerprint(old), "016x")
     assert schema_json(plain) == json.dumps(old, separators=(",", ":")).encode()
     assert taylor["quantity"] == "taylor"
-    assert taylor["fingerprint"] == plain["fingerprint"]            # the fingerprint covers only layers
+    # The fingerprint covers the quantity (protocol.md §1): b"quantity\0taylor\0" after the layers.
+    assert taylor["fingerprint"] != plain["fingerprint"]
+    assert int(taylor["fingerprint"], 16) == fnv1a64(b"quantity\0taylor\0", int(plain["fingerprint"], 16))
     assert b'"quantity":"taylor"' in schema_json(taylor)
     assert b"quantity" not in schema_json(plain)
 

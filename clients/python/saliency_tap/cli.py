@@ -32,6 +32,7 @@ def cmd_publish_npy(a) -> int:
                   "drop --quantity or fix the schema file", file=sys.stderr)
             return 2
         schema = dict(schema, quantity=a.quantity)    # label a feed recorded without the key
+        schema.pop("fingerprint", None)               # the quantity is part of the fingerprint
     if (a.server_key is None) != (a.client_key is None):
         print("--server-key and --client-key go together (CURVE: the daemon's public certificate and yours)", file=sys.stderr)
         return 2

@@ -18,7 +18,8 @@ _MASK64 = 0xFFFFFFFFFFFFFFFF
 UNIT_KINDS = ("conv", "conv2d", "linear")
 # What a row holds: "saliency" (per filter mean |dL/dW|, the default) or "taylor" (Taylor blame,
 # per filter max(0, sum w * dL/dw)). A "taylor" schema says so in an optional "quantity" key; a
-# "saliency" schema has no such key (its bytes and fingerprint are 0.1's).
+# "saliency" schema has no such key (its bytes and fingerprint are 0.1's). A non-saliency quantity
+# is part of the fingerprint (protocol.md §1), so saliencyd refuses to mix the two under one model name.
 QUANTITIES = ("saliency", "taylor")
 
 
@@ -161,10 +162,10 @@ def schema_from_model(model, name: str, depths: Optional[Sequence[int]] = None,
     whether or not the model is wrapped by torch.compile, DataParallel or DDP, so the fingerprint is
     stable. `depth` defaults to the layer's position; pass `depths` to group layers (e.g. by ResNet
     stage). `units` selects what counts as a filter (see `monitored_units`). quantity="taylor" adds
-    `"quantity": "taylor"` (rows are Taylor blame, not saliency); the fingerprint covers only the model
-    name and layers, so a Taylor stream of a network also published with plain saliency needs a model
-    name of its own, e.g. "<model>-taylor" (not "<model>.taylor": model names have no dots, they are
-    part of ZeroMQ topics).
+    `"quantity": "taylor"` (rows are Taylor blame, not saliency) and the fingerprint covers it, so
+    saliencyd refuses (schema_conflict) a Taylor stream under the name of a live saliency stream of the
+    same network: publish it under a model name of its own, e.g. "<model>-taylor" (not
+    "<model>.taylor": model names have no dots, they are part of ZeroMQ topics).
     """
     validate_model_name(name)
     check_quantity(quantity)
@@ -186,7 +187,11 @@ def schema_from_model(model, name: str, depths: Optional[Sequence[int]] = None,
 
 
 def schema_fingerprint(schema: Dict) -> int:
-    """FNV-1a 64 over: model UTF-8, 0x00, then per layer: name UTF-8, 0x00, decimal filters, 0x00."""
+    """FNV-1a 64 over: model UTF-8, 0x00, then per layer: name UTF-8, 0x00, decimal filters, 0x00;
+    then, only when the schema's "quantity" is present and not "saliency": b"quantity", 0x00, the
+    quantity UTF-8, 0x00 (so a saliency schema keeps 0.1's fingerprint). An unknown quantity raises
+    ValueError (saliencyd would refuse the schema)."""
+    quantity = schema_quantity(schema)
     h = FNV_OFFSET
 
     def mix(data: bytes) -> None:
@@ -199,6 +204,8 @@ def schema_fingerprint(schema: Dict) -> int:
     for layer in schema["layers"]:
         mix(layer["name"].encode("utf-8") + b"\0")
         mix(str(int(layer["filters"])).encode("ascii") + b"\0")
+    if quantity != "saliency":
+        mix(b"quantity\0" + quantity.encode("utf-8") + b"\0")
     return h
 
 
