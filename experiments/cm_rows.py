@@ -78,8 +78,8 @@ def to_input(x01):
     return ((torch.from_numpy(np.asarray(x01, np.float32)) - MEAN) / STD).unsqueeze(1)
 
 
-def compute(model, x01, target, bs=100):
-    comp = SaliencyComputer(model)
+def compute(model, x01, target, bs=100, quantity="saliency"):
+    comp = SaliencyComputer(model, quantity=quantity)
     xt = to_input(x01)
     sal, pred, conf, ent = [], [], [], []
     for i in range(0, len(xt), bs):
@@ -197,7 +197,10 @@ def fault_filters(model):
     return out
 
 
-def stage_faults(model):
+def stage_faults(model, quantity="saliency"):
+    """quantity "taylor": the same 36 models and images, Taylor-blame rows (experiments/blame.py), cached as
+    taylor_fault_<kind>_<filter>."""
+    prefix = "" if quantity == "saliency" else quantity + "_"
     xte, yte = load_fmnist("test")
     _, ev = split()
     idx = ev[:N_FAULT_ROWS]
@@ -211,7 +214,7 @@ def stage_faults(model):
     t_start = time.time()
     for lay, c, f in fault_filters(model):
         for kind in FAULT_KINDS:
-            name = f"fault_{kind}_{f}"
+            name = f"{prefix}fault_{kind}_{f}"
             if have(name):
                 continue
             if time.time() - t_start > BUDGET_S:
@@ -231,7 +234,7 @@ def stage_faults(model):
                     else:
                         w[c] *= SCALE_FACTOR
                 imgs = x
-            d = compute(m, imgs / 255.0, yte[idx])
+            d = compute(m, imgs / 255.0, yte[idx], quantity=quantity)
             with torch.no_grad():
                 acc = float((m(xclean_held).argmax(1).numpy() == yte[held]).mean())
             asr = attack_success(m, xtrig_held, nt_t)
@@ -295,7 +298,7 @@ def stage_bdpred(model):
 GREEDY_STOP = 0.10     # restore filters greedily until the trigger's success is at most this
 
 
-def ablate(model, bd, trained, offs, xte, yte, held):
+def ablate(model, bd, trained, offs, xte, yte, held, out=None):
     """Which trained filters carry the backdoor, by restoring their clean (pre-backdoor) weights on
     held-out images: each one alone, and a greedy set (restore the filter that lowers the attack success
     most, repeat) until the success is <= GREEDY_STOP."""
@@ -329,7 +332,7 @@ def ablate(model, bd, trained, offs, xte, yte, held):
             "steps": BD_CAL_STEPS, "asr_backdoored": asr_bd, "asr_healthy": asr_h,
             "clean_acc_backdoored": acc_bd, "clean_acc_healthy": acc_h, "heldout_images": int(len(held)),
             "greedy_stop": GREEDY_STOP, "single_restore": single, "greedy": greedy}
-    with open(os.path.join(CACHE, "bdcal_ablation.json"), "w") as f:
+    with open(out or os.path.join(CACHE, "bdcal_ablation.json"), "w") as f:
         json.dump(info, f, indent=1)
     print(f"  backdoored: clean acc {acc_bd:.3f} (healthy {acc_h:.3f}), trigger->0 {asr_bd:.3f} (healthy {asr_h:.3f})")
     print("  single restores: " + ", ".join(f"{k} {v['asr']:.2f}" for k, v in single.items()))
