@@ -35,6 +35,8 @@ def iid_rows(rng, n):
 
 
 def feed(d, prod, rows):
+    # PUB drops what it sends before the daemon's SUB has joined (slow joiner): wait for it first.
+    assert prod.wait_for_subscriber(20), "the daemon did not subscribe to the feed"
     before = (d.model("twosided") or {}).get("rows", 0)
     for r in rows:
         prod.publish(r.tobytes())
