@@ -25,6 +25,7 @@ def iid_rows(rng, n):
 
 
 def feed(d, prod, rows):
+    assert prod.wait_for_subscriber(20), "the daemon did not subscribe to the feed"   # slow joiner
     before = (d.model(MODEL) or {}).get("rows", 0)
     for r in rows:
         prod.publish(r.tobytes())
