@@ -278,6 +278,10 @@ public enum SnapshotInspector {
         public var level: Double; public var q: Double; public var calibration: Int; public var max_peaks: Int
         /// What the model's rows hold ("saliency" or "taylor"; the stored schema's quantity).
         public var quantity: String
+        /// Which tails the model watches (`[pot] tails`) and the row transform its bank monitors
+        /// (`[pot] transform`), as learned: a daemon configured otherwise refuses this state.
+        public var watched_tails: String
+        public var transform: String
     }
     public struct Summary: Codable, Sendable {
         public var file: String; public var bytes: Int; public var version: UInt32; public var checksum_ok: Bool
@@ -296,7 +300,8 @@ public enum SnapshotInspector {
             return ModelSummary(model: e.schema.model, fingerprint: SchemaMessage.hex(e.fingerprint), filters: e.filterCount, layers: e.schema.layers.count,
                                 phase: e.isCalibrated ? "monitoring" : "calibrating", rows: e.rows, refits: e.refitCount,
                                 firing: e.active.count, tails: tails, extremes: extremes, level: c.level,
-                                q: c.q, calibration: c.calibration, max_peaks: c.maxPeaks, quantity: e.schema.quantityName)
+                                q: c.q, calibration: c.calibration, max_peaks: c.maxPeaks, quantity: e.schema.quantityName,
+                                watched_tails: c.tails.rawValue, transform: c.transform.rawValue)
         }
         return Summary(file: path, bytes: bytes.count, version: SnapshotStore.version, checksum_ok: true, next_alert_seq: r.nextAlertSeq,
                        producers: r.producers.count, models: models)

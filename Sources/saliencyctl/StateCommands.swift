@@ -21,9 +21,9 @@ struct State: ParsableCommand {
                 let s = try SnapshotInspector.inspect(path: file, configuration: cfg)
                 if output.json { try IO.printJSON(s); return }
                 print("\(s.file): \(s.bytes) bytes, version \(s.version), checksum OK; next alert seq \(s.next_alert_seq); \(s.producers) producer(s)")
-                var t = Table(headers: ["model", "quantity", "fingerprint", "filters", "layers", "phase", "rows", "refits", "firing", "extremes", "level/q/n_cal", "tails"])
+                var t = Table(headers: ["model", "quantity", "fingerprint", "filters", "layers", "phase", "rows", "refits", "firing", "extremes", "level/q/n_cal", "watches", "transform", "tail models"])
                 for m in s.models {
-                    t.rows.append([m.model, m.quantity, m.fingerprint, String(m.filters), String(m.layers), m.phase, String(m.rows), String(m.refits), String(m.firing), String(m.extremes), "\(m.level)/\(m.q)/\(m.calibration)",
+                    t.rows.append([m.model, m.quantity, m.fingerprint, String(m.filters), String(m.layers), m.phase, String(m.rows), String(m.refits), String(m.firing), String(m.extremes), "\(m.level)/\(m.q)/\(m.calibration)", m.watched_tails, m.transform,
                                    m.tails.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: " ")])
                 }
                 print(t.rows.isEmpty ? "no models" : t.render())

@@ -120,6 +120,13 @@ def test_a_snapshot_of_another_transform_is_not_restored(saliencyd):
     assert prod.wait_for_subscriber(20), "the daemon did not subscribe"
     feed(d, prod, rows_with_common_mode(rng, CAL + 10))
     assert d.stop(timeout=30) == 0
+    # `state inspect` says what the state was learned with.
+    r = ctl("state", "inspect", str(d.state_dir / "snapshot.bin"), "--json")
+    assert r.returncode == 0, r.stderr
+    m = json.loads(r.stdout)["models"][0]
+    assert (m["model"], m["transform"], m["watched_tails"]) == (MODEL, "layer-logres", "upper"), m
+    table = ctl("state", "inspect", str(d.state_dir / "snapshot.bin")).stdout
+    assert "transform" in table and "layer-logres" in table, table
     d.write_config(toml_text({"pot": {"transform": "none", "q": 1e-3, "level": 0.95}}))
     d.start()
     prod.close()
