@@ -481,7 +481,18 @@ extension ModelEngine {
             alert_rule: .init(window: tracker.rule.window, fire_count: tracker.rule.fireCount, resolve_below: tracker.rule.resolveBelow),
             rejected_rows: Dictionary(uniqueKeysWithValues: bank.rejected.map { ($0.key.rawValue, $0.value) }),
             extremes_by_layer: byLayer, extremes_other_layers: other, max_bytes: maximumBytes, peak_stride: bank.peakStride,
-            max_refit_lag_rows: bank.maxRefitLagRows, quantity: schema.quantityName)
+            max_refit_lag_rows: bank.maxRefitLagRows, quantity: schema.quantityName, model_rule: modelRuleStatus)
+    }
+
+    /// The model-level rule's state for `status` (docs/alerting.md §4).
+    var modelRuleStatus: StatusReply.ModelRule {
+        let m = tracker.rule.model
+        guard m.isEnabled else { return .init(state: "off") }
+        if let c = tracker.modelCalibration {
+            return .init(state: "armed", source: c.source.rawValue, row_threshold: c.rowThreshold, null_rate: c.nullRate, null_rows: c.burnInRows)
+        }
+        if !bank.isCalibrated { return .init(state: "waiting", source: m.nullSample.rawValue) }
+        return .init(state: "burning_in", source: ModelShiftNullSample.burnIn.rawValue, burn_in_seen: tracker.modelBurnInRows, burn_in_total: m.burnIn)
     }
 
     func top(k: Int, by asked: ScoreKind, window: QueryRequest.Window) throws(SaliencyError) -> TopReply {

@@ -118,6 +118,20 @@ public struct StatusReply: Codable, Sendable, Hashable {
         public var window: Int; public var fire_count: Int; public var resolve_below: Int
         public init(window: Int, fire_count: Int, resolve_below: Int) { self.window = window; self.fire_count = fire_count; self.resolve_below = resolve_below }
     }
+    /// The model-level shift rule (docs/alerting.md §4): `state` is "off" (disabled), "waiting"
+    /// (the model is calibrating; cross-fit at its end), "burning_in" (`burn_in_seen` of
+    /// `burn_in_total` null rows), or "armed" (calibrated: `source`, `row_threshold`, `null_rate`,
+    /// `null_rows` as logged in "model-level shift rule calibrated").
+    public struct ModelRule: Codable, Sendable, Hashable {
+        public var state: String
+        public var source: String?; public var row_threshold: Int?; public var null_rate: Double?; public var null_rows: Int?
+        public var burn_in_seen: Int?; public var burn_in_total: Int?
+        public init(state: String, source: String? = nil, row_threshold: Int? = nil, null_rate: Double? = nil, null_rows: Int? = nil,
+                    burn_in_seen: Int? = nil, burn_in_total: Int? = nil) {
+            self.state = state; self.source = source; self.row_threshold = row_threshold; self.null_rate = null_rate
+            self.null_rows = null_rows; self.burn_in_seen = burn_in_seen; self.burn_in_total = burn_in_total
+        }
+    }
     public struct Model: Codable, Sendable, Hashable {
         public var model: String; public var fingerprint: String; public var filters: Int; public var layers: Int
         public var phase: String; public var calibration_seen: Int; public var calibration_total: Int
@@ -136,11 +150,13 @@ public struct StatusReply: Codable, Sendable, Hashable {
         /// What the model's rows hold: "saliency" or "taylor" (the schema's quantity; docs/protocol.md §1).
         /// Always sent by this daemon; nil only when decoding a reply from one that predates it (= saliency).
         public var quantity: String?
+        /// The model-level rule's state (nil only from a daemon that predates it).
+        public var model_rule: ModelRule?
         public init(model: String, fingerprint: String, filters: Int, layers: Int, phase: String, calibration_seen: Int, calibration_total: Int,
                     rows: UInt64, rows_since_start: UInt64, rate_per_s: Double, firing: Int, model_alert: Bool, refits: UInt64, due: Int,
                     alert_rule: RuleInfo, rejected_rows: [String: UInt64], extremes_by_layer: [String: UInt64], extremes_other_layers: UInt64,
-                    max_bytes: Int, peak_stride: Int, max_refit_lag_rows: Int?, quantity: String? = "saliency") {
-            self.quantity = quantity
+                    max_bytes: Int, peak_stride: Int, max_refit_lag_rows: Int?, quantity: String? = "saliency", model_rule: ModelRule? = nil) {
+            self.quantity = quantity; self.model_rule = model_rule
             self.model = model; self.fingerprint = fingerprint; self.filters = filters; self.layers = layers; self.phase = phase
             self.calibration_seen = calibration_seen; self.calibration_total = calibration_total; self.rows = rows
             self.rows_since_start = rows_since_start; self.rate_per_s = rate_per_s; self.firing = firing; self.model_alert = model_alert

@@ -94,6 +94,20 @@ func runCtl(_ json: Bool, _ body: () throws -> Void) throws {
 func str(_ v: (some CustomStringConvertible)?) -> String { v.map { "\($0)" } ?? "-" }
 
 struct Status: ParsableCommand {
+    /// One cell for the model-level rule: "armed cross_fit r≥3 π0=0.002", "burning_in 120/10000", …
+    static func describe(_ r: StatusReply.ModelRule?, firing: Bool) -> String {
+        guard let r else { return "–" }
+        switch r.state {
+        case "armed":
+            let src = r.source.map { " " + $0 } ?? ""
+            let thr = r.row_threshold.map { " r≥\($0)" } ?? ""
+            let pi = r.null_rate.map { " π0=\(fmt($0, 2))" } ?? ""
+            return (firing ? "FIRING" : "armed") + src + thr + pi
+        case "burning_in": return "burning in \(r.burn_in_seen ?? 0)/\(r.burn_in_total ?? 0)"
+        case "waiting": return "armed at calibration end (\(r.source ?? "cross_fit"))"
+        default: return r.state
+        }
+    }
     static let configuration = CommandConfiguration(abstract: "Daemon status: models, calibration, rates, drops, rejected input, firing alerts.")
     @OptionGroup var endpoints: EndpointOptions
     @OptionGroup var output: OutputOptions
@@ -105,12 +119,12 @@ struct Status: ParsableCommand {
             let s = try c.ask(.status, as: StatusReply.self)
             print("saliencyd \(s.version), up \(fmt(s.uptime_s, 4)) s, state in \(s.state_directory), kernels \(s.kernels)")
             print("alerts: \(s.firing) firing, last seq \(s.alert_seq); sequence gaps \(s.gaps); queries \(s.queries)")
-            var t = Table(headers: ["model", "quantity", "filters", "phase", "calibration", "rows", "rate/s", "firing", "due", "rule m/c/L"])
+            var t = Table(headers: ["model", "quantity", "filters", "phase", "calibration", "rows", "rate/s", "firing", "due", "rule m/c/L", "model rule"])
             for m in s.models {
                 let rule = m.alert_rule
                 t.rows.append([m.model, m.quantity ?? "saliency", String(m.filters), m.phase, "\(m.calibration_seen)/\(m.calibration_total)",
                                String(m.rows), fmt(m.rate_per_s, 4), String(m.firing), String(m.due),
-                               "\(rule.window)/\(rule.fire_count)/\(rule.resolve_below)"])
+                               "\(rule.window)/\(rule.fire_count)/\(rule.resolve_below)", Self.describe(m.model_rule, firing: m.model_alert)])
             }
             print(t.rows.isEmpty ? "no models yet (waiting for schema messages)" : t.render())
             if !s.rejected.isEmpty { print("rejected input: " + s.rejected.keys.sorted().map { "\($0)=\(s.rejected[$0]!)" }.joined(separator: " ")) }

@@ -8,10 +8,11 @@ from its extreme threshold) the ModelShift alert fires within a bounded number o
 where the former design (10,000 burn-in rows after calibration) could not fire at all.
 """
 import re
+import subprocess
 
 import numpy as np
 
-from conftest import run_saliencyd, toml_text, wait_for
+from conftest import ctl_bin, run_saliencyd, toml_text, wait_for
 
 LAYERS = [("conv1", 32), ("conv2", 48)]
 K = 80
@@ -41,13 +42,19 @@ def test_model_shift_fires_soon_after_onset_without_burn_in(saliencyd):
     d = saliencyd(calibration=CAL, config_sections={"pot": {"q": 1e-3}})
     rng = np.random.default_rng(13)
     prod = d.producer(MODEL, LAYERS)
-    feed(d, prod, iid_rows(rng, CAL))
+    feed(d, prod, iid_rows(rng, CAL // 2))
+    assert d.model(MODEL)["model_rule"] == {"state": "waiting", "source": "cross_fit"}, d.model(MODEL)
+    feed(d, prod, iid_rows(rng, CAL - CAL // 2))
     assert d.model(MODEL)["phase"] == "monitoring"
     line = wait_for(lambda: next((l for l in d.log_text().splitlines() if "model-level shift rule calibrated" in l), None), 10,
                     what="the model-level rule calibrated at calibration end")
     assert "source=cross_fit" in line and "null_rows=1000" in line, line
     null_rate = float(re.search(r"null_rate=([0-9.e-]+)", line).group(1))
     assert 0 < null_rate < 0.5, line
+    # status says the same as the log line
+    rule = d.model(MODEL)["model_rule"]
+    assert rule["state"] == "armed" and rule["source"] == "cross_fit" and rule["null_rows"] == 1000, rule
+    assert abs(rule["null_rate"] - null_rate) <= 1e-6 * null_rate and rule["row_threshold"] >= 1, (rule, line)
 
     # Clean rows: no model-level alert (nor any other).
     feed(d, prod, iid_rows(rng, 3000))
@@ -89,6 +96,10 @@ def test_burn_in_remains_a_choice_and_bad_values_are_refused(saliencyd, tmp_path
     feed(d, prod, rows)
     assert "model-level shift rule calibrated" not in d.log_text()
     assert model_alerts(d) == []
+    assert d.model(MODEL)["model_rule"] == {"state": "burning_in", "source": "burn_in", "burn_in_seen": 500,
+                                            "burn_in_total": 5000}, d.model(MODEL)
+    out = subprocess.run([str(ctl_bin()), "status", "--query", d.endpoints["query"]], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0 and "burning in 500/5000" in out.stdout, out.stdout + out.stderr
 
 
 def test_too_short_calibration_falls_back_to_burn_in(saliencyd):
