@@ -82,19 +82,28 @@ extension FilterBank {
             dueAt: UInt32(truncatingIfNeeded: configuration.refitAfterPeaks), count: Int64(filterCount))
         var peaks: Int64 = 0
         let groups = Int(scanLowerKernel(&columns, row, storage.eventBase, storage.eventMask, &peaks))
+        // The events as lower entries (~j) of the event list, handled like scanBoth's.
+        let list = L.eventList
+        var n = 0
         forEachEvent(groups) { j in
-            saliency_prefetch_read(L.head + j)
-            saliency_prefetch_read(L.thrD + j)
-            saliency_prefetch_read(L.zeroMode + j)
+            list[n] = ~Int32(truncatingIfNeeded: j)
+            n &+= 1
         }
-        forEachEvent(groups) { j in saliency_prefetch_write(L.ring + (j &* cap &+ Int(L.head[j]))) }
-        forEachEvent(groups) { j in handleLowerEvent(L, j, row[j]) }
+        handleEventList(L, n, row)
         return Int(peaks)
     }
 
     /// `tails = both`: `scan_both` (the upper pass and the lower pass fused, reading each value
-    /// once; bit-identical to running them one after the other), then the upper tail's events,
-    /// then the lower tail's. Returns upper plus lower peaks (extremes excluded).
+    /// once; bit-identical to running them one after the other), then both tails' events in one
+    /// software-pipelined loop. Returns upper plus lower peaks (extremes excluded).
+    ///
+    /// The events of a row are first listed once (`Lower.eventList`: upper events as `j`, lower
+    /// ones as `~j`; each tail's ascending, so extremes are reported in order and the two tails,
+    /// which share no per-filter state, are handled exactly as one after the other). While event
+    /// i is handled, the cold columns of event i + 16 and the ring line of event i + 8 (whose
+    /// head was requested 8 events earlier) are prefetched: a bounded number of misses in flight.
+    /// Staging every event's prefetches first (the upper-only `scan`) issued ~1,000 at K = 26,560
+    /// and stalled on the ring heads of the second tail (perf, BENCHMARKS.md "Two tails").
     @inline(__always)
     func scanBoth(_ row: UnsafePointer<Float>) -> Int {
         guard let L = storage.lower else { return scan(row) }
@@ -108,34 +117,79 @@ extension FilterBank {
             dueAt: UInt32(truncatingIfNeeded: configuration.refitAfterPeaks), count: Int64(filterCount))
         var peaks: Int64 = 0, lowerPeaks: Int64 = 0
         let groups = Int(scanBothKernel(&upper, &lower, row, storage.eventBase, storage.eventMask, L.eventMask, &peaks, &lowerPeaks))
-        forEachEvent(groups) { j in
+        let list = L.eventList
+        var n = 0
+        for g in 0..<groups {
+            let base = storage.eventBase[g]
+            var m = storage.eventMask[g]
+            while m != 0 {
+                list[n] = base &+ Int32(truncatingIfNeeded: m.trailingZeroBitCount)
+                n &+= 1
+                m &= m &- 1
+            }
+            m = L.eventMask[g]
+            while m != 0 {
+                list[n] = ~(base &+ Int32(truncatingIfNeeded: m.trailingZeroBitCount))
+                n &+= 1
+                m &= m &- 1
+            }
+        }
+        handleEventList(L, n, row)
+        return Int(peaks) &- extremeCount &+ Int(lowerPeaks) &- lowerExtremeCount
+    }
+
+    /// Handles the first `n` entries of `Lower.eventList` in order, prefetching ahead (`scanBoth`).
+    @inline(__always)
+    func handleEventList(_ L: Lower, _ n: Int, _ row: UnsafePointer<Float>) {
+        let list = L.eventList
+        let ahead = Self.eventColumnsAhead, ringAhead = Self.eventRingAhead
+        for i in 0..<min(ahead, n) { prefetchEventColumns(L, list[i]) }
+        for i in 0..<min(ringAhead, n) { prefetchEventRing(L, list[i]) }
+        for i in 0..<n {
+            if i &+ ahead < n { prefetchEventColumns(L, list[i &+ ahead]) }
+            if i &+ ringAhead < n { prefetchEventRing(L, list[i &+ ringAhead]) }
+            let e = Int(list[i])
+            if e >= 0 {
+                handleEvent(e, row[e])
+            } else {
+                let j = ~e
+                handleLowerEvent(L, j, row[j])
+            }
+        }
+    }
+
+    /// Prefetch distances of `scanBoth`'s event loop (events ahead of the one being handled).
+    static let eventColumnsAhead = 16
+    static let eventRingAhead = 8
+
+    /// The cold per-filter columns an event of the list entry `e` (`j` upper, `~j` lower) reads.
+    @inline(__always)
+    func prefetchEventColumns(_ L: Lower, _ e: Int32) {
+        if e >= 0 {
+            let j = Int(e)
             saliency_prefetch_read(storage.head + j)
             saliency_prefetch_read(storage.thrD + j)
             saliency_prefetch_read(storage.ringCount + j)
             saliency_prefetch_read(storage.frozen + j)
-        }
-        forEachEvent(groups, mask: L.eventMask) { j in
+        } else {
+            let j = Int(~e)
             saliency_prefetch_read(L.head + j)
             saliency_prefetch_read(L.thrD + j)
+            saliency_prefetch_read(L.ringCount + j)
+            saliency_prefetch_read(L.frozen + j)
             saliency_prefetch_read(L.zeroMode + j)
         }
-        forEachEvent(groups) { j in saliency_prefetch_write(storage.ring + (j &* cap &+ Int(storage.head[j]))) }
-        forEachEvent(groups, mask: L.eventMask) { j in saliency_prefetch_write(L.ring + (j &* cap &+ Int(L.head[j]))) }
-        forEachEvent(groups) { j in handleEvent(j, row[j]) }
-        forEachEvent(groups, mask: L.eventMask) { j in handleLowerEvent(L, j, row[j]) }
-        return Int(peaks) &- extremeCount &+ Int(lowerPeaks) &- lowerExtremeCount
     }
 
-    /// `forEachEvent` over another mask column of the same groups (the fused pass's lower lanes).
+    /// The ring line the event of list entry `e` writes if it stores a peak (reads the ring head).
     @inline(__always)
-    func forEachEvent(_ groups: Int, mask: UnsafeMutablePointer<UInt8>, _ body: (Int) -> Void) {
-        for g in 0..<groups {
-            let base = Int(storage.eventBase[g])
-            var m = mask[g]
-            while m != 0 {
-                body(base &+ m.trailingZeroBitCount)
-                m &= m &- 1
-            }
+    func prefetchEventRing(_ L: Lower, _ e: Int32) {
+        if e >= 0 {
+            let j = Int(e)
+            saliency_prefetch_write(storage.ring + (j &* cap &+ Int(storage.head[j])))
+        } else {
+            let j = Int(~e)
+            saliency_prefetch_write(L.ring + (j &* cap &+ Int(L.head[j])))
         }
     }
 

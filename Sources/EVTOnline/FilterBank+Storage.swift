@@ -200,7 +200,8 @@ extension FilterBank {
                     frozen:    t.add("lower frozen flags",       false,           .perFilter(1),          .event, .heap,      .lowerState),
                     queue:     t.add("lower refit queue",        Int32(0),        .perFilter(1),          .event, .heap,      .lowerState),
                     extremeOut: t.add("lower extremes out",      Int32(0),        .perFilter(1),          .rare,  .heap,      .scratch),
-                    eventMask: t.add("lower event masks",        UInt8(0),        .perEventGroup,         .hot,   .heap,      .scratch))
+                    eventMask: t.add("lower event masks",        UInt8(0),        .perEventGroup,         .hot,   .heap,      .scratch),
+                    eventList: t.add("event list",               Int32(0),        .perFilter(2),          .event, .heap,      .scratch))
             } else {
                 lower = nil
             }
@@ -327,6 +328,7 @@ extension FilterBank {
         let queue: UnsafeMutablePointer<Int32>
         let extremeOut: UnsafeMutablePointer<Int32>
         let eventMask: UnsafeMutablePointer<UInt8>  // the fused pass's lower-tail lanes per group
+    let eventList: UnsafeMutablePointer<Int32>  // 2K: the fused pass's events, upper j or lower ~j (scanBoth)
     }
 
     // MARK: - Sizes, from the table

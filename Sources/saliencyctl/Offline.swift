@@ -207,6 +207,8 @@ struct Bench: ParsableCommand {
         var refits: UInt64; var peaks_per_row: Double; var extremes: Int
         var peak_stride: Int; var kernels: String; var pinned_cpu: Int?
         var tails: String = "upper"; var lower_extremes: Int = 0
+        /// Rows per second of the timed loop's thread CPU time (excludes time the pinned thread waited for the CPU on a shared machine).
+        var cpu_predictions_per_second: Double? = nil
         var transform: String = "none"; var layers: Int = 0; var transform_ns_per_value: Double? = nil
     }
 
@@ -267,6 +269,8 @@ struct Bench: ParsableCommand {
         let refitsBefore = bank.refitCount
         var peaks = 0, extremes = 0, lowerExtremes = 0
         let clock = ContinuousClock()
+        var cpu0 = timespec(), cpu1 = timespec()
+        clock_gettime(CLOCK_THREAD_CPUTIME_ID, &cpu0)
         let elapsed = rows.withUnsafeBufferPointer { all in
             clock.measure {
                 for i in 0..<predictions {
@@ -280,6 +284,9 @@ struct Bench: ParsableCommand {
                 }
             }
         }
+        clock_gettime(CLOCK_THREAD_CPUTIME_ID, &cpu1)
+        let cpuNs: Int = (cpu1.tv_sec - cpu0.tv_sec) * 1_000_000_000 + (cpu1.tv_nsec - cpu0.tv_nsec)
+        let cpuPPS: Double = Double(predictions) * 1e9 / Double(cpuNs)
         let secs = Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) * 1e-18
         // The transform alone, over the same rows (as many passes as timed updates, at least 2,000).
         var transformNs: Double? = nil
@@ -293,13 +300,14 @@ struct Bench: ParsableCommand {
             transformNs = (Double(e.components.seconds) + Double(e.components.attoseconds) * 1e-18) * 1e9 / (Double(passes) * Double(filters))
         }
         let pps = Double(predictions) / secs
-        let r = Result(filters: filters, predictions: predictions, level: level, predictions_per_second: pps,
+        var r = Result(filters: filters, predictions: predictions, level: level, predictions_per_second: pps,
                        values_per_second: pps * Double(filters), ns_per_value: secs * 1e9 / (Double(predictions) * Double(filters)),
                        bytes_per_filter: bank.bytesPerFilter, refits: bank.refitCount - refitsBefore,
                        peaks_per_row: Double(peaks) / Double(predictions), extremes: extremes,
                        peak_stride: bank.peakStride, kernels: bank.kernels.isa, pinned_cpu: pinnedCPU,
                        tails: tails.rawValue, lower_extremes: lowerExtremes, transform: transform.rawValue, layers: offsets.count - 1,
                        transform_ns_per_value: transformNs)
+        r.cpu_predictions_per_second = cpuPPS
         if output.json { try IO.printJSON(r); return }
         var t = Table(headers: ["filters", "level", "tails", "transform", "transform ns/value", "predictions/s", "values/s", "ns/value", "bytes/filter", "refits", "peaks/row", "stride", "kernels", "cpu"])
         t.rows.append([String(filters), fmt(level, 3), tails.rawValue, transform.rawValue, transformNs.map { fmt($0, 3) } ?? "-", fmt(pps, 6), fmt(r.values_per_second, 4), fmt(r.ns_per_value, 3), String(r.bytes_per_filter), String(r.refits), fmt(r.peaks_per_row, 5), String(r.peak_stride), r.kernels, pinnedCPU.map(String.init) ?? "any"])
