@@ -157,7 +157,7 @@ import CKernels
         }
         #expect(ScoreKind.logresPot.transform == .layerLogres && ScoreKind.logresPot.tailModel == .pot)
         #expect(ScoreKind.ratioZscore.transform == .layerRatio && ScoreKind.ratioZscore.tailModel == .zscore)
-        #expect(ScoreKind.names == "pot, zscore, logres-pot, logres-zscore, ratio-pot, ratio-zscore")
+        #expect(ScoreKind.names == "pot, zscore, logres-pot, logres-zscore, ratio-pot, ratio-zscore, pooled-zscore")
     }
 
     /// The snapshot records the transform: a bank restored under another pot.transform is refused
