@@ -1,6 +1,7 @@
 import EVTOnline
 import Foundation
 import SaliencyCore
+import SaliencyStream
 
 /// Everything an operator may tune, with embedded defaults: `saliencyd` runs with no file at all.
 /// The file is TOML (see systemd/saliencyd.toml for every key, documented); command-line flags
@@ -122,6 +123,40 @@ public struct DaemonConfiguration: Sendable, Hashable {
     public var limits = Limits()
     public var alertmanager = Alertmanager()
     public var pot = POTConfiguration()
+    /// `[models.NAME]`: what one model (the schema's `model`) does differently from `[pot]`
+    /// (docs/operations.md, "Per-model settings"). Each key left out is the `[pot]` value.
+    public struct ModelOverride: Sendable, Hashable {
+        public var tails: TailSelection?
+        public var transform: RowTransformKind?
+        public var q: Double?
+        public var calibration: Int?
+        public init(tails: TailSelection? = nil, transform: RowTransformKind? = nil, q: Double? = nil, calibration: Int? = nil) {
+            self.tails = tails; self.transform = transform; self.q = q; self.calibration = calibration
+        }
+        /// The keys this table sets, in `modelKeys` order.
+        public var keys: [String] {
+            [("tails", tails != nil), ("transform", transform != nil), ("q", q != nil), ("calibration", calibration != nil)].filter(\.1).map(\.0)
+        }
+    }
+    /// Per-model overrides of `[pot]`, by model name (at most `maxModelTables`).
+    public var models: [String: ModelOverride] = [:]
+    /// Most `[models.NAME]` tables one file may hold (a hostile or generated file cannot make the
+    /// daemon hold an unbounded table).
+    public static let maxModelTables = 1024
+    /// The keys a `[models.NAME]` table accepts.
+    static let modelKeys = ["tails", "transform", "q", "calibration"]
+
+    /// The `[pot]` settings model `name` is learned with: `[pot]` with its `[models.NAME]` keys on top.
+    public func pot(for name: String) -> POTConfiguration {
+        guard let o = models[name] else { return pot }
+        var p = pot
+        if let v = o.tails { p.tails = v }
+        if let v = o.transform { p.transform = v }
+        if let v = o.q { p.q = v }
+        if let v = o.calibration { p.calibration = v }
+        return p
+    }
+
     /// `[pot] idle_refits`: whether the engine thread also refits due filters when the feed is idle
     /// (true, the default: due fits land sooner after a burst). With false, refits happen only on
     /// the update path (`pot.refits_per_row`), so the learned state is a function of the accepted
@@ -209,6 +244,7 @@ public struct DaemonConfiguration: Sendable, Hashable {
         }
         try validateAlertmanager()
         do { try pot.validate() } catch { throw bad("[pot] \(error.message)") }
+        try validateModels()
         do { try alerting.validate() } catch { throw bad("[alerting] \(error.message)") }
         guard modelBurnIn >= 100, modelBurnIn <= 10_000_000 else { throw bad("alerting.model_burn_in must be in 100...10000000 predictions, got \(modelBurnIn)") }
         guard alertSafetyFactor >= 1, alertSafetyFactor <= 100 else { throw bad("alerting.safety_factor must be in 1...100, got \(alertSafetyFactor)") }
@@ -226,6 +262,10 @@ public struct DaemonConfiguration: Sendable, Hashable {
         // [alertmanager] is applied by a reload (EngineLoop replaces the forwarder), except the
         // generatorURL default, which follows metrics.listen (itself restart-only).
         if pot != old.pot { out.append("pot") }   // pot.idle_refits (`idleRefits`) is applied by a reload
+        // [models.NAME]: each added, removed or changed table (a model's learned state depends on it).
+        let changed = Set(models.keys).union(old.models.keys).filter { models[$0] != old.models[$0] }.sorted()
+        out += changed.prefix(8).map { "models.\(Self.quotedName($0))" }
+        if changed.count > 8 { out.append("models (\(changed.count - 8) more)") }
         if alerting != old.alerting || alertSafetyFactor != old.alertSafetyFactor || modelBurnIn != old.modelBurnIn || modelNullSample != old.modelNullSample { out.append("alerting") }
         if monitor.recentRows != old.monitor.recentRows || monitor.maxModels != old.monitor.maxModels { out.append("monitor.recent_rows/max_models") }
         if limits.maxProducers != old.limits.maxProducers || limits.maxLayerSeries != old.limits.maxLayerSeries { out.append("limits.max_producers/max_layer_series") }
@@ -259,7 +299,12 @@ public struct DaemonConfiguration: Sendable, Hashable {
         }
         var c = DaemonConfiguration()
         var problems: [String] = []
-        for key in table.keys.sorted() {
+        for key in table.keys.sorted() where key == "models" {
+            for k in table[key]!.keys.sorted() {
+                problems.append("models.\(quotedName(k)) must be a table: per-model settings go under [models.NAME] (e.g. [models.\(quotedName(k))] tails = \"both\")")
+            }
+        }
+        for key in table.keys.sorted() where key != "models" {
             guard let known = knownKeys[key] else {
                 problems.append("unknown section [\(key)]\(suggest(key, knownKeys.keys.sorted()))")
                 continue
@@ -348,10 +393,71 @@ public struct DaemonConfiguration: Sendable, Hashable {
         if let v = int("alertmanager", "batch_size") { c.alertmanager.batchSize = v }
         if let v = dbl("alertmanager", "max_backoff") { c.alertmanager.maxBackoff = v }
         if let v = str("alertmanager", "external_url") { c.alertmanager.externalURL = v }
+        for parent in table.subtables.keys.sorted() where parent != "models" {
+            problems.append("unknown table [\(quotedName(parent)).\(quotedName(table.subtables[parent]!.keys.sorted().first ?? ""))]: the only nested tables are [models.NAME] (per-model settings)")
+        }
+        parseModels(table.subtables["models"] ?? [:], into: &c, problems: &problems)
         if !problems.isEmpty {
             throw SaliencyError(.invalidConfiguration, "\(source): " + problems.joined(separator: "; "))
         }
         return c
+    }
+
+    /// `[models.NAME]` tables: keys `tails`, `transform`, `q`, `calibration` (`modelKeys`).
+    static func parseModels(_ tables: [String: [String: TOMLReader.Value]], into c: inout DaemonConfiguration, problems: inout [String]) {
+        guard tables.count <= maxModelTables else {
+            problems.append("\(tables.count) [models.NAME] tables; at most \(maxModelTables)")
+            return
+        }
+        for name in tables.keys.sorted() {
+            let t = tables[name]!
+            let where_ = "models.\(quotedName(name))"
+            guard Topic.isValidModelName(name.utf8) else {
+                problems.append("[\(where_)]: \"\(printable(name.utf8.prefix(64)))\" is not a model name (1–128 printable ASCII bytes, no spaces or dots; the schema's \"model\")")
+                continue
+            }
+            var o = ModelOverride()
+            for k in t.keys.sorted() {
+                let v = t[k]!
+                switch (k, v) {
+                case ("tails", .string(let x)):
+                    if let e = TailSelection(rawValue: x) { o.tails = e } else { problems.append("\(where_).tails must be \"upper\", \"lower\" or \"both\", got \"\(x.prefix(64))\"") }
+                case ("transform", .string(let x)):
+                    if let e = RowTransformKind(rawValue: x) { o.transform = e } else { problems.append("\(where_).transform must be \"none\", \"layer-logres\" or \"layer-ratio\", got \"\(x.prefix(64))\"") }
+                case ("q", .double(let x)): o.q = x
+                case ("q", .int(let x)): o.q = Double(x)
+                case ("calibration", .int(let x)): o.calibration = x
+                case ("tails", _), ("transform", _): problems.append("\(where_).\(k) must be a string, got \(v.typeName)")
+                case ("q", _): problems.append("\(where_).q must be a number, got \(v.typeName)")
+                case ("calibration", _): problems.append("\(where_).calibration must be an integer, got \(v.typeName)")
+                default:
+                    let other = knownKeys["pot"]!.contains(k) ? " ([pot] \(k) is one setting for all models; a model table takes only \(modelKeys.joined(separator: ", ")))" : suggest(k, modelKeys)
+                    problems.append("unknown key \(where_).\(k)\(other)")
+                }
+            }
+            c.models[name] = o
+        }
+    }
+
+    /// A model name as a TOML table-name part: bare when it is a bare key, else quoted (escaped).
+    static func quotedName(_ name: String) -> String {
+        let bare = !name.isEmpty && name.utf8.allSatisfy { ($0 >= 0x30 && $0 <= 0x39) || ($0 >= 0x41 && $0 <= 0x5A) || ($0 >= 0x61 && $0 <= 0x7A) || $0 == 0x5F || $0 == 0x2D }
+        if bare { return name }
+        return "\"" + printable(name.utf8.prefix(128)).replacingOccurrences(of: "\"", with: "\\\"") + "\""
+    }
+
+    /// Checks `models`: the table count, each name, each model's effective `[pot]` settings.
+    func validateModels() throws(SaliencyError) {
+        func bad(_ m: String) -> SaliencyError { SaliencyError(.invalidConfiguration, m) }
+        guard models.count <= Self.maxModelTables else { throw bad("[models] has \(models.count) model tables; at most \(Self.maxModelTables)") }
+        for name in models.keys.sorted() {
+            guard Topic.isValidModelName(name.utf8) else {
+                throw bad("[models.\(Self.quotedName(name))]: not a model name (1–128 printable ASCII bytes, no spaces or dots)")
+            }
+            do { try pot(for: name).validate() } catch {
+                throw bad("[models.\(Self.quotedName(name))] (over [pot]): \(error.message)")
+            }
+        }
     }
 
     /// Loads a file (`parse(contents:source:)`); `validate()` checks the values.
@@ -446,6 +552,22 @@ extension DaemonConfiguration {
             let needed = Int((Self.recommendedInitialPeaks / (1 - pot.level)).rounded(.up))
             out.append("pot.calibration × (1 − pot.level) = \(Int(initialPeaks.rounded())) peaks per filter for the first GPD fits; with fewer than \(Int(Self.recommendedInitialPeaks)) the extreme thresholds are noisy and, until refits have seen more peaks, filters exceed them several times more often than q (BENCHMARKS.md: 2–6× q at 20 peaks). Raise pot.calibration to \(needed) or lower pot.level.")
         }
+        // The same two checks for models whose table sets their own calibration.
+        for name in models.keys.sorted() {
+            guard let cal = models[name]!.calibration else { continue }
+            let key = "models.\(Self.quotedName(name)).calibration"
+            let peaks = Double(cal) * (1 - pot.level)
+            if peaks < Self.recommendedInitialPeaks {
+                out.append("\(key) × (1 − pot.level) = \(Int(peaks.rounded())) peaks per filter for that model's first GPD fits; with fewer than \(Int(Self.recommendedInitialPeaks)) its extreme thresholds are noisy (BENCHMARKS.md: 2–6× q at 20 peaks). Raise it to \(Int((Self.recommendedInitialPeaks / (1 - pot.level)).rounded(.up))).")
+            }
+            if modelNullSample == .crossFit, alerting.modelShare > 0 {
+                var half = pot(for: name)
+                half.calibration = cal / 2
+                if let problem = (Result { () throws(SaliencyError) in try half.validate() }).failureMessage {
+                    out.append("\(key) = \(cal): each fold of the model-level cross-fit calibrates on half of it, which is not a valid calibration (\(problem)): that model's ModelShift alert falls back to a burn-in of model_burn_in = \(modelBurnIn) predictions. Raise it.")
+                }
+            }
+        }
         return out
     }
 
@@ -464,7 +586,16 @@ extension DaemonConfiguration {
         [pot]      level = \(pot.level)  q = \(pot.q)  calibration = \(pot.calibration)  max_peaks = \(pot.maxPeaks)  min_peaks = \(pot.minPeaks)  refit_after_peaks = \(pot.refitAfterPeaks)  refits_per_row = \(pot.refitsPerRow)  idle_refits = \(idleRefits)  drift_window = \(pot.driftWindow)  peak_stride = \(pot.peakStride == 0 ? "auto" : String(pot.peakStride))  tails = \(pot.tails.rawValue)  transform = \(pot.transform.rawValue)
         [alerting] expected_run_time = \(alerting.expectedRunTime)  model_share = \(alerting.modelShare)  safety_factor = \(alertSafetyFactor)  model_null_sample = "\(modelNullSample.rawValue)"  model_burn_in = \(modelBurnIn)
         [alertmanager] urls = [\(alertmanager.urls.map { "\"\($0)\"" }.joined(separator: ", "))]\(alertmanager.urls.isEmpty ? " (delivery off)" : "")  timeout = \(alertmanager.timeout)  resend_interval = \(alertmanager.resendInterval)  queue_capacity = \(alertmanager.queueCapacity)  batch_size = \(alertmanager.batchSize)  max_backoff = \(alertmanager.maxBackoff)  external_url = "\(alertmanagerExternalURL)"
-        """
+        """ + modelsSummary
+    }
+
+    /// One line per `[models.NAME]` table: the model's effective settings and which keys it sets
+    /// (every other model: the `[pot]` line).
+    var modelsSummary: String {
+        models.keys.sorted().map { name in
+            let p = pot(for: name)
+            return "\n[models.\(Self.quotedName(name))]  tails = \(p.tails.rawValue)  transform = \(p.transform.rawValue)  q = \(p.q)  calibration = \(p.calibration)  (set here: \(models[name]!.keys.joined(separator: ", ")); the rest from [pot])"
+        }.joined()
     }
 }
 

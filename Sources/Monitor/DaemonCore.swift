@@ -155,8 +155,10 @@ final class DaemonCore {
             return reject(.overBudget, "schema '\(schema.model)' (\(schema.filterCount) filters) would claim up to \(cost) bytes; admitted models already hold \(admittedBytes) of limits.max_total_bytes = \(limits.maxTotalBytes)")
         }
         do {
-            let engine = try ModelEngine(schema: schema, pot: configuration.pot, budget: configuration.alerting, safetyFactor: configuration.alertSafetyFactor, modelBurnIn: configuration.modelBurnIn, modelNullSample: configuration.modelNullSample, recentRows: configuration.monitor.recentRows,
-                                         rule: try alertRule(filters: schema.filterCount))
+            // The model's own settings: [pot] with its [models.NAME] table on top.
+            let pot = configuration.pot(for: schema.model)
+            let engine = try ModelEngine(schema: schema, pot: pot, budget: configuration.alerting, safetyFactor: configuration.alertSafetyFactor, modelBurnIn: configuration.modelBurnIn, modelNullSample: configuration.modelNullSample, recentRows: configuration.monitor.recentRows,
+                                         rule: try alertRule(filters: schema.filterCount, q: pot.q))
             admit(engine)
             if let old = byName[schema.model], old != fp {
                 logLimiter.log(logger, .warning, kind: "schema changed", "model schema changed; the new layout starts calibrating from zero (limits.layout_change = \"replace\")", metadata: ["model": "\(schema.model)", "old": "\(SchemaMessage.hex(old))", "new": "\(SchemaMessage.hex(fp))"])
@@ -164,7 +166,9 @@ final class DaemonCore {
             byName[schema.model] = fp
             logLimiter.log(logger, .notice, kind: "model registered", "model registered; calibrating", metadata: [
                 "model": "\(schema.model)", "filters": "\(schema.filterCount)", "layers": "\(schema.layers.count)",
-                "fingerprint": "\(SchemaMessage.hex(fp))", "calibration": "\(configuration.pot.calibration)",
+                "fingerprint": "\(SchemaMessage.hex(fp))", "calibration": "\(pot.calibration)",
+                "tails": "\(pot.tails.rawValue)", "transform": "\(pot.transform.rawValue)", "q": "\(pot.q)",
+                "settings": "\(configuration.models[schema.model] == nil ? "[pot]" : "[models.\(DaemonConfiguration.quotedName(schema.model))] over [pot]")",
                 "alert_window": "\(engine.tracker.rule.window)", "alert_count": "\(engine.tracker.rule.fireCount)",
                 "max_bytes": "\(cost)",
             ])
@@ -173,18 +177,21 @@ final class DaemonCore {
         }
     }
 
-    /// The alert rule for a model of `filters` filters. Designing one costs O(16 · m · c)
-    /// (~25 ms at m = 10,000), so designs are remembered per filter count (at most 64; the
-    /// settings they depend on need a restart to change).
-    func alertRule(filters: Int) throws(SaliencyError) -> AlertRule {
-        if let r = ruleCache[filters] { return r }
-        let r = try AlertRule.design(filters: filters, q: configuration.pot.q, budget: configuration.alerting,
+    /// The alert rule for a model of `filters` filters at risk `q` (the model's own, which a
+    /// `[models.NAME]` table may set). Designing one costs O(16 · m · c) (~25 ms at m = 10,000),
+    /// so designs are remembered per (filter count, q) (at most 64; the other settings they
+    /// depend on are daemon-wide and need a restart to change).
+    func alertRule(filters: Int, q: Double) throws(SaliencyError) -> AlertRule {
+        let key = RuleKey(filters: filters, q: q)
+        if let r = ruleCache[key] { return r }
+        let r = try AlertRule.design(filters: filters, q: q, budget: configuration.alerting,
                                      safetyFactor: configuration.alertSafetyFactor, model: configuration.modelShiftRule)
         if ruleCache.count >= 64 { ruleCache.removeAll(keepingCapacity: true) }
-        ruleCache[filters] = r
+        ruleCache[key] = r
         return r
     }
-    private var ruleCache: [Int: AlertRule] = [:]
+    private struct RuleKey: Hashable { var filters: Int; var q: Double }
+    private var ruleCache: [RuleKey: AlertRule] = [:]
 
     /// Adds an engine (new or restored) and charges its cost to the budget.
     func admit(_ engine: ModelEngine) {
@@ -275,7 +282,7 @@ final class DaemonCore {
             logger.notice("calibration complete; monitoring", metadata: ["model": "\(model)", "rows": "\(engine.rows)", "fits": "\(result.refits)"])
         } else if !wasCalibrated {
             let seen = engine.rows
-            let total = UInt64(configuration.pot.calibration)
+            let total = UInt64(engine.configuration.calibration)
             if seen % max(1, total / 10) == 0 {
                 statusDirty = true
                 logger.info("calibrating", metadata: ["model": "\(model)", "progress": "\(seen)/\(total)"])

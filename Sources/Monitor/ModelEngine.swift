@@ -114,18 +114,20 @@ final class ModelEngine {
     }
 
     /// The most memory a model of `schema` can claim under `configuration` (nil: overflows),
-    /// computed before anything is allocated (admission control, docs/security.md).
+    /// computed before anything is allocated (admission control, docs/security.md), with the
+    /// model's own settings (`[pot]` with its `[models.NAME]` table on top).
     static func maximumBytes(schema: ModelSchema, configuration: DaemonConfiguration) -> Int? {
-        guard var bank = FilterBank.maximumBytes(filterCount: schema.filterCount, configuration: configuration.pot) else { return nil }
+        let pot = configuration.pot(for: schema.model)
+        guard var bank = FilterBank.maximumBytes(filterCount: schema.filterCount, configuration: pot) else { return nil }
         if configuration.modelNullSample == .crossFit, configuration.alerting.modelShare > 0 {
             // The cross-fit's fold bank lives next to the calibration buffer at calibration end.
-            guard let x = FilterBank.crossFitTransientBytes(filterCount: schema.filterCount, configuration: configuration.pot) else { return nil }
+            guard let x = FilterBank.crossFitTransientBytes(filterCount: schema.filterCount, configuration: pot) else { return nil }
             let (b, o) = bank.addingReportingOverflow(x)
             if o { return nil }
             bank = b
         }
-        let (t, o) = bank.addingReportingOverflow(windowAndAlertBytes(filters: schema.filterCount, layers: schema.layers.count, recentRows: configuration.monitor.recentRows, tails: configuration.pot.tails)
-            + (configuration.pot.transform == .none ? 0 : 4 * schema.filterCount))
+        let (t, o) = bank.addingReportingOverflow(windowAndAlertBytes(filters: schema.filterCount, layers: schema.layers.count, recentRows: configuration.monitor.recentRows, tails: pot.tails)
+            + (pot.transform == .none ? 0 : 4 * schema.filterCount))
         return o ? nil : t
     }
 
@@ -462,7 +464,10 @@ extension ModelEngine {
 // MARK: - Queries
 
 extension ModelEngine {
-    func statusEntry(calibration: Int, uptimeSeconds secs: Double, statusLayers: Int) -> StatusReply.Model {
+    /// `calibration` is ignored: a model reports its own (`[models.NAME] calibration` may differ
+    /// from `[pot]`'s); the parameter stays for the callers.
+    func statusEntry(calibration _: Int, uptimeSeconds secs: Double, statusLayers: Int) -> StatusReply.Model {
+        let calibration = bank.configuration.calibration
         let (phase, seen, total): (String, Int, Int) = switch bank.phase {
         case .calibrating(let s, let of): ("calibrating", s, of)
         case .monitoring: ("monitoring", calibration, calibration)
@@ -481,7 +486,8 @@ extension ModelEngine {
             alert_rule: .init(window: tracker.rule.window, fire_count: tracker.rule.fireCount, resolve_below: tracker.rule.resolveBelow),
             rejected_rows: Dictionary(uniqueKeysWithValues: bank.rejected.map { ($0.key.rawValue, $0.value) }),
             extremes_by_layer: byLayer, extremes_other_layers: other, max_bytes: maximumBytes, peak_stride: bank.peakStride,
-            max_refit_lag_rows: bank.maxRefitLagRows, quantity: schema.quantityName, model_rule: modelRuleStatus)
+            max_refit_lag_rows: bank.maxRefitLagRows, quantity: schema.quantityName, model_rule: modelRuleStatus,
+            tails: configuration.tails.rawValue, transform: configuration.transform.rawValue, q: configuration.q)
     }
 
     /// The model-level rule's state for `status` (docs/alerting.md §4).

@@ -11,9 +11,11 @@ import Dispatch
 /// File `snapshot.bin`: magic `SALS`, u32 version, u64 payload length, u64 FNV-1a-64 of the
 /// payload, payload. Written atomically (temp file, fsync, rename, fsync directory); the previous
 /// good snapshot is kept as `snapshot.prev.bin`. At start-up a file that fails any check (magic,
-/// version, length, checksum, structure, configuration mismatch) is moved aside as
-/// `<name>.rejected-<unix time>` with a log line saying why, and the previous one is tried; with
-/// neither, the daemon says it starts from zero.
+/// version, length, checksum, structure) is moved aside as `<name>.rejected-<unix time>` with a
+/// log line saying why, and the previous one is tried; with neither, the daemon says it starts
+/// from zero. A model whose state was learned with other settings than its effective ones now
+/// (`[pot]` with its `[models.NAME]` table on top) is refused alone: the other models load, that
+/// one recalibrates, and a copy of the file is kept as `<name>.refused-<unix time>`.
 final class SnapshotStore {
     static let magic: [UInt8] = Array("SALS".utf8)
     static let version: UInt32 = 1
@@ -78,6 +80,9 @@ final class SnapshotStore {
         var rejected: [RejectReason: UInt64]
         var gaps: UInt64
         var nextAlertSeq: UInt64
+        /// Models left out (`refuseMismatchedModels`): learned with other settings than their
+        /// effective ones now. `settings`: where those come from (`[pot]` or `[models.NAME] over [pot]`).
+        var refused: [(model: String, reason: String, settings: String)] = []
     }
 
     /// Decodes and checks a snapshot against the running configuration. Throws with the reason.
@@ -87,7 +92,12 @@ final class SnapshotStore {
     /// invariants, every alert's filter index and layer against its model, the alert seq, the
     /// producer and rejection tables against their bounds), so a crafted file cannot raise
     /// phantom alerts or make a later query trap.
-    static func decode(_ bytes: [UInt8], configuration: DaemonConfiguration, acceptStoredSettings: Bool = false) throws(SaliencyError) -> Restored {
+    ///
+    /// Each model's bank must have been learned with that model's effective settings
+    /// (`configuration.pot(for:)`). A model that was not is an error naming it, or, with
+    /// `refuseMismatchedModels` (the daemon's start-up), is left out and listed in `refused`.
+    static func decode(_ bytes: [UInt8], configuration: DaemonConfiguration, acceptStoredSettings: Bool = false,
+                       refuseMismatchedModels: Bool = false) throws(SaliencyError) -> Restored {
         func bad(_ m: String) -> SaliencyError { SaliencyError(.corruptState, m) }
         var r = ByteReader(bytes)
         var m: [UInt8] = []
@@ -112,6 +122,7 @@ final class SnapshotStore {
         guard count <= 4096, header.models == Int(count) else { throw bad("\(count) models (header says \(header.models))") }
         guard header.next_alert_seq >= 1, header.next_alert_seq <= AlertLog.maxSequence else { throw bad("next alert seq \(header.next_alert_seq) out of range") }
         var engines: [ModelEngine] = []
+        var refused: [(model: String, reason: String, settings: String)] = []
         var fingerprints = Set<UInt64>()
         for _ in 0..<count {
             let schema = try SchemaMessage.decode(try p.readBlob("schema"))
@@ -120,7 +131,17 @@ final class SnapshotStore {
             let active = try decodeJSON([AlertMessage].self, "active alerts")
             let modelAlert = try decodeJSON([AlertMessage].self, "model alert")
             let layerExtremes = try decodeJSON([UInt64].self, "layer extremes")
-            let bank = try FilterBank(restoring: bankBytes, configuration: acceptStoredSettings ? nil : configuration.pot)
+            let bank: FilterBank
+            do {
+                bank = try FilterBank(restoring: bankBytes, configuration: acceptStoredSettings ? nil : configuration.pot(for: schema.model))
+            } catch where error.code == .invalidConfiguration {
+                // Valid state, learned with other settings than this model's now.
+                let settings = configuration.models[schema.model] == nil ? "[pot]" : "[models.\(DaemonConfiguration.quotedName(schema.model))] over [pot]"
+                guard refuseMismatchedModels else { throw SaliencyError(.invalidConfiguration, "model '\(schema.model)' (settings: \(settings)): \(error.message)") }
+                guard fingerprints.insert(schema.fingerprint).inserted else { throw bad("model '\(schema.model)' appears twice") }
+                refused.append((schema.model, error.message, settings))
+                continue
+            }
             guard bank.filterCount == schema.filterCount else { throw bad("model '\(schema.model)': bank has \(bank.filterCount) filters, schema \(schema.filterCount)") }
             let tracker = try AlertTracker(state: trackerState)
             // With pot.tails = both, each filter has two tracker slots (upper j, lower K + j).
@@ -168,7 +189,7 @@ final class SnapshotStore {
         for (i, x) in prods.sorted(by: { $0.received > $1.received }).enumerated() where i < configuration.limits.maxProducers {
             producers[x.id] = .init(model: x.model, lastSequence: x.last, gaps: x.gaps, reordered: x.reordered, received: x.received)
         }
-        return Restored(engines: engines, producers: producers, rejected: rejectedByReason, gaps: gaps, nextAlertSeq: header.next_alert_seq)
+        return Restored(engines: engines, producers: producers, rejected: rejectedByReason, gaps: gaps, nextAlertSeq: header.next_alert_seq, refused: refused)
     }
 
     // MARK: - Files
@@ -242,7 +263,20 @@ final class SnapshotStore {
         for path in [currentPath, previousPath] {
             guard let data = FileManager.default.contents(atPath: path) else { continue }
             do {
-                let r = try Self.decode([UInt8](data), configuration: core.configuration)
+                let r = try Self.decode([UInt8](data), configuration: core.configuration, refuseMismatchedModels: true)
+                if !r.refused.isEmpty {
+                    // The refused models' state is dropped with the next snapshots: keep a copy
+                    // (undo: restore the old settings and this file as snapshot.bin).
+                    let copy = "\(path).refused-\(Int(Date().timeIntervalSince1970))"
+                    let kept = (try? FileManager.default.copyItem(atPath: path, toPath: copy)) != nil
+                    for x in r.refused {
+                        logger.error("snapshot refused for one model: its state was learned with other settings than the model's now; it recalibrates from zero when its schema arrives (the other models are restored)", metadata: [
+                            "model": "\(x.model)", "reason": "\(x.reason)", "settings": "\(x.settings)",
+                            "copy": "\(kept ? copy : "(could not copy the file)")",
+                            "hint": "to keep the learned state instead, put the settings it was learned with back (saliencyctl state inspect \(kept ? copy : path)) and restart with that copy as snapshot.bin",
+                        ])
+                    }
+                }
                 for e in r.engines {
                     core.admit(e)
                     core.byName[e.schema.model] = e.fingerprint
@@ -253,6 +287,7 @@ final class SnapshotStore {
                 core.alertLog.ensureSequence(atLeast: r.nextAlertSeq)
                 logger.notice("learned state restored", metadata: [
                     "file": "\(path)", "models": "\(r.engines.map { "\($0.schema.model)(\($0.rows) rows, \($0.isCalibrated ? "monitoring" : "calibrating"))" }.joined(separator: ","))",
+                    "refused": "\(r.refused.map(\.model).joined(separator: ","))",
                 ])
                 return
             } catch {

@@ -11,6 +11,10 @@ import SaliencyCore
 /// arrays of those, across lines, with a trailing comma allowed. Everything else TOML has (dotted
 /// keys, inline tables, arrays of tables, multi-line strings, dates) is refused with the line and
 /// column, as are duplicate keys and tables. Never traps, whatever the bytes (fuzzed).
+///
+/// One level of nesting: `[parent.child]` headers (each part bare or quoted), for the per-model
+/// tables `[models.NAME]`; deeper names (`[a.b.c]`) are refused, and so is a child table whose name
+/// is also a key of its parent (TOML's "defined twice").
 enum TOMLReader {
     enum Value: Equatable, Sendable {
         case string(String), int(Int), double(Double), bool(Bool), array([Value])
@@ -27,7 +31,14 @@ enum TOMLReader {
     }
 
     /// Tables (by name) of key/value pairs, in no particular order.
-    typealias Document = [String: [String: Value]]
+    struct Document: Equatable, Sendable {
+        /// `[name]` tables.
+        var tables: [String: [String: Value]] = [:]
+        /// `[parent.child]` tables, by parent, then child.
+        var subtables: [String: [String: [String: Value]]] = [:]
+        subscript(name: String) -> [String: Value]? { tables[name] }
+        var keys: Dictionary<String, [String: Value]>.Keys { tables.keys }
+    }
 
     struct ParseError: Error, Equatable {
         var line: Int
@@ -96,9 +107,11 @@ enum TOMLReader {
         }
 
         mutating func document() throws(ParseError) -> Document {
-            var doc: Document = [:]
-            var current: String? = nil
+            var doc = Document()
+            /// The table key/value pairs go to: `[name]` (child nil) or `[name.child]`.
+            var current: (name: String, child: String?)? = nil
             var declared = Set<String>()
+            var declaredChildren: [String: Set<String>] = [:]
             while true {
                 try skipBlank()
                 guard let c = peek else { break }
@@ -108,12 +121,26 @@ enum TOMLReader {
                     skipSpaces()
                     let name = try key()
                     skipSpaces()
-                    if peek == "." { throw fail("dotted table names are not used by saliencyd's configuration; use [\(name)]") }
-                    guard peek == "]" else { throw fail("expected ']' to close the table header [\(name)") }
+                    var child: String? = nil
+                    if peek == "." {
+                        i += 1
+                        skipSpaces()
+                        let k = try key()
+                        skipSpaces()
+                        if peek == "." { throw fail("dotted table names nest at most two deep in saliencyd's configuration ([\(name).NAME])") }
+                        child = k
+                    }
+                    guard peek == "]" else { throw fail("expected ']' to close the table header [\(name)\(child.map { "." + $0 } ?? "")") }
                     i += 1
-                    guard declared.insert(name).inserted else { throw fail("table [\(name)] is defined twice") }
-                    if doc[name] == nil { doc[name] = [:] }
-                    current = name
+                    if let child {
+                        guard declaredChildren[name, default: []].insert(child).inserted else { throw fail("table [\(name).\(child)] is defined twice") }
+                        guard doc.tables[name]?[child] == nil else { throw fail("table [\(name).\(child)] is defined twice ('\(child)' is already a key in [\(name)])") }
+                        doc.subtables[name, default: [:]][child] = [:]
+                    } else {
+                        guard declared.insert(name).inserted else { throw fail("table [\(name)] is defined twice") }
+                        if doc.tables[name] == nil { doc.tables[name] = [:] }
+                    }
+                    current = (name, child)
                     try endOfLine()
                 } else {
                     let k = try key()
@@ -124,8 +151,14 @@ enum TOMLReader {
                     skipSpaces()
                     let v = try value(depth: 0)
                     guard let table = current else { throw fail("'\(k)' is outside any [table]; every setting belongs to a section such as [feed]") }
-                    guard doc[table]![k] == nil else { throw fail("'\(k)' is set twice in [\(table)]") }
-                    doc[table]![k] = v
+                    if let child = table.child {
+                        guard doc.subtables[table.name]![child]![k] == nil else { throw fail("'\(k)' is set twice in [\(table.name).\(child)]") }
+                        doc.subtables[table.name]![child]![k] = v
+                    } else {
+                        guard doc.tables[table.name]![k] == nil else { throw fail("'\(k)' is set twice in [\(table.name)]") }
+                        guard doc.subtables[table.name]?[k] == nil else { throw fail("'\(k)' is set in [\(table.name)] but [\(table.name).\(k)] is a table") }
+                        doc.tables[table.name]![k] = v
+                    }
                     try endOfLine()
                 }
             }

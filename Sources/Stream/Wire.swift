@@ -152,11 +152,20 @@ public struct StatusReply: Codable, Sendable, Hashable {
         public var quantity: String?
         /// The model-level rule's state (nil only from a daemon that predates it).
         public var model_rule: ModelRule?
+        /// The tails the model watches and the row transform its bank monitors: its effective
+        /// settings (`[pot]` with its `[models.NAME]` table on top). Nil only from a daemon that
+        /// predates them (= the daemon-wide `[pot]` values).
+        public var tails: String?
+        public var transform: String?
+        /// The model's risk q and calibration size (effective, as above; nil from older daemons).
+        public var q: Double?
         public init(model: String, fingerprint: String, filters: Int, layers: Int, phase: String, calibration_seen: Int, calibration_total: Int,
                     rows: UInt64, rows_since_start: UInt64, rate_per_s: Double, firing: Int, model_alert: Bool, refits: UInt64, due: Int,
                     alert_rule: RuleInfo, rejected_rows: [String: UInt64], extremes_by_layer: [String: UInt64], extremes_other_layers: UInt64,
-                    max_bytes: Int, peak_stride: Int, max_refit_lag_rows: Int?, quantity: String? = "saliency", model_rule: ModelRule? = nil) {
+                    max_bytes: Int, peak_stride: Int, max_refit_lag_rows: Int?, quantity: String? = "saliency", model_rule: ModelRule? = nil,
+                    tails: String? = nil, transform: String? = nil, q: Double? = nil) {
             self.quantity = quantity; self.model_rule = model_rule
+            self.tails = tails; self.transform = transform; self.q = q
             self.model = model; self.fingerprint = fingerprint; self.filters = filters; self.layers = layers; self.phase = phase
             self.calibration_seen = calibration_seen; self.calibration_total = calibration_total; self.rows = rows
             self.rows_since_start = rows_since_start; self.rate_per_s = rate_per_s; self.firing = firing; self.model_alert = model_alert

@@ -119,10 +119,10 @@ struct Status: ParsableCommand {
             let s = try c.ask(.status, as: StatusReply.self)
             print("saliencyd \(s.version), up \(fmt(s.uptime_s, 4)) s, state in \(s.state_directory), kernels \(s.kernels)")
             print("alerts: \(s.firing) firing, last seq \(s.alert_seq); sequence gaps \(s.gaps); queries \(s.queries)")
-            var t = Table(headers: ["model", "quantity", "filters", "phase", "calibration", "rows", "rate/s", "firing", "due", "rule m/c/L", "model rule"])
+            var t = Table(headers: ["model", "quantity", "tails", "transform", "filters", "phase", "calibration", "rows", "rate/s", "firing", "due", "rule m/c/L", "model rule"])
             for m in s.models {
                 let rule = m.alert_rule
-                t.rows.append([m.model, m.quantity ?? "saliency", String(m.filters), m.phase, "\(m.calibration_seen)/\(m.calibration_total)",
+                t.rows.append([m.model, m.quantity ?? "saliency", m.tails ?? "-", m.transform ?? "-", String(m.filters), m.phase, "\(m.calibration_seen)/\(m.calibration_total)",
                                String(m.rows), fmt(m.rate_per_s, 4), String(m.firing), String(m.due),
                                "\(rule.window)/\(rule.fire_count)/\(rule.resolve_below)", Self.describe(m.model_rule, firing: m.model_alert)])
             }

@@ -61,7 +61,8 @@ import Testing
     @Test func everythingElseIsAnErrorWithItsPlace() {
         for (text, needle) in [
             ("[=", "key"),                                  // toml++ aborted the daemon on these two bytes
-            ("[", "key"), ("[]", "key"), ("[a", "']'"), ("[[a]]", "arrays of tables"), ("[a.b]", "dotted"),
+            ("[", "key"), ("[]", "key"), ("[a", "']'"), ("[[a]]", "arrays of tables"), ("[a.b.c]", "at most two deep"), ("[a.]", "key"),
+            ("[a.b]\n[a.b]", "twice"), ("[a]\nb = 1\n[a.b]", "already a key"), ("[a.b]\n[a]\nb = 1", "is a table"), ("[a.b]\nc = 1\nc = 2", "twice in [a.b]"),
             ("[a]\nb.c = 1", "dotted"), ("[a]\nb = ", "value"), ("[a]\nb", "'='"), ("b = 1", "outside"),
             ("[a]\nb = 1\nb = 2", "twice"), ("[a]\n[a]", "twice"), ("[a]\nb = \"x", "unterminated"),
             ("[a]\nb = \"\"\"x\"\"\"", "multi-line"), ("[a]\nb = {x = 1}", "inline"), ("[a]\nb = 1979-05-27", "not a value"),
@@ -74,6 +75,24 @@ import Testing
             #expect(e?.message.contains(needle) == true, "\(text.debugDescription) → \(e.map { "\($0.message)" } ?? "accepted")")
         }
         #expect(error("[a]\n\n  x = [1,\n2,\n3 4]")?.line == 5)
+    }
+
+    /// One level of nesting, for `[models.NAME]`: bare or quoted parts, spaces around the dot, and
+    /// the parent may also be declared (before or after) as long as no key collides with a child.
+    @Test func twoPartTableNames() throws {
+        let doc = try parse("""
+        [models.fmnist-cnn]
+        tails = "both"
+        [ models . "net:v2" ]   # quoted part: any string
+        q = 1e-3
+        [models]
+        [feed]
+        bind = true
+        """)
+        #expect(doc.subtables["models"]?["fmnist-cnn"] == ["tails": .string("both")])
+        #expect(doc.subtables["models"]?["net:v2"] == ["q": .double(1e-3)])
+        #expect(doc["models"] == [:] && doc["feed"]?["bind"] == .bool(true))
+        #expect(doc.subtables.count == 1 && doc.keys.sorted() == ["feed", "models"])
     }
 
     @Test func theShippedExampleReadsAsTheEmbeddedDefaults() throws {
