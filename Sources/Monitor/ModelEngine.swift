@@ -265,7 +265,7 @@ final class ModelEngine {
         }
         guard by.transform == .none || by.transform == t else {
             let offered = t == .none ? "pot, zscore, pooled-zscore" : "\(ScoreKind(tail: .pot, transform: t).rawValue), \(ScoreKind(tail: .zscore, transform: t).rawValue)"
-            throw SaliencyError(.badRequest, "model '\(schema.model)' monitors \(t == .none ? "raw saliency rows" : "\(t.rawValue) rows") (pot.transform = \"\(t.rawValue)\"), so it can rank by \(offered); scorer \(by.rawValue) needs [pot] transform = \"\(by.transform.rawValue)\" in the daemon's configuration (restart: the model recalibrates), or run it offline with saliencyctl analyze --by \(by.rawValue)")
+            throw SaliencyError(.badRequest, "model '\(schema.model)' monitors \(t == .none ? "raw saliency rows" : "\(t.rawValue) rows") (pot.transform = \"\(t.rawValue)\"), so it can rank by \(offered); scorer \(by.rawValue) needs transform = \"\(by.transform.rawValue)\" in the daemon's configuration ([pot], or [models.\(DaemonConfiguration.quotedName(schema.model))] for this model alone; restart: the model recalibrates), or run it offline with saliencyctl analyze --by \(by.rawValue)")
         }
         return ScoreKind(tail: by.tailModel, transform: t)
     }
