@@ -129,7 +129,8 @@ ask "saliencyctl top --by "
     assert {"status", "top", "replay", "keygen", "alerts"} <= set(lines["[saliencyctl ]"].split()), r.stdout
     assert lines["[saliencyctl to]"].split() == ["top"], r.stdout
     assert lines["[saliencyctl top --wa]"].split() == ["--watch"], r.stdout
-    assert set(lines["[saliencyctl top --by ]"].split()) == {"pot", "zscore", "logres-pot", "logres-zscore", "ratio-pot", "ratio-zscore"}, r.stdout
+    assert set(lines["[saliencyctl top --by ]"].split()) == {"pot", "zscore", "logres-pot", "logres-zscore", "ratio-pot", "ratio-zscore",
+                                                            "pooled-zscore"}, r.stdout
 
 
 # ---------------------------------------------------------------------------------------------
