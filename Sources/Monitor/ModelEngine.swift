@@ -466,7 +466,7 @@ extension ModelEngine {
 extension ModelEngine {
     /// `calibration` is ignored: a model reports its own (`[models.NAME] calibration` may differ
     /// from `[pot]`'s); the parameter stays for the callers.
-    func statusEntry(calibration _: Int, uptimeSeconds secs: Double, statusLayers: Int) -> StatusReply.Model {
+    func statusEntry(uptimeSeconds secs: Double, statusLayers: Int) -> StatusReply.Model {
         let calibration = bank.configuration.calibration
         let (phase, seen, total): (String, Int, Int) = switch bank.phase {
         case .calibrating(let s, let of): ("calibrating", s, of)

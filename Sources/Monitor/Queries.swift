@@ -70,7 +70,7 @@ extension DaemonCore {
         let uptime = ContinuousClock.now - startedAt
         let secs = Double(uptime.components.seconds) + Double(uptime.components.attoseconds) * 1e-18
         let models = engines.values.sorted { $0.schema.model < $1.schema.model }.map {
-            $0.statusEntry(calibration: configuration.pot.calibration, uptimeSeconds: secs, statusLayers: Self.statusLayers)
+            $0.statusEntry(uptimeSeconds: secs, statusLayers: Self.statusLayers)
         }
         let prods = producers.sorted { $0.value.lastSeen > $1.value.lastSeen }.prefix(Self.statusProducers).map { id, p in
             StatusReply.Producer(producer: String(id, radix: 16), model: p.model, received: p.received, gaps: p.gaps, reordered: p.reordered, last_sequence: p.lastSequence)

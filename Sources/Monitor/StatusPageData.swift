@@ -112,7 +112,7 @@ extension DaemonCore {
             do { e = try engine(name) } catch { return .notFound(error.message) }
             let uptime = ContinuousClock.now - startedAt
             let secs = Double(uptime.components.seconds) + Double(uptime.components.attoseconds) * 1e-18
-            let entry = e.statusEntry(calibration: configuration.pot.calibration, uptimeSeconds: secs, statusLayers: Self.statusLayers)
+            let entry = e.statusEntry(uptimeSeconds: secs, statusLayers: Self.statusLayers)
             var page = ModelPage(model: entry, heatMap: heatMap(e, layers: StatusPage.modelLayers, cells: StatusPage.modelCells),
                                  topPOT: nil, topZ: nil, topNote: nil, firing: [], firingTotal: 0)
             (page.firing, page.firingTotal) = firingAlerts(of: [e])
