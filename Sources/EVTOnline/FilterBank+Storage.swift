@@ -344,7 +344,7 @@ extension FilterBank {
 
     /// The most memory a bank of `filterCount` filters at `configuration` can claim: every column,
     /// the peak rings, the calibration buffer (`calibration × K` floats, freed once calibrated),
-    /// the fitter's scratch. Nil when that does not fit in an `Int` (a hostile size). Admission
+    /// the fitter's scratch, the calibration end's scratch (≤ 1 MiB + 16 bytes per row + 4 KiB). Nil when that does not fit in an `Int` (a hostile size). Admission
     /// control budgets models with it before anything is allocated; the pages themselves are
     /// claimed as rows arrive. `configuration` must be valid.
     public static func maximumBytes(filterCount: Int, configuration: POTConfiguration) -> Int? {
@@ -362,7 +362,9 @@ extension FilterBank {
         let (perFilterAll, o2) = perFilter.addingReportingOverflow(calibBytes)
         let (columns, o3) = filterCount.multipliedReportingOverflow(by: perFilterAll)
         let fitter = GrimshawCore.scratchBound(max(configuration.maxPeaks, configuration.calibration)) * MemoryLayout<Double>.size
-        let fixed = fitter + fixedColumns + 4096
+        // The calibration end's scratch (gathered columns, sort buffer; FilterBank+Calibration.swift).
+        guard let scratch = calibrationScratchBytes(filterCount: filterCount, rows: configuration.calibration) else { return nil }
+        let fixed = fitter + fixedColumns + scratch + 4096
         let (total, o4) = columns.addingReportingOverflow(fixed)
         return o1 || o2 || o3 || o4 ? nil : total
     }

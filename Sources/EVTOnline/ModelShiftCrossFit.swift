@@ -73,14 +73,17 @@ extension FilterBank {
     /// sample's extremes; docs/alerting.md §4.)
     ///
     /// Cost: two bank calibrations on `n/2` rows (each `K` sorts of `n/2` values and `K` Grimshaw
-    /// fits per watched tail) plus `n` monitored rows. Memory: one fold bank at a time without its
-    /// own calibration buffer (`crossFitTransientBytes`); `rows` is only read.
+    /// fits per watched tail; the columns gathered in blocks and radix-sorted, `calibrateColumns`)
+    /// plus `n` monitored rows (read whole, in place). Memory: one fold bank at a time without its
+    /// own calibration buffer, and its calibration scratch (`crossFitTransientBytes`); `rows` is
+    /// only read. `legacy`: as `finishCalibration`'s (the pre-2026-12 calibration end, for tests).
     ///
     /// - Throws: `.invalidConfiguration` when half the calibration is not a valid calibration for
     ///   these settings (e.g. `⌊n/2⌋·(1 − level) < min_peaks`, or DSPOT's `drift_window` leaves too
     ///   few residuals), or `n < 2`.
     public static func crossFitHistogram(rows: UnsafeBufferPointer<Float>, filterCount k: Int, configuration: POTConfiguration,
-                                         peakStride: Int? = nil, bins: Int, kernels: Kernels = .best) throws(SaliencyError) -> [UInt64] {
+                                         peakStride: Int? = nil, bins: Int, kernels: Kernels = .best,
+                                         legacy: Bool = false) throws(SaliencyError) -> [UInt64] {
         precondition(k >= 1 && bins >= 2 && rows.count % k == 0, "cross-fit needs whole rows of \(k) values and ≥ 2 bins")
         let n = rows.count / k
         let stride = peakStride ?? configuration.effectiveStride(filterCount: k)
@@ -96,7 +99,7 @@ extension FilterBank {
             let fold = try FilterBank(filterCount: k, configuration: c, kernels: kernels)
             fold.rows = UInt64(fitCount)   // as if the rows had arrived through `update`
             fold.calibSeen = fitCount - 1
-            fold.finishCalibration(from: base + fitStart * k)
+            fold.finishCalibration(from: base + fitStart * k, legacy: legacy)
             fold.checkInvariantsIfEnabled()
             for i in 0..<countCount {
                 let r = fold.updateValidated(UnsafeBufferPointer(start: base + (countStart + i) * k, count: k))
@@ -108,13 +111,16 @@ extension FilterBank {
 
     /// The most memory a cross-fit claims on top of its parent bank (whose calibration buffer it
     /// reads): one fold bank's columns at a time (its own calibration buffer is allocated but never
-    /// written, so no page of it is claimed — not counted) and the fitter's scratch. Nil on overflow.
+    /// written, so no page of it is claimed — not counted), the fitter's scratch and the fold's
+    /// calibration scratch (`calibrationScratchBytes`; the parent's is freed before the cross-fit
+    /// runs). Nil on overflow.
     public static func crossFitTransientBytes(filterCount: Int, configuration: POTConfiguration) -> Int? {
         let c = crossFitConfiguration(configuration, rows: configuration.calibration - configuration.calibration / 2,
                                       peakStride: configuration.effectiveStride(filterCount: filterCount))
         let (columns, o) = filterCount.multipliedReportingOverflow(by: bytesPerFilter(c))
         let fitter = GrimshawCore.scratchBound(max(c.maxPeaks, c.calibration)) * MemoryLayout<Double>.size
-        let (total, o2) = columns.addingReportingOverflow(fitter + 4 * c.maxPeaks * MemoryLayout<Float>.size + 4096)
+        guard let scratch = calibrationScratchBytes(filterCount: filterCount, rows: c.calibration) else { return nil }
+        let (total, o2) = columns.addingReportingOverflow(fitter + scratch + 4 * c.maxPeaks * MemoryLayout<Float>.size + 4096)
         return o || o2 ? nil : total
     }
 }
