@@ -157,6 +157,11 @@ public struct DaemonConfiguration: Sendable, Hashable {
         return p
     }
 
+    /// Where `pot(for:)`'s settings come from, for log lines: `[pot]`, or `[models.NAME] over [pot]`.
+    func settingsSource(for name: String) -> String {
+        models[name] == nil ? "[pot]" : "[models.\(Self.quotedName(name))] over [pot]"
+    }
+
     /// `[pot] idle_refits`: whether the engine thread also refits due filters when the feed is idle
     /// (true, the default: due fits land sooner after a burst). With false, refits happen only on
     /// the update path (`pot.refits_per_row`), so the learned state is a function of the accepted

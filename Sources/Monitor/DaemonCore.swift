@@ -168,7 +168,7 @@ final class DaemonCore {
                 "model": "\(schema.model)", "filters": "\(schema.filterCount)", "layers": "\(schema.layers.count)",
                 "fingerprint": "\(SchemaMessage.hex(fp))", "calibration": "\(pot.calibration)",
                 "tails": "\(pot.tails.rawValue)", "transform": "\(pot.transform.rawValue)", "q": "\(pot.q)",
-                "settings": "\(configuration.models[schema.model] == nil ? "[pot]" : "[models.\(DaemonConfiguration.quotedName(schema.model))] over [pot]")",
+                "settings": "\(configuration.settingsSource(for: schema.model))",
                 "alert_window": "\(engine.tracker.rule.window)", "alert_count": "\(engine.tracker.rule.fireCount)",
                 "max_bytes": "\(cost)",
             ])

@@ -136,7 +136,7 @@ final class SnapshotStore {
                 bank = try FilterBank(restoring: bankBytes, configuration: acceptStoredSettings ? nil : configuration.pot(for: schema.model))
             } catch where error.code == .invalidConfiguration {
                 // Valid state, learned with other settings than this model's now.
-                let settings = configuration.models[schema.model] == nil ? "[pot]" : "[models.\(DaemonConfiguration.quotedName(schema.model))] over [pot]"
+                let settings = configuration.settingsSource(for: schema.model)
                 guard refuseMismatchedModels else { throw SaliencyError(.invalidConfiguration, "model '\(schema.model)' (settings: \(settings)): \(error.message)") }
                 guard fingerprints.insert(schema.fingerprint).inserted else { throw bad("model '\(schema.model)' appears twice") }
                 refused.append((schema.model, error.message, settings))
