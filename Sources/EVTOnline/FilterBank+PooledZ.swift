@@ -13,14 +13,26 @@ extension FilterBank {
             let sd = moments(j).standardDeviation
             sum += sd * sd
         }
-        let pooled = (sum / Double(filterCount)).squareRoot()
-        return pooled < 1e-14 ? 1 : pooled
+        return pooled(sum)
     }
 
-    /// Writes the pooled z-score of every filter of `row` into `out` (count K).
+    /// Writes the pooled z-score of every filter of `row` into `out` (count K). One pass over the
+    /// moments: `out` holds the means until σ is known.
     public func pooledZScores(_ row: UnsafeBufferPointer<Float>, into out: UnsafeMutableBufferPointer<Double>) {
         precondition(row.count == filterCount && out.count == filterCount)
-        let sd = pooledStandardDeviation()
-        for j in 0..<filterCount { out[j] = (Double(row[j]) - moments(j).mean) / sd }
+        var sum = 0.0
+        for j in 0..<filterCount {
+            let (mean, sd) = moments(j)
+            out[j] = mean
+            sum += sd * sd
+        }
+        let sd = pooled(sum)
+        for j in 0..<filterCount { out[j] = (Double(row[j]) - out[j]) / sd }
+    }
+
+    /// σ from the sum of the K variances (1 when below 1e-14).
+    private func pooled(_ sumOfVariances: Double) -> Double {
+        let sd = (sumOfVariances / Double(filterCount)).squareRoot()
+        return sd < 1e-14 ? 1 : sd
     }
 }
