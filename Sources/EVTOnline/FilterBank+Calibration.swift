@@ -132,8 +132,8 @@ extension FilterBank {
         // Threshold and sketch.
         let nr = residuals.count
         sorted.update(from: residuals.baseAddress!, count: nr)
-        if let radix, Self.radixSort(sorted, count: nr, scratch: radix) {
-        } else {
+        // The comparison sort when there is no radix scratch, or when radixSort declines (a NaN).
+        if !(radix.map { Self.radixSort(sorted, count: nr, scratch: $0) } ?? false) {
             var sortedBuffer = UnsafeMutableBufferPointer(start: sorted, count: nr)
             sortedBuffer.sort()
         }

@@ -328,7 +328,7 @@ extension FilterBank {
         let queue: UnsafeMutablePointer<Int32>
         let extremeOut: UnsafeMutablePointer<Int32>
         let eventMask: UnsafeMutablePointer<UInt8>  // the fused pass's lower-tail lanes per group
-    let eventList: UnsafeMutablePointer<Int32>  // 2K: the fused pass's events, upper j or lower ~j (scanBoth)
+        let eventList: UnsafeMutablePointer<Int32>  // 2K: the fused pass's events, upper j or lower ~j (scanBoth)
     }
 
     // MARK: - Sizes, from the table
