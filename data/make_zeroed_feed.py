@@ -23,9 +23,9 @@ ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.join(ROOT, "clients", "python"))
 
-from record_feed import plant_faults, stamp_trigger  # noqa: E402
-from train_fmnist import load_fmnist, load_model, to_tensor  # noqa: E402
-from saliency_tap import SaliencyComputer, load_feed  # noqa: E402
+from record_feed import one_kind  # noqa: E402
+from train_fmnist import load_fmnist, load_model  # noqa: E402
+from saliency_tap import load_feed  # noqa: E402
 
 FEED_DIR = os.path.join(HERE, "feeds", "fmnist")
 
@@ -42,19 +42,7 @@ def main() -> int:
     model = load_model()
     xte, yte = load_fmnist("test")
     xtr, ytr = load_fmnist("train")
-    torch.manual_seed(0)
-    rng = np.random.default_rng(0)
-    perm = rng.permutation(len(xte))
-    fault_i = perm[1600:2000]
-    sub = rng.permutation(len(xtr))[:10000]
-    faulty, planted = plant_faults(model, schema, rng, xtr[sub], ytr[sub], 400, 1, kinds={"zeroed"})
-    assert [p["filter"] for p in planted] == [p["filter"] for p in info["planted"] if p["kind"] == "zeroed"]
-    trig = np.zeros(len(fault_i), dtype=bool)
-    trig[rng.permutation(len(fault_i))[: len(fault_i) // 2]] = True
-    assert np.array_equal(trig, np.array(fmeta["triggered"], bool))
-    imgs = xte[fault_i].copy()
-    imgs[trig] = stamp_trigger(imgs[trig])
-    b = SaliencyComputer(faulty).compute(to_tensor(imgs), torch.from_numpy(yte[fault_i]))
+    _, planted, fault_i, _, trig, b = one_kind(model, schema, "zeroed", xte, yte, xtr, ytr, fmeta, info)
     rows = np.ascontiguousarray(b.saliency, dtype=np.float32)
     np.save(args.out + ".npy", rows)
     with open(args.out + ".schema.json", "w") as f:

@@ -125,6 +125,28 @@ def plant_faults(model, schema, rng, xtr, ytr, steps, threads, kinds=None):
     return faulty, planted
 
 
+def one_kind(model, schema, kind, xte, yte, xtr, ytr, faulty_meta, faults_info):
+    """The bundled `faulty` feed's draws with only the faults of `kind` planted: the same seeded
+    sequence as main() (test split, train subset, channels, triggered rows; checked against the
+    feed's meta and faults.json), then the saliency rows of the same 400 held-out images (true-label
+    target). Returns (faulty model, planted, fault_i, rest, triggered mask, SaliencyBatch).
+    Used by data/make_zeroed_feed.py and experiments/faults.py --per-kind."""
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    perm = rng.permutation(len(xte))
+    fault_i, rest = perm[1600:2000], perm[2000:]
+    sub = rng.permutation(len(xtr))[:10000]
+    faulty, planted = plant_faults(model, schema, rng, xtr[sub], ytr[sub], 400, 1, kinds={kind})
+    assert [p["filter"] for p in planted] == [p["filter"] for p in faults_info["planted"] if p["kind"] == kind]
+    trig = np.zeros(len(fault_i), dtype=bool)
+    trig[rng.permutation(len(fault_i))[: len(fault_i) // 2]] = True
+    assert np.array_equal(trig, np.array(faulty_meta["triggered"], bool))
+    imgs = xte[fault_i].copy()
+    imgs[trig] = stamp_trigger(imgs[trig])
+    b = SaliencyComputer(faulty).compute(to_tensor(imgs), torch.from_numpy(yte[fault_i]))
+    return faulty, planted, fault_i, rest, trig, b
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--threads", type=int, default=2)

@@ -44,10 +44,9 @@ def per_kind():
     """Plant one fault kind at a time (record_feed.plant_faults with the same seeded draws) and score."""
     import torch
     torch.set_num_threads(1)
-    from record_feed import TRIGGER_TARGET, plant_faults, stamp_trigger
+    from record_feed import TRIGGER_TARGET, one_kind, stamp_trigger
     from shifts import to_input  # noqa: F401  (sys.path)
     from train_fmnist import accuracy, load_fmnist, load_model, to_tensor
-    from saliency_tap import SaliencyComputer
     t0 = time.time()
     ref, schema, _ = feed("reference")
     _, _, fmeta = feed("faulty")
@@ -63,19 +62,7 @@ def per_kind():
     table, curves = {}, {}
     for kind in ["zeroed", "scaled", "backdoor"]:
         # The same seeded sequence as record_feed.main: test split, train subset, channels, triggered rows.
-        torch.manual_seed(0)
-        rng = np.random.default_rng(0)
-        perm = rng.permutation(len(xte))
-        fault_i, rest = perm[1600:2000], perm[2000:]
-        sub = rng.permutation(len(xtr))[:10000]
-        faulty, planted = plant_faults(model, schema, rng, xtr[sub], ytr[sub], 400, 1, kinds={kind})
-        assert [p["filter"] for p in planted] == [p["filter"] for p in info["planted"] if p["kind"] == kind]
-        trig = np.zeros(len(fault_i), dtype=bool)
-        trig[rng.permutation(len(fault_i))[: len(fault_i) // 2]] = True
-        assert np.array_equal(trig, np.array(fmeta["triggered"], bool))
-        imgs = xte[fault_i].copy()
-        imgs[trig] = stamp_trigger(imgs[trig])
-        b = SaliencyComputer(faulty).compute(to_tensor(imgs), torch.from_numpy(yte[fault_i]))
+        faulty, planted, fault_i, rest, trig, b = one_kind(model, schema, kind, xte, yte, xtr, ytr, fmeta, info)
         rows = b.saliency
         xr, yr = to_tensor(xte[rest]), torch.from_numpy(yte[rest])
         nt = yr != TRIGGER_TARGET
